@@ -1,0 +1,56 @@
+// swift-tools-version:6.0
+// vmd for Linux: a privilege-separated KVM virtual machine daemon.
+import PackageDescription
+
+// The daemon binary (`vmd`) runs every role, device emulators included, so
+// nothing it links may import Foundation: device processes exist many times
+// per host and their memory counts. Only `vmctl` and the tests use Foundation.
+let package = Package(
+    name: "vmd",
+    products: [
+        .executable(name: "vmd", targets: ["vmd"]),
+        .executable(name: "vmctl", targets: ["vmctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries, found with pkg-config, installed from Debian.
+        .systemLibrary(name: "CLibevent", pkgConfig: "libevent_core",
+                       providers: [.apt(["libevent-dev"])]),
+        .systemLibrary(name: "CLibbsd", pkgConfig: "libbsd",
+                       providers: [.apt(["libbsd-dev"])]),
+        .systemLibrary(name: "CLibseccomp", pkgConfig: "libseccomp",
+                       providers: [.apt(["libseccomp-dev"])]),
+
+        // C shims for what Swift cannot import: macros, variadics, kernel structs.
+        .target(name: "CVMDSys", dependencies: ["CLibbsd", "CLibseccomp", "CLibevent"]),
+        .target(name: "CKVM"),
+
+        // The only layer that calls libc for generic system work.
+        .target(name: "VMDSystem", dependencies: ["CVMDSys", "CLibseccomp"]),
+        .target(name: "Imsg", dependencies: ["VMDSystem"]),
+        .target(name: "VMConfig"),
+        .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
+        .target(name: "Virtio"),
+        .target(name: "VirtioDevices", dependencies: ["Virtio"]),
+        .target(name: "VMD", dependencies: ["VMDSystem", "Imsg", "VMConfig", "VMM",
+                                            "Virtio", "VirtioDevices"]),
+
+        // Thin executables.
+        .executableTarget(name: "vmd", dependencies: ["VMD"]),
+        .executableTarget(name: "vmctl", dependencies: [
+            "VMD", "Imsg", "VMDSystem",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "VMDSystemTests", dependencies: ["VMDSystem"]),
+        .testTarget(name: "ImsgTests", dependencies: ["Imsg", "VMDSystem"]),
+        .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
+                    resources: [.copy("Golden")]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMD"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,247 @@
+import Glibc
+import CVMDSys
+import VMDSystem
+
+/// OpenBSD's imsg framing, bit for bit: a 16-byte header in host byte order
+/// (type u32, len u16, flags u16, peerid u32, pid u32; len counts the
+/// header), at most 16384 bytes per message, at most one descriptor per
+/// message passed with SCM_RIGHTS and matched to it by the IMSGF_HASFD flag.
+public enum ImsgWire {
+    public static let headerSize = 16
+    public static let maxMessageSize = 16384
+    public static let maxPayload = maxMessageSize - headerSize
+    public static let hasFDFlag: UInt16 = 1
+}
+
+public struct Imsg: Equatable {
+    public var type: UInt32
+    public var flags: UInt16
+    public var peerID: UInt32
+    public var pid: UInt32
+    public var data: [UInt8]
+    /// The descriptor sent with this message; the receiver owns it.
+    public var fd: Int32?
+
+    public init(type: UInt32, flags: UInt16 = 0, peerID: UInt32 = 0, pid: UInt32 = 0,
+                data: [UInt8] = [], fd: Int32? = nil) {
+        self.type = type
+        self.flags = flags
+        self.peerID = peerID
+        self.pid = pid
+        self.data = data
+        self.fd = fd
+    }
+
+    /// The header + payload as they travel on the wire.
+    public func encoded() throws -> [UInt8] {
+        let len = ImsgWire.headerSize + data.count
+        guard len <= ImsgWire.maxMessageSize else { throw ImsgError.tooLarge(len) }
+        var out = [UInt8]()
+        out.reserveCapacity(len)
+        var f = flags & ~ImsgWire.hasFDFlag
+        if fd != nil { f |= ImsgWire.hasFDFlag }
+        withUnsafeBytes(of: type) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt16(len)) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: f) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: peerID) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: pid) { out.append(contentsOf: $0) }
+        out.append(contentsOf: data)
+        return out
+    }
+}
+
+public enum ImsgError: Error, Equatable, CustomStringConvertible {
+    case badLength(Int)
+    case tooLarge(Int)
+    case endOfFileInMessage(buffered: Int)
+    case closed
+    case system(SystemError)
+
+    public var description: String {
+        switch self {
+        case .badLength(let n): return "bad message length \(n) (must be 16...16384)"
+        case .tooLarge(let n): return "message of \(n) bytes exceeds 16384"
+        case .endOfFileInMessage(let n): return "end of file in the middle of a message (\(n) bytes buffered)"
+        case .closed: return "connection closed"
+        case .system(let e): return e.description
+        }
+    }
+}
+
+/// Reads a little-endian-host integer out of a byte array (no alignment needed).
+@inline(__always)
+func load<T: FixedWidthInteger>(_ bytes: ArraySlice<UInt8>, at offset: Int, as: T.Type) -> T {
+    var v: T = 0
+    withUnsafeMutableBytes(of: &v) { dst in
+        for i in 0..<MemoryLayout<T>.size { dst[i] = bytes[bytes.startIndex + offset + i] }
+    }
+    return v
+}
+
+/// One end of an imsg connection (OpenBSD's `struct imsgbuf`): buffered
+/// writes that survive EAGAIN and short writes, and reads that split and join
+/// messages across reads. Works on blocking and non-blocking sockets.
+public final class ImsgBuffer {
+    public let fd: Int32
+    private var readBuffer: [UInt8] = []
+    private var readStart = 0
+    private var receivedFDs: [Int32] = []
+    private var queue: [(bytes: [UInt8], fd: Int32?, offset: Int)] = []
+    public private(set) var sawEndOfFile = false
+
+    public init(fd: Int32) {
+        self.fd = fd
+    }
+
+    deinit { clear() }
+
+    public var hasPendingWrites: Bool { !queue.isEmpty }
+    public var pendingWriteBytes: Int { queue.reduce(0) { $0 + $1.bytes.count - $1.offset } }
+
+    /// Queues a message. The channel owns `fd` from here on: it is closed
+    /// once sent (as OpenBSD's imsg does) or when the buffer is cleared.
+    public func compose(_ msg: Imsg) throws {
+        let bytes: [UInt8]
+        do { bytes = try msg.encoded() } catch {
+            if let fd = msg.fd { FD.close(fd) }
+            throw error
+        }
+        queue.append((bytes, msg.fd, 0))
+    }
+
+    public func compose(type: UInt32, peerID: UInt32 = 0, pid: UInt32 = 0,
+                        fd: Int32? = nil, data: [UInt8] = []) throws {
+        try compose(Imsg(type: type, peerID: peerID, pid: pid, data: data, fd: fd))
+    }
+
+    /// Writes what it can. Returns true when the queue is empty, false when
+    /// the socket would block (call again when writable).
+    @discardableResult
+    public func flush() throws -> Bool {
+        while !queue.isEmpty {
+            var head = queue[0]
+            let sendFD: Int32 = head.offset == 0 ? (head.fd ?? -1) : -1
+            let n = head.bytes.withUnsafeBytes { p in
+                cvmd_send_with_fd(fd, p.baseAddress! + head.offset, p.count - head.offset, sendFD)
+            }
+            if n < 0 {
+                let e = cvmd_errno()
+                if e == EINTR { continue }
+                if e == EAGAIN || e == EWOULDBLOCK { return false }
+                throw ImsgError.system(SystemError("sendmsg", code: e))
+            }
+            if sendFD >= 0 {
+                // The kernel holds its own reference now.
+                FD.close(sendFD)
+                head.fd = nil
+            }
+            head.offset += n
+            if head.offset == head.bytes.count {
+                queue.removeFirst()
+            } else {
+                queue[0] = head
+            }
+        }
+        return true
+    }
+
+    public enum ReadResult: Equatable { case bytes(Int), endOfFile, wouldBlock }
+
+    /// One recvmsg into the buffer; descriptors that came with it are queued
+    /// for the messages flagged IMSGF_HASFD, in order.
+    public func read() throws -> ReadResult {
+        var tmp = [UInt8](repeating: 0, count: 65536)
+        var rfd: Int32 = -1
+        var truncated: Int32 = 0
+        let n: Int = tmp.withUnsafeMutableBytes { p in
+            while true {
+                let r = cvmd_recv_with_fd(fd, p.baseAddress, p.count, &rfd, &truncated)
+                if r < 0 && cvmd_errno() == EINTR { continue }
+                return r
+            }
+        }
+        if n < 0 {
+            let e = cvmd_errno()
+            if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+            throw ImsgError.system(SystemError("recvmsg", code: e))
+        }
+        if rfd >= 0 { receivedFDs.append(rfd) }
+        if n == 0 {
+            sawEndOfFile = true
+            let buffered = readBuffer.count - readStart
+            if buffered > 0 { throw ImsgError.endOfFileInMessage(buffered: buffered) }
+            return .endOfFile
+        }
+        if readStart > 0 && readStart == readBuffer.count {
+            readBuffer.removeAll(keepingCapacity: true)
+            readStart = 0
+        }
+        readBuffer.append(contentsOf: tmp[0..<n])
+        return .bytes(n)
+    }
+
+    /// The next complete message, or nil when more bytes are needed.
+    /// A bad length is an error: the caller must drop the connection.
+    public func get() throws -> Imsg? {
+        let avail = readBuffer.count - readStart
+        guard avail >= ImsgWire.headerSize else { return nil }
+        let slice = readBuffer[readStart...]
+        let len = Int(load(slice, at: 4, as: UInt16.self))
+        guard len >= ImsgWire.headerSize && len <= ImsgWire.maxMessageSize else {
+            throw ImsgError.badLength(len)
+        }
+        guard avail >= len else { return nil }
+        let type = load(slice, at: 0, as: UInt32.self)
+        let flags = load(slice, at: 6, as: UInt16.self)
+        let peerID = load(slice, at: 8, as: UInt32.self)
+        let pid = load(slice, at: 12, as: UInt32.self)
+        let data = Array(readBuffer[(readStart + ImsgWire.headerSize)..<(readStart + len)])
+        readStart += len
+        if readStart == readBuffer.count {
+            readBuffer.removeAll(keepingCapacity: true)
+            readStart = 0
+        } else if readStart > 65536 {
+            readBuffer.removeFirst(readStart)
+            readStart = 0
+        }
+        var fd: Int32? = nil
+        if flags & ImsgWire.hasFDFlag != 0, !receivedFDs.isEmpty {
+            fd = receivedFDs.removeFirst()
+        }
+        return Imsg(type: type, flags: flags, peerID: peerID, pid: pid, data: data, fd: fd)
+    }
+
+    /// Blocks until one whole message arrives (blocking sockets; the vCPU
+    /// side of a device's sync channel). Throws `.closed` at a clean EOF.
+    public func readMessage() throws -> Imsg {
+        while true {
+            if let m = try get() { return m }
+            switch try read() {
+            case .bytes: continue
+            case .endOfFile: throw ImsgError.closed
+            case .wouldBlock:
+                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                _ = poll(&pfd, 1, -1)
+            }
+        }
+    }
+
+    /// Sends one message and waits until it is fully written.
+    public func sendBlocking(_ msg: Imsg) throws {
+        try compose(msg)
+        while try !flush() {
+            var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            _ = poll(&pfd, 1, -1)
+        }
+    }
+
+    /// Drops queued output and closes every descriptor still owned.
+    public func clear() {
+        for q in queue { if let f = q.fd { FD.close(f) } }
+        queue.removeAll()
+        for f in receivedFDs { FD.close(f) }
+        receivedFDs.removeAll()
+        readBuffer.removeAll()
+        readStart = 0
+    }
+}

@@ -1,0 +1,94 @@
+import Glibc
+import VMDSystem
+
+/// An imsg connection driven by an event loop: `onMessage` for each message,
+/// `onClose` once, with the reason when the peer misbehaved. A peer that
+/// sends a bad length or stops mid-message is disconnected, never trusted.
+public final class ImsgChannel {
+    public let name: String
+    public let buffer: ImsgBuffer
+    private unowned let loop: EventLoop
+    private var readHandle: EventHandle?
+    private var writeHandle: EventHandle?
+    private var onMessage: (ImsgChannel, Imsg) -> Void
+    private var onClose: (ImsgChannel, String?) -> Void
+    public private(set) var isClosed = false
+    /// Arbitrary per-connection state for the owner (e.g. peer credentials).
+    public var context: AnyObject?
+
+    public var fd: Int32 { buffer.fd }
+
+    public init(fd: Int32, name: String, loop: EventLoop,
+                onMessage: @escaping (ImsgChannel, Imsg) -> Void,
+                onClose: @escaping (ImsgChannel, String?) -> Void) {
+        self.name = name
+        self.loop = loop
+        self.onMessage = onMessage
+        self.onClose = onClose
+        buffer = ImsgBuffer(fd: fd)
+        try? FD.setNonBlocking(fd)
+        readHandle = loop.onReadable(fd) { [weak self] in self?.readable() }
+    }
+
+    /// Queues a message and writes as much as the socket takes now.
+    public func send(_ msg: Imsg) {
+        guard !isClosed else {
+            if let f = msg.fd { FD.close(f) }
+            return
+        }
+        do {
+            try buffer.compose(msg)
+        } catch {
+            Log.warning("\(name): dropped outgoing message type \(msg.type): \(error)")
+            return
+        }
+        flush()
+    }
+
+    public func send(type: UInt32, peerID: UInt32 = 0, pid: UInt32 = 0,
+                     fd: Int32? = nil, data: [UInt8] = []) {
+        send(Imsg(type: type, peerID: peerID, pid: pid, data: data, fd: fd))
+    }
+
+    private func flush() {
+        do {
+            if try !buffer.flush(), writeHandle == nil {
+                writeHandle = loop.onceWritable(fd) { [weak self] in
+                    self?.writeHandle = nil
+                    self?.flush()
+                }
+            }
+        } catch {
+            close(reason: "\(error)")
+        }
+    }
+
+    private func readable() {
+        do {
+            let r = try buffer.read()
+            while !isClosed, let m = try buffer.get() {
+                onMessage(self, m)
+            }
+            if r == .endOfFile { close(reason: nil) }
+        } catch {
+            close(reason: "\(error)")
+        }
+    }
+
+    /// Closes the connection once; undelivered descriptors are closed too.
+    public func close(reason: String?) {
+        guard !isClosed else { return }
+        isClosed = true
+        if let r = readHandle { loop.remove(r) }
+        if let w = writeHandle { loop.remove(w) }
+        readHandle = nil
+        writeHandle = nil
+        if let reason { Log.warning("\(name): closing connection: \(reason)") }
+        buffer.clear()
+        FD.close(buffer.fd)
+        let cb = onClose
+        onClose = { _, _ in }
+        onMessage = { _, _ in }
+        cb(self, reason)
+    }
+}

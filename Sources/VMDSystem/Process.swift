@@ -1,0 +1,69 @@
+import Glibc
+import CVMDSys
+
+public enum ProcessTitle {
+    /// Must run once, early, before anything copies argv/environ elsewhere.
+    public static func initialize() {
+        cvmd_setproctitle_init(CommandLine.argc, CommandLine.unsafeArgv)
+    }
+
+    /// What `ps -o args` shows, e.g. `vmd: control`.
+    public static func set(_ title: String) {
+        cvmd_setproctitle(title)
+    }
+}
+
+public enum Peer {
+    /// SO_PEERCRED of a connected unix socket.
+    public static func credentials(_ fd: Int32) throws -> (uid: uid_t, gid: gid_t, pid: pid_t) {
+        var uid: uid_t = 0, gid: gid_t = 0, pid: pid_t = 0
+        try sys("getsockopt(SO_PEERCRED)") { cvmd_peer_credentials(fd, &uid, &gid, &pid) }
+        return (uid, gid, pid)
+    }
+}
+
+public enum Memfd {
+    /// A sized, close-on-exec memfd sealed against shrinking and growing,
+    /// so a mapping of it can never be truncated under another process.
+    public static func create(name: String, size: Int) throws -> Int32 {
+        let fd = try sys("memfd_create") { cvmd_memfd_create(name) }
+        do {
+            try sys("ftruncate") { ftruncate(fd, off_t(size)) }
+            try sys("fcntl(F_ADD_SEALS)") { cvmd_seal_shrink(fd) }
+        } catch {
+            FD.close(fd)
+            throw error
+        }
+        return fd
+    }
+}
+
+public enum Pty {
+    /// Opens a pty pair; returns (master, slave, slave path).
+    public static func open() throws -> (master: Int32, slave: Int32, name: String) {
+        var m: Int32 = -1, s: Int32 = -1
+        var name = [CChar](repeating: 0, count: 128)
+        try sys("openpty") { cvmd_openpty(&m, &s, &name, name.count) }
+        return (m, s, String(cString: name))
+    }
+}
+
+public enum Tap {
+    /// Creates (or attaches to) a tap device with a virtio-net v1 header on
+    /// every frame. Returns the fd and the interface name the kernel chose.
+    public static func open(name: String? = nil) throws -> (fd: Int32, name: String) {
+        var buf = [CChar](repeating: 0, count: 32)
+        if let n = name { for (i, c) in n.utf8CString.prefix(15).enumerated() { buf[i] = c } }
+        let fd = try sys("open tap \(name ?? "")") { cvmd_tap_open(&buf, buf.count, 1) }
+        return (fd, String(cString: buf))
+    }
+}
+
+public enum Clock {
+    /// Monotonic seconds.
+    public static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
