@@ -34,13 +34,13 @@ let package = Package(
         .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
         .target(name: "Virtio"),
         .target(name: "VirtioDevices", dependencies: ["Virtio"]),
-        .target(name: "VMD", dependencies: ["VMDSystem", "Imsg", "VMConfig", "VMM",
+        .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMConfig", "VMM",
                                             "Virtio", "VirtioDevices"]),
 
         // Thin executables.
-        .executableTarget(name: "vmd", dependencies: ["VMD"]),
+        .executableTarget(name: "vmd", dependencies: ["VMDaemon"]),
         .executableTarget(name: "vmctl", dependencies: [
-            "VMD", "Imsg", "VMDSystem",
+            "VMDaemon", "Imsg", "VMDSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -50,7 +50,7 @@ let package = Package(
                     resources: [.copy("Golden")]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMD"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMDaemon"]),
     ],
     swiftLanguageModes: [.v5]
 )

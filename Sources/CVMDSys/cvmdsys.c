@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/random.h>
 #include <spawn.h>
 #include <syslog.h>
 #include <event2/event.h>
@@ -326,3 +327,6 @@ void cvmd_event_free(void *ev)
 	event_del(ev);
 	event_free(ev);
 }
+
+int cvmd_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
+ssize_t cvmd_getrandom(void *buf, size_t len) { return getrandom(buf, len, 0); }

@@ -67,3 +67,24 @@ public enum Clock {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }
+
+public enum Sockets {
+    /// accept4 with close-on-exec and non-blocking; nil when nothing waits.
+    public static func accept(_ fd: Int32) -> Int32? {
+        let r = cvmd_accept(fd)
+        return r >= 0 ? r : nil
+    }
+}
+
+public enum Random {
+    public static func bytes(_ n: Int) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: n)
+        var off = 0
+        while off < n {
+            let r = b.withUnsafeMutableBytes { cvmd_getrandom($0.baseAddress! + off, n - off) }
+            if r <= 0 { if cvmd_errno() == EINTR { continue }; break }
+            off += r
+        }
+        return b
+    }
+}

@@ -74,6 +74,10 @@ void cvmd_close_fds_from(int lowfd, const int *keep, int nkeep);
  */
 int cvmd_spawn(const char *path, char *const argv[], const int *fds, int nfds, pid_t *pid);
 
+/* accept4(SOCK_CLOEXEC|SOCK_NONBLOCK) and getrandom(2) need _GNU_SOURCE. */
+int cvmd_accept(int fd);
+ssize_t cvmd_getrandom(void *buf, size_t len);
+
 /* setresuid/setresgid need _GNU_SOURCE, which Swift's Glibc lacks. */
 int cvmd_setresuid(uid_t u);
 int cvmd_setresgid(gid_t g);

@@ -1,0 +1,88 @@
+import Glibc
+import VMDSystem
+import Imsg
+
+/// Shared start-up of every child role: name the process, die with the
+/// parent, talk to it on fd 3 through the event loop.
+final class ChildProcess {
+    let loop = EventLoop()
+    let role: String
+    var parent: ImsgChannel!
+    var onParentMessage: (Imsg) -> Void = { _ in }
+    /// What SIGTERM does; by default the loop ends and the process exits 0.
+    lazy var onTerminate: () -> Void = { [unowned self] in self.loop.exit() }
+
+    init(role: String, title: String) {
+        self.role = role
+        ProcessTitle.set(title)
+        Log.setProcessName(role)
+        Spawn.dieWithParent()
+        // The parent orchestrates shutdown: a terminal's ^C reaches the whole
+        // process group, so children ignore SIGINT and SIGHUP and wait to be
+        // told (SIGTERM, or the parent's channel closing).
+        signal(SIGINT, SIG_IGN)
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
+        parent = ImsgChannel(fd: 3, name: "\(role): parent", loop: loop,
+                             onMessage: { [unowned self] _, m in self.handleParent(m) },
+                             onClose: { [unowned self] _, _ in
+                                 Log.debug("parent closed the channel, exiting")
+                                 self.loop.exit()
+                             })
+        loop.onSignal(SIGTERM) { [unowned self] in
+            Log.debug("SIGTERM")
+            self.onTerminate()
+        }
+    }
+
+    private func handleParent(_ m: Imsg) {
+        if m.type == MessageType.ping.rawValue {
+            parent.send(type: MessageType.pong.rawValue, data: m.data)
+            return
+        }
+        onParentMessage(m)
+    }
+
+    /// Test hook: after the role restricted itself, attempt a forbidden
+    /// system call so tests can watch the sandbox kill the process.
+    /// `VMD_SANDBOX_SELFTEST=control:openat` (or socket, execve).
+    func sandboxSelfTest() {
+        guard let spec = getenv("VMD_SANDBOX_SELFTEST").map({ String(cString: $0) }) else { return }
+        let parts = spec.split(separator: ":").map(String.init)
+        guard parts.count == 2, parts[0] == role else { return }
+        Log.info("self-test: calling \(parts[1]) inside the sandbox")
+        switch parts[1] {
+        case "openat": _ = open("/etc/hostname", O_RDONLY)
+        case "socket": _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        case "execve": _ = execv("/bin/true", [strdup("true"), nil])
+        default: break
+        }
+        Log.info("self-test: \(parts[1]) returned: the sandbox did not stop it")
+    }
+
+    func run() -> Never {
+        loop.run()
+        exit(0)
+    }
+}
+
+/// Restricts the calling process: unprivileged user (when given), no new
+/// privileges, no file system (when asked), then the seccomp allow-list.
+func restrict(_ role: String, user: Credentials?, denyFileSystem: Bool,
+              policy: SeccompPolicy) {
+    do {
+        if let user { try Sandbox.dropPrivileges(to: user) }
+        try Sandbox.setNoNewPrivileges()
+        if denyFileSystem {
+            if Sandbox.landlockABI > 0 {
+                try Sandbox.denyFileSystem()
+            } else {
+                Log.warning("Landlock is not available: file system access is not restricted")
+            }
+        }
+        try policy.apply()
+    } catch {
+        Log.error("cannot restrict the \(role) process: \(error)")
+        exit(1)
+    }
+}

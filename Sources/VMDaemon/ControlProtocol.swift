@@ -1,0 +1,115 @@
+/// What vmctl and the daemon say to each other over the control socket.
+/// Each payload is a WireWriter encoding, decoded with size checks.
+
+public enum VMState: String, Sendable {
+    case stopped, starting, running, paused, stopping, waiting, unknown
+}
+
+/// One row of `vmctl status`.
+public struct VMInfo: Equatable, Sendable {
+    public var id: UInt32
+    public var pid: Int32          // 0 when stopped
+    public var vcpus: UInt32
+    public var maxMemory: UInt64   // bytes
+    public var curMemory: UInt64   // bytes, 0 when stopped
+    public var tty: String         // "/dev/pts/3" or ""
+    public var owner: String       // user[:group]
+    public var state: String
+    public var name: String
+
+    public init(id: UInt32, pid: Int32, vcpus: UInt32, maxMemory: UInt64, curMemory: UInt64,
+                tty: String, owner: String, state: String, name: String) {
+        self.id = id; self.pid = pid; self.vcpus = vcpus; self.maxMemory = maxMemory
+        self.curMemory = curMemory; self.tty = tty; self.owner = owner; self.state = state; self.name = name
+    }
+
+    public func encoded() -> [UInt8] {
+        var w = WireWriter()
+        w.u32(id); w.i32(pid); w.u32(vcpus); w.u64(maxMemory); w.u64(curMemory)
+        w.string(tty); w.string(owner); w.string(state); w.string(name)
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws {
+        var r = WireReader(bytes)
+        id = try r.u32(); pid = try r.i32(); vcpus = try r.u32()
+        maxMemory = try r.u64(); curMemory = try r.u64()
+        tty = try r.string(); owner = try r.string(); state = try r.string(); name = try r.string()
+    }
+}
+
+/// `vmctl start`: a configured VM by name, or a new one from flags.
+public struct StartRequest: Equatable, Sendable {
+    public var name: String
+    public var bootPath = ""
+    public var memoryBytes: UInt64 = 0
+    public var cpus: UInt32 = 0
+    public var interfaceCount: UInt32 = 0
+    public var disks: [String] = []
+    public var cdrom = ""
+    public var parent = ""
+    public var switchName = ""
+    public var localInterface = false
+    public var bootDevice = ""
+
+    public init(name: String) { self.name = name }
+
+    public var hasOverrides: Bool {
+        !bootPath.isEmpty || memoryBytes != 0 || cpus != 0 || interfaceCount != 0 || !disks.isEmpty
+            || !cdrom.isEmpty || !parent.isEmpty || !switchName.isEmpty || localInterface || !bootDevice.isEmpty
+    }
+
+    public func encoded() -> [UInt8] {
+        var w = WireWriter()
+        w.string(name); w.string(bootPath); w.u64(memoryBytes); w.u32(cpus); w.u32(interfaceCount)
+        w.u32(UInt32(disks.count)); for d in disks { w.string(d) }
+        w.string(cdrom); w.string(parent); w.string(switchName); w.u32(localInterface ? 1 : 0)
+        w.string(bootDevice)
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws {
+        var r = WireReader(bytes)
+        name = try r.string(); bootPath = try r.string(); memoryBytes = try r.u64()
+        cpus = try r.u32(); interfaceCount = try r.u32()
+        let n = try r.u32()
+        guard n <= 16 else { throw WireReader.Truncated() }
+        for _ in 0..<n { disks.append(try r.string()) }
+        cdrom = try r.string(); parent = try r.string(); switchName = try r.string()
+        localInterface = try r.u32() != 0
+        bootDevice = try r.string()
+    }
+}
+
+/// `vmctl stop`, `pause`, `unpause`, `wait`, `console`: a VM by name or id.
+public struct VMRequest: Equatable, Sendable {
+    public static let force: UInt32 = 1
+    public static let wait: UInt32 = 2
+    public static let all: UInt32 = 4
+
+    public var name: String
+    public var flags: UInt32
+
+    public init(name: String, flags: UInt32 = 0) { self.name = name; self.flags = flags }
+
+    public func encoded() -> [UInt8] {
+        var w = WireWriter(); w.string(name); w.u32(flags); return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws {
+        var r = WireReader(bytes)
+        name = try r.string(max: 256); flags = try r.u32()
+    }
+}
+
+/// ctlFail payload: errno + a one-line message.
+public struct Failure: Equatable, Sendable, Error, CustomStringConvertible {
+    public var code: Int32
+    public var message: String
+    public init(code: Int32, message: String) { self.code = code; self.message = message }
+    public var description: String { message }
+    public func encoded() -> [UInt8] { var w = WireWriter(); w.i32(code); w.string(message); return w.bytes }
+    public init(decoding bytes: [UInt8]) throws {
+        var r = WireReader(bytes); code = try r.i32(); message = try r.string()
+    }
+}

@@ -1,0 +1,166 @@
+import Glibc
+import VMDSystem
+import Imsg
+import VMConfig
+
+/// The `vmd` parent: holds the configuration and the VM table, starts the
+/// three children (priv, control, vmm) and relays between them. It never
+/// runs guest code or parses guest data.
+public final class Parent {
+    public enum Role: String, CaseIterable { case priv, control, vmm }
+
+    struct Child {
+        let role: Role
+        let pid: pid_t
+        let channel: ImsgChannel
+    }
+
+    let options: DaemonOptions
+    let loop = EventLoop()
+    var config: VMDConfiguration
+    var children: [Role: Child] = [:]
+    var shuttingDown = false
+    let user: Credentials
+    /// VMs, stable ids for the daemon's lifetime.
+    var vms: VMTable!
+
+    init(options: DaemonOptions, config: VMDConfiguration, user: Credentials) {
+        self.options = options
+        self.config = config
+        self.user = user
+    }
+
+    /// Reads and checks the configuration: `file:line: message` for each
+    /// error, all of them, nothing applied.
+    static func loadConfiguration(_ options: DaemonOptions) -> Result<VMDConfiguration, ConfigErrors> {
+        var macros: [String: String] = [:]
+        for (k, v) in options.macros { macros[k] = v }
+        return ConfigParser.parse(file: options.configPath, macros: macros)
+    }
+
+    func socketOwner() -> (uid: uid_t, gid: gid_t) {
+        var uid: uid_t = 0, gid: gid_t = 0
+        if let o = config.socketOwner {
+            if let u = o.user { uid = UInt32(u).map { uid_t($0) } ?? Users.lookup(u)?.uid ?? 0 }
+            if let g = o.group { gid = UInt32(g).map { gid_t($0) } ?? Users.lookupGroup(g) ?? 0 }
+        }
+        return (uid, gid)
+    }
+
+    func start() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let listenFD = try ControlProcess.bind(path: options.socketPath, owner: socketOwner())
+        defer { FD.close(listenFD) }
+        for role in Role.allCases {
+            let (mine, theirs) = try FD.socketPair()
+            let args = ["vmd", "-P", role.rawValue] + options.inheritedFlags
+            let pid = try Spawn.spawnSelf(arguments: args,
+                                          descriptors: role == .control ? [theirs, listenFD] : [theirs])
+            FD.close(theirs)
+            let ch = ImsgChannel(fd: mine, name: "parent: \(role.rawValue)", loop: loop,
+                                 onMessage: { [unowned self] _, m in self.dispatch(role, m) },
+                                 onClose: { [unowned self] _, reason in
+                                     if !self.shuttingDown {
+                                         Log.debug("\(role.rawValue) channel closed\(reason.map { ": \($0)" } ?? "")")
+                                     }
+                                 })
+            children[role] = Child(role: role, pid: pid, channel: ch)
+            Log.debug("started \(role.rawValue) process, pid \(pid)")
+        }
+        vms = VMTable(parent: self)
+        loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
+        loop.onSignal(SIGTERM) { [unowned self] in
+            Log.info("SIGTERM: shutting down")
+            self.shutdown(status: 0)
+        }
+        loop.onSignal(SIGINT) { [unowned self] in
+            Log.info("SIGINT: shutting down")
+            self.shutdown(status: 0)
+        }
+        loop.onSignal(SIGHUP) { [unowned self] in
+            Log.info("SIGHUP: reloading \(self.options.configPath)")
+            if case .failure(let errs) = self.reload(path: nil) {
+                for e in errs.errors { Log.error("\(e)") }
+            }
+        }
+        vms.startConfigured()
+        notifySystemd("READY=1")
+        Log.info("startup complete")
+    }
+
+    func run() -> Never {
+        loop.run()
+        exit(0)
+    }
+
+    func send(_ role: Role, _ m: Imsg) {
+        children[role]?.channel.send(m)
+    }
+
+    private func dispatch(_ role: Role, _ m: Imsg) {
+        switch role {
+        case .control: vms.fromControl(m)
+        case .vmm: vms.fromVMM(m)
+        case .priv: vms.fromPriv(m)
+        }
+    }
+
+    private func reap() {
+        while let (pid, status) = Spawn.reapAny() {
+            guard let child = children.values.first(where: { $0.pid == pid }) else {
+                Log.debug("reaped unknown child \(pid): \(status)")
+                continue
+            }
+            children[child.role] = nil
+            if shuttingDown {
+                Log.debug("\(child.role.rawValue) process \(pid) \(status)")
+                continue
+            }
+            Log.error("\(child.role.rawValue) process \(pid) \(status)")
+            shutdown(status: 1)
+        }
+    }
+
+    /// Stops every child (their VMs go with vmm), waits for all, exits.
+    func shutdown(status: Int32) -> Never {
+        shuttingDown = true
+        notifySystemd("STOPPING=1")
+        for child in children.values {
+            kill(child.pid, SIGTERM)
+        }
+        // vmm stops its VMs gracefully before exiting; give it time, then insist.
+        let deadline = Clock.now() + 15
+        while !children.isEmpty && Clock.now() < deadline {
+            var st: Int32 = 0
+            let pid = waitpid(-1, &st, WNOHANG)
+            if pid > 0 {
+                if let c = children.values.first(where: { $0.pid == pid }) { children[c.role] = nil }
+                continue
+            }
+            if pid < 0 && cvmdErrno() == ECHILD { break }
+            usleep(20_000)
+        }
+        for child in children.values {
+            Log.warning("\(child.role.rawValue) did not exit; killing it")
+            kill(child.pid, SIGKILL)
+            _ = try? Spawn.wait(child.pid)
+        }
+        children.removeAll()
+        unlink(options.socketPath)
+        Log.info("exiting")
+        exit(status)
+    }
+
+    /// Re-reads the configuration all-or-nothing.
+    func reload(path: String?) -> Result<Void, ConfigErrors> {
+        var o = options
+        if let path { o.configPath = path }
+        switch Parent.loadConfiguration(o) {
+        case .failure(let e): return .failure(e)
+        case .success(let c):
+            config = c
+            vms.applyConfiguration()
+            return .success(())
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import Glibc
+import VMDSystem
+
+/// The seccomp allow-lists, one per role, in one place. Anything not listed
+/// kills the process (SIGSYS); the parent logs which process died and why.
+public enum SandboxPolicies {
+    /// What any Swift + libevent process needs to run its loop, log, and exit.
+    static let base: [String] = [
+        // event loop and channels
+        "read", "write", "readv", "writev", "recvmsg", "sendmsg", "sendto", "recvfrom",
+        "close", "epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl", "poll", "ppoll",
+        "fcntl", "shutdown",
+        // memory and threads (Swift runtime, malloc)
+        "mmap", "munmap", "mremap", "madvise", "brk", "futex", "sched_yield",
+        "set_robust_list", "rseq",
+        // signals (libevent delivers them through a pipe; handlers return)
+        "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "restart_syscall",
+        // time, identity, exit
+        "clock_gettime", "clock_nanosleep", "nanosleep", "gettimeofday",
+        "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid",
+        "exit", "exit_group", "tgkill", "getrandom",
+    ]
+
+    /// control: accepts vmctl connections on an already-bound socket.
+    public static let control = SeccompPolicy(
+        name: "control",
+        allowing: base + ["accept4", "accept", "getsockopt"],
+        extra: [.allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_READ | PROT_WRITE)),
+                .allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_NONE)),
+                .allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_READ)),
+                // glibc's syslog() reconnects after syslogd restarts: refuse
+                // quietly rather than kill the process.
+                .fail("socket", errno: EACCES), .fail("connect", errno: EACCES)])
+
+    /// priv: tap devices and bridges (ioctls on /dev/net/tun and sockets).
+    public static let priv = SeccompPolicy(
+        name: "priv",
+        allowing: base + ["openat", "open", "ioctl", "socket", "connect", "bind", "getsockname",
+                          "mprotect", "newfstatat", "fstat", "lseek", "uname"])
+
+    /// vmm: starts VM processes (fork+exec of this binary) and reaps them;
+    /// its filter is inherited by them, so it also covers a VM process's
+    /// privileged set-up (opening /dev/kvm, creating the VM, ptys, memfds).
+    public static let vmm = SeccompPolicy(
+        name: "vmm",
+        allowing: base + [
+            "clone", "clone3", "vfork", "execve", "wait4", "waitid", "kill",
+            "openat", "open", "newfstatat", "fstat", "statx", "lseek", "readlink", "readlinkat",
+            "access", "faccessat", "faccessat2", "getdents64", "pread64", "pwrite64", "ioctl",
+            "mprotect", "memfd_create", "ftruncate", "fallocate", "fsync", "fdatasync", "flock",
+            "socketpair", "socket", "connect", "dup", "dup2", "dup3", "pipe2", "prctl", "arch_prctl",
+            "setresuid", "setresgid", "setgroups", "setsid", "getcwd", "uname", "prlimit64",
+            "getrlimit", "setrlimit", "sched_getaffinity", "sched_setaffinity", "getpriority",
+            "landlock_create_ruleset", "landlock_restrict_self", "landlock_add_rule", "seccomp",
+            "umask", "chdir", "sysinfo", "getsockopt", "setsockopt", "sendmmsg", "recvmmsg",
+            "timerfd_create", "timerfd_settime", "eventfd2", "pidfd_open", "mlock", "munlock",
+            "unlink", "unlinkat", "mkdir", "mkdirat", "getresuid", "getresgid", "rt_sigtimedwait",
+            "rt_sigqueueinfo", "tkill", "membarrier", "statfs", "fstatfs", "ioprio_set", "sched_getparam",
+            "sched_getscheduler", "sched_setscheduler", "rt_sigsuspend", "pause", "alarm", "getpgrp",
+            "setpgid", "getpgid", "getsid", "chmod", "fchmod", "fchown", "chown", "lchown", "fchmodat",
+            "fchownat", "renameat", "rename", "symlink", "link", "readahead", "sync_file_range",
+            "copy_file_range", "splice", "tee", "inotify_init1", "epoll_create1", "epoll_create",
+            "fsetxattr", "fgetxattr", "getxattr", "mincore", "msync", "get_mempolicy", "set_mempolicy",
+            "mbind", "close_range", "openat2", "setitimer", "getitimer", "times", "getrusage",
+        ])
+}

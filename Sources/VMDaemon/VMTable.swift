@@ -1,0 +1,547 @@
+import Glibc
+import VMDSystem
+import Imsg
+import VMConfig
+
+/// The parent's table of VMs: configured and running, with stable ids, the
+/// permission checks for control requests, and the start/stop state machine.
+final class VMTable {
+    final class Entry {
+        let id: UInt32
+        var config: VMConfiguration
+        var state: VMState = .stopped
+        var pid: Int32 = 0
+        var tty = ""
+        var ownerUID: uid_t = 0
+        var ownerGID: gid_t?
+        var fromConfigFile: Bool
+        var restarts: [Double] = []
+        /// Clients waiting for this VM to stop (`vmctl wait`, `stop -w`).
+        var waiters: [UInt32] = []
+        var startRequester: UInt32?
+        var pendingTaps: Int = 0
+        var launch: LaunchSpec?
+        var launchFDs: [Int32] = []
+        var stopRequested = false
+
+        init(id: UInt32, config: VMConfiguration, fromConfigFile: Bool) {
+            self.id = id
+            self.config = config
+            self.fromConfigFile = fromConfigFile
+        }
+    }
+
+    struct Client { let uid: uid_t; let gid: gid_t }
+
+    unowned let parent: Parent
+    var entries: [Entry] = []
+    var nextID: UInt32 = 1
+    var clients: [UInt32: Client] = [:]
+    static let restartLimit = 3
+    static let restartWindow = 6.0
+
+    init(parent: Parent) {
+        self.parent = parent
+        for vm in parent.config.vms { add(vm, fromConfigFile: true) }
+    }
+
+    @discardableResult
+    func add(_ config: VMConfiguration, fromConfigFile: Bool) -> Entry {
+        let e = Entry(id: nextID, config: config, fromConfigFile: fromConfigFile)
+        nextID += 1
+        resolveOwner(e)
+        entries.append(e)
+        return e
+    }
+
+    func resolveOwner(_ e: Entry) {
+        e.ownerUID = 0
+        e.ownerGID = nil
+        guard let o = e.config.owner else { return }
+        if let u = o.user { e.ownerUID = UInt32(u).map { uid_t($0) } ?? Users.lookup(u)?.uid ?? 0 }
+        if let g = o.group { e.ownerGID = UInt32(g).map { gid_t($0) } ?? Users.lookupGroup(g) }
+    }
+
+    func find(_ nameOrID: String) -> Entry? {
+        if let id = UInt32(nameOrID), let e = entries.first(where: { $0.id == id }) { return e }
+        return entries.first { $0.config.name == nameOrID }
+    }
+
+    func entry(id: UInt32) -> Entry? { entries.first { $0.id == id } }
+
+    // MARK: start-up and reload
+
+    /// Starts every VM without `disable`, honouring `staggered start`.
+    func startConfigured() {
+        let toStart = entries.filter { $0.config.enabled && $0.state == .stopped }
+        guard let stagger = parent.config.staggeredStart, stagger.parallel > 0 else {
+            for e in toStart { start(e, requester: nil) }
+            return
+        }
+        for (i, e) in toStart.enumerated() {
+            let batch = i / stagger.parallel
+            if batch == 0 { start(e, requester: nil); continue }
+            parent.loop.after(seconds: Double(batch * stagger.delaySeconds)) { [weak self, weak e] in
+                if let self, let e, e.state == .stopped { self.start(e, requester: nil) }
+            }
+        }
+    }
+
+    /// After a successful reload: stopped VMs take the new configuration,
+    /// VMs gone from the file are forgotten once stopped, new ones are added
+    /// and, if enabled, started. Running VMs are left alone.
+    func applyConfiguration() {
+        let newNames = Set(parent.config.vms.map(\.name))
+        entries.removeAll { $0.fromConfigFile && $0.state == .stopped && !newNames.contains($0.config.name) }
+        for vm in parent.config.vms {
+            if let e = entries.first(where: { $0.config.name == vm.name }) {
+                if e.state == .stopped { e.config = vm; e.fromConfigFile = true; resolveOwner(e) }
+            } else {
+                add(vm, fromConfigFile: true)
+            }
+        }
+        startConfigured()
+    }
+
+    // MARK: control requests
+
+    func reply(_ client: UInt32, _ type: MessageType, _ data: [UInt8] = []) {
+        parent.send(.control, Imsg(type: type.rawValue, peerID: client, data: data))
+    }
+
+    func fail(_ client: UInt32, _ code: Int32, _ message: String) {
+        reply(client, .ctlFail, Failure(code: code, message: message).encoded())
+    }
+
+    func ok(_ client: UInt32, _ message: String = "") {
+        reply(client, .ctlOK, Array(message.utf8))
+    }
+
+    func isOwner(_ c: Client, _ e: Entry) -> Bool {
+        if c.uid == 0 { return true }
+        if e.config.owner == nil { return false }
+        if e.ownerUID != 0 && e.ownerUID == c.uid { return true }
+        if let g = e.ownerGID, g == c.gid { return true }
+        return false
+    }
+
+    func fromControl(_ m: Imsg) {
+        if let f = m.fd { FD.close(f) }
+        let client = m.peerID
+        guard let type = MessageType(rawValue: m.type) else {
+            fail(client, EINVAL, "unknown request type \(m.type)")
+            return
+        }
+        if type == .ctlClientConnected {
+            var r = WireReader(m.data)
+            if let uid = try? r.u32(), let gid = try? r.u32() { clients[client] = Client(uid: uid, gid: gid) }
+            return
+        }
+        if type == .ctlClientClosed {
+            clients[client] = nil
+            for e in entries { e.waiters.removeAll { $0 == client } }
+            return
+        }
+        guard let c = clients[client] else { return }
+        let userAllowed: Set<MessageType> = [.vmdStartVMRequest, .vmdStopVMRequest, .vmdWaitVM,
+                                             .vmdGetInfoVMRequest, .vmdPauseVM, .vmdUnpauseVM,
+                                             .vmdConsoleRequest]
+        if c.uid != 0 && !userAllowed.contains(type) {
+            fail(client, EPERM, "permission denied: only root may do that")
+            return
+        }
+        do {
+            switch type {
+            case .vmdGetInfoVMRequest: status(client, m.data)
+            case .vmdStartVMRequest: try startRequest(client, c, StartRequest(decoding: m.data))
+            case .vmdStopVMRequest: try stopRequest(client, c, VMRequest(decoding: m.data))
+            case .vmdPauseVM, .vmdUnpauseVM, .vmdWaitVM, .vmdConsoleRequest:
+                try vmRequest(type, client, c, VMRequest(decoding: m.data))
+            case .ctlReload:
+                let path = String(decoding: m.data, as: UTF8.self)
+                switch parent.reload(path: path.isEmpty ? nil : path) {
+                case .success: ok(client, "configuration reloaded")
+                case .failure(let errs):
+                    fail(client, EINVAL, errs.errors.map(\.description).joined(separator: "\n"))
+                }
+            case .ctlReset:
+                var r = WireReader(m.data)
+                let what = (try? r.u32()) ?? 0
+                if what == 0 || what == 1 {
+                    for e in entries where e.state != .stopped { stop(e, force: true) }
+                }
+                ok(client)
+            case .ctlVerbose:
+                var r = WireReader(m.data)
+                let level = (try? r.u32()) ?? 0
+                Log.setVerbosity(Int(level))
+                Log.info("log level set to \(level == 0 ? "brief" : "verbose")")
+                ok(client)
+            default:
+                fail(client, EINVAL, "unexpected request type \(m.type)")
+            }
+        } catch {
+            fail(client, EINVAL, "malformed request: \(error)")
+        }
+    }
+
+    func info(_ e: Entry) -> VMInfo {
+        var owner = e.config.owner.map { o in
+            [o.user, o.group.map { ":" + $0 }].compactMap { $0 }.joined()
+        } ?? "root"
+        if owner.isEmpty { owner = "root" }
+        let running = e.state != .stopped && e.pid != 0
+        return VMInfo(id: e.id, pid: running ? e.pid : 0, vcpus: UInt32(e.config.effectiveCPUs),
+                      maxMemory: e.config.effectiveMemoryBytes,
+                      curMemory: running ? e.config.effectiveMemoryBytes : 0,
+                      tty: running ? e.tty : "", owner: owner, state: e.state.rawValue,
+                      name: e.config.name)
+    }
+
+    func status(_ client: UInt32, _ data: [UInt8]) {
+        var r = WireReader(data)
+        let wanted = (try? r.string(max: 256)) ?? ""
+        for e in entries where wanted.isEmpty || e.config.name == wanted || String(e.id) == wanted {
+            reply(client, .vmdInfoVMData, info(e).encoded())
+        }
+        reply(client, .vmdInfoVMEnd)
+    }
+
+    func startRequest(_ client: UInt32, _ c: Client, _ req: StartRequest) throws {
+        var e = find(req.name)
+        if let existing = e {
+            guard isOwner(c, existing) else {
+                fail(client, EPERM, "start \(req.name): permission denied"); return
+            }
+            guard existing.state == .stopped else {
+                fail(client, EBUSY, "start \(req.name): vm already running"); return
+            }
+            if req.hasOverrides { apply(req, to: existing) }
+        } else {
+            guard req.hasOverrides || req.name.isEmpty == false else {
+                fail(client, ENOENT, "start \(req.name): vm not found"); return
+            }
+            guard !req.bootPath.isEmpty || !req.disks.isEmpty || !req.cdrom.isEmpty || !req.parent.isEmpty else {
+                fail(client, ENOENT, "start \(req.name): vm not found (give -b, -d or -r to create one)"); return
+            }
+            var vm = VMConfiguration(name: req.name, location: SourceLocation(file: "vmctl", line: 0))
+            if c.uid != 0 { vm.owner = Owner(user: String(c.uid), group: nil) }
+            if !req.parent.isEmpty {
+                guard let p = find(req.parent) else {
+                    fail(client, ENOENT, "start \(req.name): parent vm \(req.parent) not found"); return
+                }
+                vm = p.config
+                vm.name = req.name
+                vm.parent = req.parent
+            }
+            let ne = add(vm, fromConfigFile: false)
+            apply(req, to: ne)
+            e = ne
+        }
+        start(e!, requester: client)
+    }
+
+    func apply(_ req: StartRequest, to e: Entry) {
+        if !req.bootPath.isEmpty { e.config.bootPath = req.bootPath }
+        if req.memoryBytes != 0 { e.config.memoryBytes = req.memoryBytes }
+        if req.cpus != 0 { e.config.cpus = Int(req.cpus) }
+        if req.interfaceCount != 0 { e.config.interfaceCount = Int(req.interfaceCount) }
+        let loc = SourceLocation(file: "vmctl", line: 0)
+        for d in req.disks {
+            var fmt: DiskFormat? = nil
+            var path = d
+            if d.hasPrefix("raw:") { fmt = .raw; path = String(d.dropFirst(4)) }
+            else if d.hasPrefix("qcow2:") { fmt = .qcow2; path = String(d.dropFirst(6)) }
+            e.config.disks.append(Disk(path: path, format: fmt, location: loc))
+        }
+        if !req.cdrom.isEmpty { e.config.cdrom = req.cdrom }
+        if !req.switchName.isEmpty {
+            e.config.interfaces.append(Interface(switchName: req.switchName, location: loc))
+        }
+        if req.localInterface { e.config.interfaces.append(Interface(isLocal: true, location: loc)) }
+        if let d = BootDevice(rawValue: req.bootDevice) { e.config.bootDevice = d }
+    }
+
+    func stopRequest(_ client: UInt32, _ c: Client, _ req: VMRequest) throws {
+        let targets: [Entry]
+        if req.flags & VMRequest.all != 0 {
+            targets = entries.filter { $0.state != .stopped && isOwner(c, $0) }
+        } else {
+            guard let e = find(req.name) else { fail(client, ENOENT, "stop \(req.name): vm not found"); return }
+            guard isOwner(c, e) else { fail(client, EPERM, "stop \(req.name): permission denied"); return }
+            guard e.state != .stopped else { fail(client, EINVAL, "stop \(req.name): vm not running"); return }
+            targets = [e]
+        }
+        for e in targets {
+            if req.flags & VMRequest.wait != 0 { e.waiters.append(client) }
+            stop(e, force: req.flags & VMRequest.force != 0)
+        }
+        if req.flags & VMRequest.wait == 0 || targets.isEmpty {
+            ok(client, targets.map { "stopping vm \($0.config.name): requested to shutdown" }.joined(separator: "\n"))
+        }
+    }
+
+    func vmRequest(_ type: MessageType, _ client: UInt32, _ c: Client, _ req: VMRequest) throws {
+        let verb: String
+        switch type {
+        case .vmdPauseVM: verb = "pause"
+        case .vmdUnpauseVM: verb = "unpause"
+        case .vmdWaitVM: verb = "wait"
+        default: verb = "console"
+        }
+        guard let e = find(req.name) else { fail(client, ENOENT, "\(verb) \(req.name): vm not found"); return }
+        guard isOwner(c, e) else { fail(client, EPERM, "\(verb) \(req.name): permission denied"); return }
+        switch type {
+        case .vmdWaitVM:
+            if e.state == .stopped { fail(client, EINVAL, "wait \(req.name): vm not running"); return }
+            e.waiters.append(client)
+        case .vmdPauseVM, .vmdUnpauseVM:
+            let pausing = type == .vmdPauseVM
+            guard e.state == (pausing ? .running : .paused) else {
+                fail(client, EINVAL, "\(verb) \(req.name): vm is \(e.state.rawValue)"); return
+            }
+            e.waiters.removeAll { $0 == client }
+            pendingReplies[e.id, default: []].append(client)
+            parent.send(.vmm, Imsg(type: (pausing ? MessageType.vmmPauseVM : .vmmUnpauseVM).rawValue, peerID: e.id))
+        default:
+            guard e.state != .stopped else { fail(client, EINVAL, "console \(req.name): vm not running"); return }
+            pendingConsole[e.id, default: []].append(client)
+            parent.send(.vmm, Imsg(type: MessageType.vmmConsoleReplay.rawValue, peerID: e.id))
+        }
+    }
+
+    var pendingReplies: [UInt32: [UInt32]] = [:]
+    var pendingConsole: [UInt32: [UInt32]] = [:]
+
+    // MARK: starting a VM
+
+    func start(_ e: Entry, requester: UInt32?) {
+        let name = e.config.name
+        func refuse(_ code: Int32, _ msg: String) {
+            Log.warning("start \(name): \(msg)")
+            if let r = requester { fail(r, code, "start \(name): \(msg)") }
+            e.state = .stopped
+            for f in e.launchFDs { FD.close(f) }
+            e.launchFDs = []
+        }
+        let unsupported = unsupportedFeatures(of: e.config)
+        if let first = unsupported.first {
+            refuse(ENOTSUP, "not supported yet: \(first)")
+            return
+        }
+        guard let boot = e.config.bootPath else {
+            refuse(ENOTSUP, "no boot kernel given (`boot path`): BIOS boot is not supported yet")
+            return
+        }
+        var fds: [Int32] = []
+        func openFile(_ what: String, _ path: String, writable: Bool) -> (Int32, Bool)? {
+            if writable {
+                let fd = open(path, O_RDWR | O_CLOEXEC)
+                if fd >= 0 { return (fd, false) }
+                let err = errno
+                if err != EACCES && err != EROFS && err != EPERM {
+                    refuse(err, "\(what) \(path): \(String(cString: strerror(err)))")
+                    return nil
+                }
+            }
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            if fd < 0 {
+                let err = errno
+                refuse(err, "\(what) \(path): \(String(cString: strerror(err)))")
+                return nil
+            }
+            return (fd, true)
+        }
+        guard let (kernel, _) = openFile("kernel", boot, writable: false) else { return }
+        fds.append(kernel)
+        var hasInitrd = false
+        if let initrd = e.config.initrd {
+            guard let (fd, _) = openFile("initrd", initrd, writable: false) else { fds.forEach(FD.close); return }
+            fds.append(fd)
+            hasInitrd = true
+        }
+        var disks: [LaunchSpec.DiskSpec] = []
+        for d in e.config.disks {
+            guard let (fd, ro) = openFile("disk", d.path, writable: true) else { fds.forEach(FD.close); return }
+            fds.append(fd)
+            // One writer per image: a second VM gets a clear error, not a corrupt disk.
+            if flock(fd, (ro ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
+                fds.forEach(FD.close)
+                refuse(EBUSY, "disk \(d.path): in use by another VM")
+                return
+            }
+            var magic = [UInt8](repeating: 0, count: 4)
+            if pread(fd, &magic, 4, 0) == 4 && magic == [0x51, 0x46, 0x49, 0xfb] || d.format == .qcow2 {
+                fds.forEach(FD.close)
+                refuse(ENOTSUP, "disk \(d.path): not supported yet: qcow2 disk")
+                return
+            }
+            let base = d.path.split(separator: "/").last.map(String.init) ?? d.path
+            disks.append(.init(name: base, readOnly: ro))
+        }
+        var hasCDROM = false
+        if let cd = e.config.cdrom {
+            guard let (fd, _) = openFile("cdrom", cd, writable: false) else { fds.forEach(FD.close); return }
+            fds.append(fd)
+            hasCDROM = true
+        }
+        var nics: [LaunchSpec.NICSpec] = []
+        let count = e.config.effectiveInterfaceCount
+        for i in 0..<count {
+            let iface = i < e.config.interfaces.count ? e.config.interfaces[i] : nil
+            var mac = iface?.lladdr?.bytes ?? []
+            if mac.isEmpty {
+                // vmd's scheme: fe:e1:bb:d<n>:xx:xx, random low bytes.
+                let rnd = Random.bytes(2)
+                mac = [0xfe, 0xe1, 0xbb, 0xd0 | UInt8(i + 1), rnd[0], rnd[1]]
+            }
+            let ifname = (iface?.name == "tap") ? "" : (iface?.name ?? "")
+            nics.append(.init(mac: mac, lockedLladdr: iface?.lockedLladdr ?? false, ifname: ifname))
+        }
+        e.launch = LaunchSpec(vmid: e.id, name: name, memoryBytes: e.config.effectiveMemoryBytes,
+                              cpus: UInt32(e.config.effectiveCPUs), cmdline: e.config.cmdline ?? "",
+                              hasInitrd: hasInitrd, disks: disks, hasCDROM: hasCDROM, nics: nics,
+                              verbosity: UInt32(Log.verbosity))
+        e.launchFDs = fds
+        e.state = .starting
+        e.startRequester = requester
+        e.stopRequested = false
+        e.pendingTaps = nics.count
+        if nics.isEmpty {
+            sendLaunch(e)
+        } else {
+            for n in nics {
+                parent.send(.priv, Imsg(type: MessageType.privOpenTap.rawValue, peerID: e.id,
+                                        data: Array(n.ifname.utf8)))
+            }
+        }
+    }
+
+    func fromPriv(_ m: Imsg) {
+        guard MessageType(rawValue: m.type) == .privTapOpened, let e = entry(id: m.peerID),
+              e.state == .starting, e.pendingTaps > 0, var spec = e.launch else {
+            if let f = m.fd { FD.close(f) }
+            return
+        }
+        guard let fd = m.fd else {
+            let reason = String(decoding: m.data, as: UTF8.self)
+            e.pendingTaps = 0
+            for f in e.launchFDs { FD.close(f) }
+            e.launchFDs = []
+            e.state = .stopped
+            Log.warning("start \(e.config.name): tap: \(reason)")
+            if let r = e.startRequester { fail(r, EIO, "start \(e.config.name): tap: \(reason)") }
+            return
+        }
+        let index = spec.nics.count - e.pendingTaps
+        spec.nics[index].ifname = String(decoding: m.data, as: UTF8.self)
+        e.launch = spec
+        e.launchFDs.append(fd)
+        e.pendingTaps -= 1
+        if e.pendingTaps == 0 { sendLaunch(e) }
+    }
+
+    func sendLaunch(_ e: Entry) {
+        guard let spec = e.launch else { return }
+        parent.send(.vmm, Imsg(type: MessageType.vmmStartVM.rawValue, peerID: e.id, data: spec.encoded()))
+        for fd in e.launchFDs {
+            parent.send(.vmm, Imsg(type: MessageType.vmmStartVMFD.rawValue, peerID: e.id, fd: fd))
+        }
+        e.launchFDs = []
+        parent.send(.vmm, Imsg(type: MessageType.vmmStartVMEnd.rawValue, peerID: e.id))
+        Log.info("vm \(e.config.name): starting (id \(e.id))")
+    }
+
+    func stop(_ e: Entry, force: Bool) {
+        switch e.state {
+        case .starting where e.pid == 0, .stopped:
+            return
+        default:
+            e.stopRequested = true
+            e.state = .stopping
+            var w = WireWriter()
+            w.u32(force ? VMRequest.force : 0)
+            parent.send(.vmm, Imsg(type: MessageType.vmmStopVM.rawValue, peerID: e.id, data: w.bytes))
+            Log.info("vm \(e.config.name): stopping\(force ? " (forced)" : "")")
+        }
+    }
+
+    // MARK: messages from vmm
+
+    func fromVMM(_ m: Imsg) {
+        if let f = m.fd { FD.close(f) }
+        guard let e = entry(id: m.peerID) else { return }
+        var r = WireReader(m.data)
+        switch MessageType(rawValue: m.type) {
+        case .vmmVMStarted:
+            e.pid = (try? r.i32()) ?? 0
+            e.tty = (try? r.string()) ?? ""
+            if e.state == .starting { e.state = .running }
+            Log.info("vm \(e.config.name): running, pid \(e.pid), console \(e.tty)")
+            if let c = e.startRequester { reply(c, .vmdStartVMResponse, info(e).encoded()) }
+            e.startRequester = nil
+            if e.stopRequested { stop(e, force: true) }
+        case .vmmPaused, .vmmUnpaused:
+            e.state = MessageType(rawValue: m.type) == .vmmPaused ? .paused : .running
+            Log.info("vm \(e.config.name): \(e.state == .paused ? "paused" : "unpaused")")
+            for c in pendingReplies.removeValue(forKey: e.id) ?? [] { ok(c) }
+        case .vmmConsoleReplay:
+            for c in pendingConsole.removeValue(forKey: e.id) ?? [] {
+                reply(c, .vmdConsoleData, info(e).encoded())
+                var off = 0
+                let data = m.data
+                // Chunks that fit one imsg each, then an empty end marker.
+                while off < data.count {
+                    let end = min(data.count, off + 16000)
+                    reply(c, .vmdConsoleData, Array(data[off..<end]))
+                    off = end
+                }
+                reply(c, .vmdInfoVMEnd)
+            }
+        case .vmmVMExited:
+            let reason = VMExitReason(rawValue: (try? r.u32()) ?? 0) ?? .failed
+            let detail = (try? r.string()) ?? ""
+            exited(e, reason: reason, detail: detail)
+        default:
+            break
+        }
+    }
+
+    func exited(_ e: Entry, reason: VMExitReason, detail: String) {
+        let name = e.config.name
+        let wasStarting = e.state == .starting
+        e.pid = 0
+        e.tty = ""
+        e.state = .stopped
+        for c in pendingReplies.removeValue(forKey: e.id) ?? [] { fail(c, EINVAL, "vm \(name) stopped") }
+        for c in pendingConsole.removeValue(forKey: e.id) ?? [] { fail(c, EINVAL, "console \(name): vm stopped") }
+        if let c = e.startRequester {
+            fail(c, EIO, "start \(name): \(detail.isEmpty ? "vm exited" : detail)")
+            e.startRequester = nil
+        }
+        switch reason {
+        case .reboot where !e.stopRequested:
+            let now = Clock.now()
+            e.restarts = e.restarts.filter { now - $0 < Self.restartWindow } + [now]
+            if e.restarts.count >= Self.restartLimit {
+                Log.warning("vm \(name): restarted \(Self.restartLimit) times in \(Int(Self.restartWindow)) s: stopped")
+                e.restarts = []
+                break
+            }
+            Log.info("vm \(name): rebooting")
+            start(e, requester: nil)
+            return
+        case .failed:
+            Log.warning("vm \(name): \(wasStarting ? "failed to start" : "stopped"): \(detail)")
+        default:
+            Log.info("vm \(name): stopped\(detail.isEmpty ? "" : " (\(detail))")")
+        }
+        e.stopRequested = false
+        for c in e.waiters { ok(c, "vm \(name) stopped") }
+        e.waiters = []
+        if !e.fromConfigFile {
+            // VMs made from vmctl flags live until they stop, like vmd's.
+            entries.removeAll { $0 === e }
+        }
+    }
+}

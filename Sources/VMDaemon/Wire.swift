@@ -1,0 +1,51 @@
+/// Small, size-checked payload codecs shared by the roles (no Foundation).
+public struct WireWriter {
+    public private(set) var bytes: [UInt8] = []
+    public init() {}
+    public mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    public mutating func i32(_ v: Int32) { u32(UInt32(bitPattern: v)) }
+    public mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    /// u32 length + UTF-8 bytes.
+    public mutating func string(_ s: String) {
+        let b = Array(s.utf8)
+        u32(UInt32(b.count))
+        bytes += b
+    }
+}
+
+public struct WireReader {
+    let bytes: [UInt8]
+    var offset = 0
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    public struct Truncated: Error, CustomStringConvertible {
+        public var description: String { "truncated or malformed payload" }
+    }
+
+    public var remaining: Int { bytes.count - offset }
+
+    public mutating func u32() throws -> UInt32 {
+        guard remaining >= 4 else { throw Truncated() }
+        var v: UInt32 = 0
+        for i in 0..<4 { v |= UInt32(bytes[offset + i]) << (8 * UInt32(i)) }
+        offset += 4
+        return v
+    }
+    public mutating func i32() throws -> Int32 { Int32(bitPattern: try u32()) }
+    public mutating func u64() throws -> UInt64 {
+        let lo = UInt64(try u32()), hi = UInt64(try u32())
+        return lo | hi << 32
+    }
+    public mutating func string(max: Int = 16384) throws -> String {
+        let n = Int(try u32())
+        guard n <= max, n <= remaining else { throw Truncated() }
+        let s = String(decoding: bytes[offset..<(offset + n)], as: UTF8.self)
+        offset += n
+        return s
+    }
+    public mutating func rest() -> [UInt8] {
+        let r = Array(bytes[offset...])
+        offset = bytes.count
+        return r
+    }
+}

@@ -1,0 +1,3 @@
+import VMDaemon
+
+VMDMain.main()
