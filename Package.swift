@@ -34,13 +34,15 @@ let package = Package(
         .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
         .target(name: "Virtio"),
         .target(name: "VirtioDevices", dependencies: ["Virtio"]),
-        .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMConfig", "VMM",
+        // The control protocol vmctl and the daemon share (message types, payloads).
+        .target(name: "VMDControl"),
+        .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMDControl", "VMConfig", "VMM",
                                             "Virtio", "VirtioDevices"]),
 
         // Thin executables.
         .executableTarget(name: "vmd", dependencies: ["VMDaemon"]),
         .executableTarget(name: "vmctl", dependencies: [
-            "VMDaemon", "Imsg", "VMDSystem",
+            "VMDControl", "Imsg", "VMDSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -50,7 +52,8 @@ let package = Package(
                     resources: [.copy("Golden")]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMDaemon"]),
+        .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
     ],
     swiftLanguageModes: [.v5]
 )

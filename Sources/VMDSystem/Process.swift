@@ -88,3 +88,31 @@ public enum Random {
         return b
     }
 }
+
+extension Sockets {
+    /// A blocking, close-on-exec stream connection to a unix socket path.
+    public static func connect(path: String) throws -> Int32 {
+        let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            FD.close(fd)
+            throw SystemError(path, code: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        do {
+            try sys(path) {
+                withUnsafePointer(to: &addr) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                    }
+                }
+            }
+        } catch {
+            FD.close(fd)
+            throw error
+        }
+        return fd
+    }
+}

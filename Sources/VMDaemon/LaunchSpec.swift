@@ -1,3 +1,4 @@
+import VMDControl
 /// Everything a VM process needs to know, sent by the parent through vmm.
 /// The descriptors travel separately, in `descriptorOrder`.
 public struct LaunchSpec: Equatable, Sendable {

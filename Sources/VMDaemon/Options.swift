@@ -1,3 +1,4 @@
+import VMDControl
 /// `vmd [-dnv] [-D macro=value] [-f file] [-s socket]`, plus the internal
 /// flags the daemon uses to re-execute itself as a child role:
 /// `-P priv|control|vmm`, `-V` (a VM process), `-X name` (a device process).

@@ -1,3 +1,4 @@
+import VMDControl
 import Glibc
 import VMDSystem
 import VMConfig

@@ -19,6 +19,7 @@ public struct WireReader {
     public init(_ bytes: [UInt8]) { self.bytes = bytes }
 
     public struct Truncated: Error, CustomStringConvertible {
+        public init() {}
         public var description: String { "truncated or malformed payload" }
     }
 

@@ -1,0 +1,61 @@
+# vmd for Linux. `make demo` boots a demo VM; `make test` runs every test.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SWIFT ?= swift
+CONFIG ?= debug
+SWIFTFLAGS ?=
+BIN = .build/$(CONFIG)
+
+.PHONY: all deps build guests test demo install uninstall fuzz bench lint clean
+
+all: build
+
+deps:
+	@.ci/install-deps
+
+guests:
+	$(MAKE) -C guests/vmtest
+
+build: deps guests
+	$(SWIFT) build -c $(CONFIG) $(SWIFTFLAGS)
+
+# Unit tests, golden config tests and the integration tests (real vmd,
+# vmctl, KVM and the vmtest guest; QEMU as the reference). Tests that need
+# something this machine lacks skip and say why.
+test: build
+	$(SWIFT) test -c $(CONFIG) $(SWIFTFLAGS)
+
+demo: build
+	guests/demo.sh $(BIN)
+
+fuzz: deps
+	Tests/Fuzz/run.sh
+
+bench: build
+	bench/run.sh $(BIN)
+
+lint:
+	mandoc -Tlint -Wstyle man/vmd.8 man/vmctl.8 man/vm.conf.5
+	systemd-analyze verify etc/systemd/vmd.service
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8 \
+		$(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)/etc/systemd/system
+	install -m 755 $(BIN)/vmd $(DESTDIR)$(PREFIX)/sbin/vmd
+	install -m 755 $(BIN)/vmctl $(DESTDIR)$(PREFIX)/sbin/vmctl
+	install -m 644 man/vmd.8 man/vmctl.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -m 644 man/vm.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/
+	sed 's,@PREFIX@,$(PREFIX),g' etc/systemd/vmd.service > $(DESTDIR)/etc/systemd/system/vmd.service
+	[ -e $(DESTDIR)/etc/vm.conf ] || install -m 644 etc/vm.conf $(DESTDIR)/etc/vm.conf
+	@if [ -z "$(DESTDIR)" ] && ! getent passwd _vmd >/dev/null; then \
+		useradd --system --no-create-home --home-dir /nonexistent \
+			--shell /usr/sbin/nologin --comment "vmd unprivileged user" _vmd; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/vmd $(DESTDIR)$(PREFIX)/sbin/vmctl \
+		$(DESTDIR)$(PREFIX)/share/man/man8/vmd.8 $(DESTDIR)$(PREFIX)/share/man/man8/vmctl.8 \
+		$(DESTDIR)$(PREFIX)/share/man/man5/vm.conf.5 $(DESTDIR)/etc/systemd/system/vmd.service
+
+clean:
+	rm -rf .build build
+	$(MAKE) -C guests/vmtest clean
