@@ -18,16 +18,33 @@ public final class ImsgChannel {
 
     public var fd: Int32 { buffer.fd }
 
-    public init(fd: Int32, name: String, loop: EventLoop,
+    public convenience init(fd: Int32, name: String, loop: EventLoop,
+                            onMessage: @escaping (ImsgChannel, Imsg) -> Void,
+                            onClose: @escaping (ImsgChannel, String?) -> Void) {
+        self.init(buffer: ImsgBuffer(fd: fd), name: name, loop: loop, onMessage: onMessage, onClose: onClose)
+    }
+
+    /// Takes over a buffer that was used in blocking mode first (e.g. to
+    /// read a start-up message); whatever it already holds is delivered.
+    public init(buffer: ImsgBuffer, name: String, loop: EventLoop,
                 onMessage: @escaping (ImsgChannel, Imsg) -> Void,
                 onClose: @escaping (ImsgChannel, String?) -> Void) {
         self.name = name
         self.loop = loop
         self.onMessage = onMessage
         self.onClose = onClose
-        buffer = ImsgBuffer(fd: fd)
-        try? FD.setNonBlocking(fd)
-        readHandle = loop.onReadable(fd) { [weak self] in self?.readable() }
+        self.buffer = buffer
+        try? FD.setNonBlocking(buffer.fd)
+        readHandle = loop.onReadable(buffer.fd) { [weak self] in self?.readable() }
+        loop.after(seconds: 0) { [weak self] in self?.deliverBuffered() }
+    }
+
+    private func deliverBuffered() {
+        do {
+            while !isClosed, let m = try buffer.get() { onMessage(self, m) }
+        } catch {
+            close(reason: "\(error)")
+        }
     }
 
     /// Queues a message and writes as much as the socket takes now.

@@ -44,7 +44,9 @@ public enum MessageType: UInt32, CaseIterable {
 
     // VM process <-> device process (viodev_msg inside)
     case devopMsg = 300
-    case devopVMInfo                 // device start-up parameters
+    case devopVMInfo                 // device start-up parameters (DeviceSetup)
+    case vmmciCommand                // VM -> vmmci device: u32 command
+    case vmmciAck                    // vmmci device -> VM: u32 command the guest acknowledged
 
     // test hooks
     case ping = 900

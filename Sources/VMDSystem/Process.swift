@@ -116,3 +116,19 @@ extension Sockets {
         return fd
     }
 }
+
+public enum SharedMemory {
+    /// Maps `size` bytes of `fd` shared, read-write (a VM's guest memory).
+    public static func map(fd: Int32, size: Int) throws -> UnsafeMutableRawPointer {
+        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if p == MAP_FAILED || p == nil { throw SystemError("mmap guest memory") }
+        return p!
+    }
+
+    /// The size of a file or memfd.
+    public static func size(of fd: Int32) throws -> Int {
+        var st = stat()
+        try sys("fstat") { fstat(fd, &st) }
+        return Int(st.st_size)
+    }
+}

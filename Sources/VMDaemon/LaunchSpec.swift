@@ -80,7 +80,7 @@ public struct LaunchSpec: Equatable, Sendable {
 }
 
 /// Why a VM process ended, as the VM process reports it.
-public enum VMExitReason: UInt32, Sendable {
+public enum VMStopReason: UInt32, Sendable {
     case powerOff = 1
     case reboot = 2
     case failed = 3

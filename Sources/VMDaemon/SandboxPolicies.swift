@@ -19,7 +19,7 @@ public enum SandboxPolicies {
         // time, identity, exit
         "clock_gettime", "clock_nanosleep", "nanosleep", "gettimeofday",
         "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid",
-        "exit", "exit_group", "tgkill", "getrandom",
+        "exit", "exit_group", "tgkill", "getrandom", "set_tid_address",
     ]
 
     /// control: accepts vmctl connections on an already-bound socket.
@@ -50,7 +50,7 @@ public enum SandboxPolicies {
             "access", "faccessat", "faccessat2", "getdents64", "pread64", "pwrite64", "ioctl",
             "mprotect", "memfd_create", "ftruncate", "fallocate", "fsync", "fdatasync", "flock",
             "socketpair", "socket", "connect", "dup", "dup2", "dup3", "pipe2", "prctl", "arch_prctl",
-            "setresuid", "setresgid", "setgroups", "setsid", "getcwd", "uname", "prlimit64",
+            "setresuid", "setresgid", "setgroups", "setuid", "setgid", "setsid", "getcwd", "uname", "prlimit64",
             "getrlimit", "setrlimit", "sched_getaffinity", "sched_setaffinity", "getpriority",
             "landlock_create_ruleset", "landlock_restrict_self", "landlock_add_rule", "seccomp",
             "umask", "chdir", "sysinfo", "getsockopt", "setsockopt", "sendmmsg", "recvmmsg",
@@ -64,4 +64,62 @@ public enum SandboxPolicies {
             "fsetxattr", "fgetxattr", "getxattr", "mincore", "msync", "get_mempolicy", "set_mempolicy",
             "mbind", "close_range", "openat2", "setitimer", "getitimer", "times", "getrusage",
         ])
+
+    /// A device process: its channels, guest memory (already mapped), and
+    /// its one backend. Nothing else: no open, no socket, no exec.
+    static func device(_ kind: DeviceSetup.Kind) -> SeccompPolicy {
+        var names = base
+        let noExec: [SeccompPolicy.Rule] = [
+            .allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_READ | PROT_WRITE)),
+            .allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_NONE)),
+            .allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_READ)),
+        ]
+        switch kind {
+        case .blk:
+            names += ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate",
+                      "lseek", "fstat", "newfstatat"]
+        case .scsi:
+            names += ["pread64", "preadv", "lseek", "fstat", "newfstatat"]
+        case .net:
+            // The tap fd: frames in and out; no ioctl after set-up.
+            break
+        case .rnd:
+            break
+        case .vmmci:
+            break
+        }
+        return SeccompPolicy(name: kind.rawValue, allowing: names, extra: noExec)
+    }
+
+    /// A VM process after its privileged set-up: vCPU threads in KVM_RUN,
+    /// interrupt lines, the console pty, the device channels.
+    static let vm = SeccompPolicy(
+        name: "vm",
+        allowing: base + [
+            // vCPU threads are started after the filter (TSYNC covers earlier ones)
+            "clone", "clone3", "sched_getaffinity", "mprotect",
+            // device processes are spawned before the filter; reaping after
+            "wait4", "waitid", "kill",
+            "time", "getcpu",
+        ],
+        extra: [
+            .allowIfArgEquals("ioctl", index: 1, value: UInt64(KVMIoctl.run)),
+            .allowIfArgEquals("ioctl", index: 1, value: UInt64(KVMIoctl.irqLine)),
+            .allowIfArgEquals("ioctl", index: 1, value: UInt64(KVMIoctl.getMPState)),
+            .allowIfArgEquals("ioctl", index: 1, value: UInt64(KVMIoctl.setMPState)),
+            // termios on the console pty master (cfmakeraw at attach)
+            .allowIfArgEquals("ioctl", index: 1, value: 0x5401),  // TCGETS
+            .allowIfArgEquals("ioctl", index: 1, value: 0x5402),  // TCSETS
+        ])
+}
+
+
+/// The KVM ioctl request numbers a running VM process may issue, derived
+/// from <linux/kvm.h> (KVMIO = 0xAE): _IO(KVMIO, 0x80), _IOW(KVMIO, 0x61,
+/// struct kvm_irq_level), _IOR/_IOW(KVMIO, 0x98/0x99, struct kvm_mp_state).
+enum KVMIoctl {
+    static let run: UInt32 = 0xAE80
+    static let irqLine: UInt32 = 0x4008_AE61
+    static let getMPState: UInt32 = 0x8004_AE98
+    static let setMPState: UInt32 = 0x4004_AE99
 }

@@ -10,7 +10,7 @@ final class VMMProcess {
     struct Running {
         let pid: pid_t
         let channel: ImsgChannel
-        var reportedReason: VMExitReason?
+        var reportedReason: VMStopReason?
         var detail: String
     }
 
@@ -83,7 +83,7 @@ final class VMMProcess {
         case .vmmVMExited:
             // The VM says why it is going; the exit status comes with the reap.
             var r = WireReader(m.data)
-            if let code = try? r.u32(), let reason = VMExitReason(rawValue: code) {
+            if let code = try? r.u32(), let reason = VMStopReason(rawValue: code) {
                 vms[vmid]?.reportedReason = reason
                 vms[vmid]?.detail = (try? r.string()) ?? ""
             }
@@ -96,7 +96,7 @@ final class VMMProcess {
         }
     }
 
-    func exitPayload(_ reason: VMExitReason, _ detail: String) -> [UInt8] {
+    func exitPayload(_ reason: VMStopReason, _ detail: String) -> [UInt8] {
         var w = WireWriter()
         w.u32(reason.rawValue)
         w.string(detail)

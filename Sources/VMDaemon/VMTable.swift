@@ -500,7 +500,7 @@ final class VMTable {
                 reply(c, .vmdInfoVMEnd)
             }
         case .vmmVMExited:
-            let reason = VMExitReason(rawValue: (try? r.u32()) ?? 0) ?? .failed
+            let reason = VMStopReason(rawValue: (try? r.u32()) ?? 0) ?? .failed
             let detail = (try? r.string()) ?? ""
             exited(e, reason: reason, detail: detail)
         default:
@@ -508,7 +508,7 @@ final class VMTable {
         }
     }
 
-    func exited(_ e: Entry, reason: VMExitReason, detail: String) {
+    func exited(_ e: Entry, reason: VMStopReason, detail: String) {
         let name = e.config.name
         let wasStarting = e.state == .starting
         e.pid = 0

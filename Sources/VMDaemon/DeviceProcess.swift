@@ -1,0 +1,218 @@
+import Glibc
+import VMDSystem
+import VMDControl
+import Imsg
+import Virtio
+import VirtioDevices
+
+/// `vmd: vm NAME vioblk0` (and the other devices): one virtio device in its
+/// own process. It maps guest memory, restricts itself to its descriptors
+/// (sync + async channels, guest memory, one backend), then serves register
+/// accesses (viodev_msg IO_READ/IO_WRITE on the sync channel) and raises its
+/// interrupt line with KICK messages on the async channel.
+final class DeviceProcess: InterruptSink {
+    static let syncFD: Int32 = 3
+    static let asyncFD: Int32 = 4
+    static let memoryFD: Int32 = 5
+    static let backendFD: Int32 = 6
+
+    // Created after the descriptor clean-up, which would close its epoll fd.
+    lazy var loop = EventLoop()
+    let setup: DeviceSetup
+    let sync: ImsgBuffer
+    var async: ImsgChannel!
+    var registers: VirtioRegisterFile!
+    var vionet: VioNet?
+    var paused = false
+    var interruptLevel = false
+
+    static func main(_ options: DaemonOptions, device: String) -> Never {
+        Spawn.dieWithParent()
+        signal(SIGPIPE, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        signal(SIGHUP, SIG_IGN)
+        let sync = ImsgBuffer(fd: syncFD)
+        let setup: DeviceSetup
+        do {
+            let m = try sync.readMessage()
+            guard MessageType(rawValue: m.type) == .devopVMInfo else {
+                Log.error("\(device): expected the device set-up message, got type \(m.type)")
+                exit(1)
+            }
+            setup = try DeviceSetup(decoding: m.data)
+        } catch {
+            Log.error("\(device): no set-up from the VM process: \(error)")
+            exit(1)
+        }
+        ProcessTitle.set("vmd: vm \(setup.vmName) \(setup.name)")
+        Log.setProcessName("vm \(setup.vmName) \(setup.name)")
+        let p = DeviceProcess(setup: setup, sync: sync)
+        p.run()
+    }
+
+    init(setup: DeviceSetup, sync: ImsgBuffer) {
+        self.setup = setup
+        self.sync = sync
+    }
+
+    func fail(_ msg: String) -> Never {
+        Log.error("\(setup.name): \(msg)")
+        exit(1)
+    }
+
+    func run() -> Never {
+        // Guest memory: the VM's memfd, mapped whole.
+        let memory: MappedGuestMemory
+        do {
+            let size = try SharedMemory.size(of: Self.memoryFD)
+            let base = try SharedMemory.map(fd: Self.memoryFD, size: size)
+            memory = try MappedGuestMemory(base: base, mappingSize: UInt64(size), regions: setup.regions.map {
+                GuestMemoryRegion(guestPhysicalAddress: $0.guestPhysical, size: $0.size, offsetInMapping: $0.fdOffset)
+            })
+        } catch {
+            fail("cannot map guest memory: \(error)")
+        }
+        virtioLogHook = { Log.warning($0) }
+
+        let device: VirtioDevice
+        let type: VirtioDeviceType?
+        do {
+            switch setup.kind {
+            case .blk:
+                device = VioBlk(name: setup.name,
+                                backend: try RawImageBackend(fd: Self.backendFD, readOnly: setup.readOnly),
+                                identifier: setup.identifier)
+                type = .block
+            case .scsi:
+                device = VioSCSI(name: setup.name, backend: try RawImageBackend(fd: Self.backendFD, readOnly: true))
+                type = .scsi
+            case .net:
+                try TapBackend.prepareTap(fd: Self.backendFD)
+                guard let n = VioNet(name: setup.name, backend: TapBackend(fd: Self.backendFD),
+                                     mac: setup.mac, lockedLinkAddress: setup.lockedLladdr) else {
+                    fail("bad MAC address")
+                }
+                vionet = n
+                device = n
+                type = .network
+            case .rnd:
+                device = VioRnd(name: setup.name)
+                type = .entropy
+            case .vmmci:
+                let v = VMMCI(name: setup.name)
+                v.onAcknowledge = { [unowned self] cmd in
+                    var w = WireWriter()
+                    w.u32(cmd.rawValue)
+                    self.async.send(type: MessageType.vmmciAck.rawValue, data: w.bytes)
+                }
+                device = v
+                type = nil
+            }
+        } catch {
+            fail("\(error)")
+        }
+        if let type {
+            registers = VirtioPCITransport(device: device, type: type, memory: memory, interruptSink: self)
+        } else {
+            registers = VirtioLegacyPCITransport(device: device, memory: memory, interruptSink: self)
+        }
+
+        // Nothing but our descriptors from here on.
+        let keep: [Int32] = setup.kind == .rnd || setup.kind == .vmmci
+            ? [Self.syncFD, Self.asyncFD, Self.memoryFD]
+            : [Self.syncFD, Self.asyncFD, Self.memoryFD, Self.backendFD]
+        FD.closeAll(from: 3, except: keep)
+        _ = loop   // its epoll fd, before the sandbox forbids creating one
+        let user = Users.lookup(Users.daemonUser)
+        if user == nil { fail("user \(Users.daemonUser) does not exist") }
+        // Memory is mapped and every descriptor is open: the process needs
+        // no file system, no new privileges and no root.
+        FD.close(Self.memoryFD)
+        restrict(setup.name, user: user, denyFileSystem: true, policy: SandboxPolicies.device(setup.kind))
+
+        async = ImsgChannel(fd: Self.asyncFD, name: "\(setup.name): async", loop: loop,
+                            onMessage: { [unowned self] _, m in self.asyncMessage(m) },
+                            onClose: { [unowned self] _, _ in self.loop.exit() })
+        try? FD.setNonBlocking(Self.syncFD)
+        loop.onReadable(Self.syncFD) { [unowned self] in self.syncReadable() }
+        if setup.kind == .net {
+            loop.onReadable(Self.backendFD) { [unowned self] in
+                if !self.paused { _ = self.vionet?.tapReadable() }
+            }
+        }
+        loop.onSignal(SIGTERM) { [unowned self] in self.loop.exit() }
+        send(sync: ViodevMsg(kind: .ready))
+        async.send(type: MessageType.devopMsg.rawValue, data: ViodevMsg(kind: .ready).encoded())
+        Log.debug("\(setup.name): ready")
+        loop.run()
+        exit(0)
+    }
+
+    func send(sync msg: ViodevMsg) {
+        do {
+            try sync.compose(type: MessageType.devopMsg.rawValue, data: msg.encoded())
+            while try !sync.flush() {
+                var pfd = pollfd(fd: Self.syncFD, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&pfd, 1, 1000)
+            }
+        } catch {
+            Log.warning("\(setup.name): sync channel: \(error)")
+            loop.exit()
+        }
+    }
+
+    func syncReadable() {
+        do {
+            let r = try sync.read()
+            while let m = try sync.get() {
+                if let f = m.fd { FD.close(f) }
+                guard MessageType(rawValue: m.type) == .devopMsg, let msg = ViodevMsg(bytes: m.data) else {
+                    Log.warning("\(setup.name): ignoring malformed message type \(m.type) size \(m.data.count)")
+                    continue
+                }
+                switch msg.kind {
+                case .ioRead, .ioWrite:
+                    if let reply = registers.handle(msg) { send(sync: reply) }
+                    // After a write (a queue notify, a status change) the
+                    // line may have moved: async carries the new level.
+                case .shutdown:
+                    Log.debug("\(setup.name): shutdown requested")
+                    loop.exit()
+                default:
+                    break
+                }
+            }
+            if r == .endOfFile { loop.exit() }
+        } catch {
+            Log.warning("\(setup.name): sync channel: \(error)")
+            loop.exit()
+        }
+    }
+
+    func asyncMessage(_ m: Imsg) {
+        if let f = m.fd { FD.close(f) }
+        switch MessageType(rawValue: m.type) {
+        case .vmmPauseVM: paused = true
+        case .vmmUnpauseVM:
+            paused = false
+            _ = vionet?.tapReadable()
+        case .vmmciCommand:
+            var r = WireReader(m.data)
+            if let raw = try? r.u32(), let cmd = VMMCICommand(rawValue: raw),
+               let t = registers as? VirtioLegacyPCITransport, let v = t.device as? VMMCI {
+                v.send(command: cmd)
+            }
+        default:
+            break
+        }
+    }
+
+    // MARK: InterruptSink
+
+    func setInterrupt(_ asserted: Bool) {
+        guard asserted != interruptLevel else { return }
+        interruptLevel = asserted
+        let msg = ViodevMsg(kind: .kick, state: asserted ? ViodevMsg.stateAssert : ViodevMsg.stateDeassert)
+        async?.send(type: MessageType.devopMsg.rawValue, data: msg.encoded())
+    }
+}

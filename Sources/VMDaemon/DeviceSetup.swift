@@ -1,0 +1,52 @@
+import VMDControl
+
+/// What a device process is told at start, in the first message on its
+/// sync channel (devopVMInfo). Descriptors: 3 sync, 4 async, 5 guest
+/// memory, 6 the backend (disk image, tap, ISO) when the device has one.
+struct DeviceSetup: Equatable {
+    enum Kind: String { case blk, net, rnd, scsi, vmmci }
+
+    struct Region: Equatable { var guestPhysical: UInt64; var size: UInt64; var fdOffset: UInt64 }
+
+    var kind: Kind
+    var name: String           // vioblk0, vionet1, viornd, vioscsi, vmmci
+    var vmName: String
+    var regions: [Region]
+    var readOnly = false
+    var identifier = ""        // vioblk GET_ID
+    var mac: [UInt8] = []
+    var lockedLladdr = false
+
+    func encoded() -> [UInt8] {
+        var w = WireWriter()
+        w.string(kind.rawValue); w.string(name); w.string(vmName)
+        w.u32(UInt32(regions.count))
+        for r in regions { w.u64(r.guestPhysical); w.u64(r.size); w.u64(r.fdOffset) }
+        w.u32(readOnly ? 1 : 0); w.string(identifier)
+        w.u32(UInt32(mac.count)); for b in mac { w.u32(UInt32(b)) }
+        w.u32(lockedLladdr ? 1 : 0)
+        return w.bytes
+    }
+
+    init(kind: Kind, name: String, vmName: String, regions: [Region]) {
+        self.kind = kind; self.name = name; self.vmName = vmName; self.regions = regions
+    }
+
+    init(decoding bytes: [UInt8]) throws {
+        var r = WireReader(bytes)
+        guard let k = Kind(rawValue: try r.string(max: 16)) else { throw WireReader.Truncated() }
+        kind = k
+        name = try r.string(max: 32); vmName = try r.string(max: 64)
+        let n = try r.u32()
+        guard n <= 8 else { throw WireReader.Truncated() }
+        regions = []
+        for _ in 0..<n { regions.append(Region(guestPhysical: try r.u64(), size: try r.u64(), fdOffset: try r.u64())) }
+        readOnly = try r.u32() != 0
+        identifier = try r.string(max: 64)
+        let m = try r.u32()
+        guard m == 0 || m == 6 else { throw WireReader.Truncated() }
+        mac = []
+        for _ in 0..<m { mac.append(UInt8(truncatingIfNeeded: try r.u32())) }
+        lockedLladdr = try r.u32() != 0
+    }
+}

@@ -1,0 +1,368 @@
+import CKVM
+import Glibc
+
+/// What to run.
+public struct VMSpec {
+    public var name: String
+    public var memoryBytes: UInt64
+    public var vcpus: Int
+    public var kernelPath: String
+    public var commandLine: String
+    public var initrdPath: String?
+    /// Bytes of console output kept for replay.
+    public var consoleHistoryBytes: Int
+
+    public init(name: String, memoryBytes: UInt64, vcpus: Int = 1, kernelPath: String,
+                commandLine: String = "", initrdPath: String? = nil, consoleHistoryBytes: Int = 64 * 1024) {
+        self.name = name
+        self.memoryBytes = memoryBytes
+        self.vcpus = vcpus
+        self.kernelPath = kernelPath
+        self.commandLine = commandLine
+        self.initrdPath = initrdPath
+        self.consoleHistoryBytes = consoleHistoryBytes
+    }
+}
+
+/// Why the guest stopped on its own.
+public enum VMExitReason: Equatable {
+    case powerOff           // port 0x604 SLP_EN, or KVM's shutdown system event
+    case reboot             // triple fault, i8042 reset (0xFE), port 0xCF9 reset
+    case failed(String)     // KVM could not run the guest
+}
+
+/// A KVM guest: memory, vCPUs, legacy devices, the PCI bus and the console.
+///
+/// `init` does every privileged step (opens /dev/kvm, creates the VM, the
+/// memfd, the pty, reads the kernel and initrd); after it the process may drop
+/// privileges. `start` runs one pthread per vCPU.
+///
+/// ## Threads, signals and fds the host process must know about
+/// - One pthread per vCPU, started by `start`, ended by `stop` (joined) or after
+///   the guest exits on its own (they end by themselves; `stop` joins them).
+/// - vCPUs are kicked out of KVM_RUN with SIGRTMIN (`ckvm_kick_signal()`), whose
+///   empty handler `init` installs (no SA_RESTART). vCPU threads unblock it
+///   themselves; other threads may block it. Do not use SIGRTMIN for anything else.
+/// - `onExit` is called once, on a vCPU thread, when the guest powers off, resets
+///   or fails; forward it to the event loop (e.g. a pipe write) and call `stop()`
+///   from there (a `stop()` inside `onExit` only asks the threads to end; it
+///   cannot join them). Never call `pause` from a vCPU thread: it would wait for
+///   itself.
+/// - fds: `memoryFD` (sealed memfd, pass to device processes with
+///   `memoryRegions`), `consoleMasterFD` (non-blocking; when readable, read at most
+///   `consoleReceiveSpace` bytes and call `consoleReceive`), `consoleSlaveFD` (kept
+///   open so the master never reads EIO/HUP while nobody is attached; the name is
+///   `consoleName`), plus the /dev/kvm, VM and vCPU fds. All are close-on-exec.
+/// - PCI functions' `barRead`/`barWrite` and `InterruptLine` are called on vCPU
+///   threads; `InterruptLine.assert/deassert` may be called from any thread.
+///
+/// ## System calls after `start` (for the seccomp allow-list)
+/// vCPU threads and the calls above use exactly (checked with `strace -f` on
+/// vmtest with 2 vCPUs):
+/// - `ioctl` with KVM_RUN (vCPU fds), KVM_IRQ_LINE (VM fd), and KVM_GET_REGS
+///   only to name the RIP in the message of a KVM internal error; no other ioctl.
+/// - `write` (console pty master, stderr for log lines), `read` by the host's own
+///   console loop on the master.
+/// - `futex` (locks, condition variables), `tgkill` + `rt_sigprocmask` + `getpid` + `gettid`
+///   (pthread_kill for kicks), `rt_sigreturn` (the kick handler returns),
+///   `rt_sigprocmask` (vCPU threads unblock the kick signal).
+/// - `clock_gettime` / `gettimeofday` / `time` (RTC; normally vDSO, allow anyway).
+/// - memory for the Swift runtime: `mmap`, `munmap`, `mprotect`, `madvise`, `brk`.
+/// - thread end: `exit`, `munmap` (stacks), `madvise`; `close` and `munmap` at
+///   `stop`/deinit.
+/// - if `start` runs after the filter is installed: `clone3` (or `clone` with
+///   CLONE_THREAD), `set_robust_list`, `rseq`, `mmap`/`mprotect` (thread stacks),
+///   `sched_getaffinity`. Otherwise install the filter with TSYNC after `start`.
+/// Before `start` (privileged setup) the VM uses: open (/dev/kvm, kernel,
+/// initrd, /dev/ptmx, the pty slave), KVM_GET_API_VERSION, KVM_CHECK_EXTENSION,
+/// KVM_GET_VCPU_MMAP_SIZE, KVM_GET_SUPPORTED_CPUID, KVM_CREATE_VM,
+/// KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_CREATE_IRQCHIP,
+/// KVM_CREATE_PIT2, KVM_SET_USER_MEMORY_REGION, KVM_GET_IRQCHIP, KVM_SET_IRQCHIP,
+/// KVM_CREATE_VCPU, KVM_SET_CPUID2, KVM_GET_SREGS, KVM_SET_SREGS, KVM_SET_REGS,
+/// memfd_create, ftruncate, fcntl(F_ADD_SEALS), mmap, TIOCGPTN/TIOCSPTLCK
+/// (grantpt/unlockpt/ptsname), tcgetattr/tcsetattr, fstat, pread, sigaction.
+public final class VirtualMachine {
+    public let spec: VMSpec
+    public let boot: BootResult
+
+    private let kvm: KVMSystem
+    private let kvmVM: KVMVirtualMachine
+    private let memory: GuestMemory
+    private let console: Console
+    private let serial: Serial8250
+    private let pci: PCIBus
+    private let interrupts: InterruptRouter
+    private let state = RunState()
+    private var vcpus: [VCPU] = []
+    private var started = false
+    private var joined = false
+    private var onExit: ((VMExitReason) -> Void)?
+    let ioBus: Bus
+    let mmioBus: Bus
+
+    private let logSink: LogSink
+    /// Log lines (`vm NAME: ...`); replace before `start` to route them elsewhere.
+    public var logger: (String) -> Void {
+        get { logSink.write }
+        set { logSink.write = newValue }
+    }
+
+    // MARK: what the host process hands on
+
+    public var memoryFD: Int32 { memory.fd }
+    public var memoryRegions: [MemoryRegion] { memory.layout.regions }
+    public var memoryLayout: GuestMemoryLayout { memory.layout }
+    public var consoleName: String { console.slaveName }
+    public var consoleMasterFD: Int32 { console.masterFD }
+    public var consoleSlaveFD: Int32 { console.slaveFD }
+
+    /// Console input (the master was readable). Returns how many bytes the UART took.
+    @discardableResult
+    public func consoleReceive(_ bytes: [UInt8]) -> Int { serial.receive(bytes) }
+    public var consoleReceiveSpace: Int { serial.receiveSpace }
+    /// The last `consoleHistoryBytes` of console output.
+    public func consoleReplay() -> [UInt8] { console.ring.snapshot() }
+    /// Sees every console output byte too (on vCPU threads); for tests and logs.
+    public func setConsoleObserver(_ observer: (([UInt8]) -> Void)?) { console.tap = observer }
+
+    public init(spec: VMSpec) throws {
+        self.spec = spec
+        let name = spec.name
+        let logSink = LogSink { System.log("vm \(name): \($0)") }
+        self.logSink = logSink
+        let logger: (String) -> Void = { logSink.write($0) }
+        try System.installKickHandler()
+
+        kvm = try KVMSystem()
+        let maxVCPUs = min(kvm.maxVCPUs, MPTable.maxCPUs)
+        guard spec.vcpus >= 1, spec.vcpus <= maxVCPUs else {
+            throw VMMError("vm \(name): \(spec.vcpus) vCPUs; this host allows 1 to \(maxVCPUs)")
+        }
+        kvmVM = try kvm.createVM()
+        kvmVM.log = logger
+        try kvmVM.setTSSAddress()
+        try kvmVM.setIdentityMapAddress()
+        try kvmVM.createIRQChip()
+        try kvmVM.createPIT()
+        try kvmVM.setELCR(master: PCIBus.masterELCR, slave: PCIBus.slaveELCR)
+
+        let layout = try GuestMemoryLayout(memoryBytes: spec.memoryBytes)
+        memory = try GuestMemory(layout: layout, name: name)
+        for (slot, mapping) in memory.mappings.enumerated() {
+            try kvmVM.setMemoryRegion(slot: UInt32(slot), guestPhysical: mapping.region.guestPhysical,
+                                      size: mapping.region.size, host: mapping.host)
+        }
+
+        // Loading comes before the pty so a bad kernel leaves nothing open.
+        boot = try BootLoader.load(kernelPath: spec.kernelPath, commandLine: spec.commandLine,
+                                   initrdPath: spec.initrdPath, memory: memory)
+        try memory.write(MPTable.build(cpus: spec.vcpus).bytes, at: BootLayout.mpTable, what: "MP table")
+
+        let pty = try System.openPTY()
+        console = Console(pty: pty, ringCapacity: spec.consoleHistoryBytes)
+        ioBus = Bus(name: "io", log: logger)
+        mmioBus = Bus(name: "mmio", log: logger)
+        interrupts = InterruptRouter(controller: kvmVM)
+        let com1 = interrupts.line(irq: 4)
+        let console = self.console
+        serial = Serial8250(irq: com1, output: { console.output($0) })
+        pci = PCIBus(ioBus: ioBus, mmioBus: mmioBus, log: logger)
+        // Fully initialized from here: a throw runs deinit, which closes the pty.
+        state.attach(ioBus: ioBus, mmioBus: mmioBus, log: logger)
+        try setUpDevices(layout: layout)
+        let supported = try kvm.supportedCPUID()
+        let mmapSize = kvm.vcpuMmapSize
+        for id in 0..<spec.vcpus {
+            let vcpu = try kvmVM.createVCPU(id: id, mmapSize: mmapSize)
+            try vcpu.setCPUID(CPUIDTopology.entries(supported, vcpu: id, cpus: spec.vcpus))
+            vcpus.append(VCPU(kvm: vcpu, control: state))
+        }
+        state.vcpus = vcpus
+        // The boot vCPU only: KVM keeps the others waiting for INIT/SIPI.
+        try vcpus[0].setEntry(boot.entry)
+    }
+
+    private func setUpDevices(layout: GuestMemoryLayout) throws {
+        try ioBus.register(base: 0x3F8, length: 8, device: serial)
+        try ioBus.register(base: 0x70, length: 2, device: RTC146818(lowMemoryBytes: layout.lowBytes,
+                                                                    highMemoryBytes: layout.highBytes,
+                                                                    cpus: spec.vcpus))
+        try ioBus.register(base: 0xCF8, length: 8, device: pci)
+        let i8042 = I8042(onReset: { [unowned state] in state.requestExit(.reboot) })
+        try ioBus.register(base: 0x60, length: 1, device: i8042)
+        try ioBus.register(base: 0x64, length: 1, device: ShiftedPort(i8042, shift: 4))
+        try ioBus.register(base: 0x80, length: 1, device: SinkDevice())
+        try ioBus.register(base: 0x604, length: 2, device: PowerOffPort(onPowerOff: { [unowned state] in state.requestExit(.powerOff) }))
+        pci.onReset = { [unowned state] in state.requestExit(.reboot) }
+        // Port 0x61 is the in-kernel PIT's speaker port (KVM_PIT_SPEAKER_DUMMY);
+        // 0x20/0xA0/0x4D0/0x4D1 the in-kernel PICs, 0x40-0x43 the PIT.
+    }
+
+    deinit {
+        stop()
+        ioBus.removeAll()
+        mmioBus.removeAll()
+        console.close()
+    }
+
+    /// Puts `function` on the PCI bus (before `start`). Returns its interrupt line.
+    public func addPCIFunction(_ function: PCIFunction) throws -> InterruptLine {
+        let (slot, irq) = try pci.add(function)
+        logger("pci slot \(slot): \(hex(function.configHeader.vendorID)):\(hex(function.configHeader.deviceID)) on IRQ \(irq)")
+        return interrupts.line(irq: irq)
+    }
+
+    /// Starts the vCPU threads. `onExit` runs once, on a vCPU thread.
+    public func start(onExit: @escaping (VMExitReason) -> Void) throws {
+        guard !started else { return }
+        started = true
+        state.onExit = onExit
+        for vcpu in vcpus {
+            state.threadStarted()
+            do {
+                let thread = try System.startThread { [vcpu, state] in
+                    vcpu.loop()
+                    state.threadEnded()
+                }
+                state.record(thread, for: vcpu)
+            } catch {
+                state.threadEnded()
+                stop()
+                throw error
+            }
+        }
+    }
+
+    /// Stops all vCPUs between two instructions; returns when they are parked.
+    public func pause() { state.pause() }
+    public func unpause() { state.unpause() }
+
+    /// Ends the vCPU threads and joins them. From a vCPU thread (inside
+    /// `onExit`) it only asks them to end: a thread cannot join itself.
+    public func stop() {
+        state.stop()
+        let current = System.currentThread()
+        if vcpus.contains(where: { $0.thread.map { pthread_equal($0, current) != 0 } ?? false }) { return }
+        guard started, !joined else { return }
+        joined = true
+        for vcpu in vcpus { if let thread = vcpu.thread { System.join(thread) } }
+    }
+
+    /// True while paused (all vCPUs parked).
+    public var isPaused: Bool { state.isPaused }
+}
+
+/// The run state all vCPU threads share: running, paused or stopping.
+final class RunState: VCPUControl {
+    enum Mode { case running, paused, stopping }
+
+    private let lock = Lock()
+    private let changed = Condition()
+    private var mode = Mode.running
+    private var parked = 0
+    private var live = 0
+    private var exitReported = false
+    private var logLine: (String) -> Void = System.log
+    /// Set once, before any vCPU thread starts.
+    var vcpus: [VCPU] = []
+    var onExit: ((VMExitReason) -> Void)?
+    private(set) var ioBus = Bus(name: "io", log: System.log)
+    private(set) var mmioBus = Bus(name: "mmio", log: System.log)
+
+    func attach(ioBus: Bus, mmioBus: Bus, log: @escaping (String) -> Void) {
+        self.ioBus = ioBus
+        self.mmioBus = mmioBus
+        logLine = log
+    }
+
+    func log(_ message: String) { logLine(message) }
+
+    var isPaused: Bool { lock.withLock { mode == .paused && parked == live } }
+
+    func threadStarted() { lock.withLock { live += 1 } }
+    /// Kicks read `vcpu.thread` under the same lock.
+    func record(_ thread: pthread_t, for vcpu: VCPU) {
+        lock.withLock {
+            vcpu.thread = thread
+            // A kick that came before the thread id was known: deliver it now.
+            if mode != .running { vcpu.kvm.setImmediateExit(true); System.kick(thread) }
+        }
+    }
+    func threadEnded() {
+        lock.withLock {
+            live -= 1
+            changed.broadcast()
+        }
+    }
+
+    func checkpoint(_ vcpu: VCPU) -> Bool {
+        lock.withLock {
+            while mode == .paused {
+                parked += 1
+                changed.broadcast()
+                changed.wait(lock)
+                parked -= 1
+            }
+            if mode == .stopping { return false }
+            // Cleared only while running and under the lock, so a pause that sets
+            // it after this point still stops the next KVM_RUN at once.
+            vcpu.kvm.setImmediateExit(false)
+            return true
+        }
+    }
+
+    /// Makes every vCPU leave KVM_RUN soon (lock held).
+    private func kickAll() {
+        for vcpu in vcpus {
+            vcpu.kvm.setImmediateExit(true)
+            if let thread = vcpu.thread { System.kick(thread) }
+        }
+    }
+
+    func pause() {
+        lock.withLock {
+            guard mode == .running else { return }
+            mode = .paused
+            kickAll()
+            while mode == .paused && parked < live { changed.wait(lock) }
+        }
+    }
+
+    func unpause() {
+        lock.withLock {
+            guard mode == .paused else { return }
+            mode = .running
+            changed.broadcast()
+        }
+    }
+
+    func stop() {
+        lock.withLock {
+            guard mode != .stopping else { return }
+            mode = .stopping
+            kickAll()
+            changed.broadcast()
+        }
+    }
+
+    func requestExit(_ reason: VMExitReason) {
+        let report: ((VMExitReason) -> Void)? = lock.withLock {
+            guard !exitReported else { return nil }
+            exitReported = true
+            if mode != .stopping {
+                mode = .stopping
+                kickAll()
+                changed.broadcast()
+            }
+            return onExit
+        }
+        report?(reason)
+    }
+}
+
+/// Where log lines go; shared so that replacing `VirtualMachine.logger`
+/// reaches the buses and devices that were built with it.
+final class LogSink {
+    var write: (String) -> Void
+    init(_ write: @escaping (String) -> Void) { self.write = write }
+}

@@ -1,0 +1,238 @@
+// virtio-net (spec 5.1) over a tap device. No offloads and no control queue,
+// like vmd; the MAC and link status are in config space. Every frame on the
+// tap carries a 12-byte virtio_net_hdr in front (IFF_VNET_HDR with
+// TUNSETVNETHDRSZ 12, the VERSION_1 header size), so the guest's header and
+// the tap's line up and frames are copied once each way.
+//
+// Receive is driven by the event loop: call `tapReadable()` when the tap fd
+// is readable. When the guest has no receive buffers it returns false: stop
+// watching the tap until `onReceiveBuffersAvailable` fires (the guest added
+// buffers), so frames wait in the kernel instead of being read and dropped.
+import Glibc
+import Virtio
+
+public enum VirtioNetFeature {
+    public static let mac: UInt64 = 1 << 5
+    public static let status: UInt64 = 1 << 16
+}
+
+/// One frame per read and per write, each with a 12-byte virtio_net_hdr.
+public protocol NetworkBackend: AnyObject {
+    /// Read one frame into `buffer`; nil when none is waiting.
+    func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> Int?
+    func send(_ frame: UnsafeRawBufferPointer) throws
+}
+
+public struct NetworkBackendError: Error, CustomStringConvertible {
+    public var errno: Int32
+    public var operation: String
+    public var description: String { "\(operation): \(String(cString: strerror(errno)))" }
+}
+
+/// A tap fd (or, in tests, a SOCK_SEQPACKET socket): one read is one frame.
+public final class TapBackend: NetworkBackend {
+    public let fd: Int32
+
+    public init(fd: Int32) {
+        self.fd = fd
+    }
+
+    /// TUNSETVNETHDRSZ = _IOW('T', 216, int).
+    public static let setVnetHeaderSize: UInt = 0x4004_54d8
+
+    /// Make a tap opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR use the 12-byte
+    /// header and never block. Call before the sandbox forbids ioctl.
+    public static func prepareTap(fd: Int32) throws {
+        guard ioctl(fd, setVnetHeaderSize, CInt(VioNet.headerSize)) == 0 else {
+            throw NetworkBackendError(errno: errno, operation: "TUNSETVNETHDRSZ")
+        }
+        try setNonBlocking(fd: fd)
+    }
+
+    public static func setNonBlocking(fd: Int32) throws {
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 else {
+            throw NetworkBackendError(errno: errno, operation: "fcntl O_NONBLOCK")
+        }
+    }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> Int? {
+        while true {
+            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if n >= 0 { return n }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN, EWOULDBLOCK: return nil
+            default: throw NetworkBackendError(errno: errno, operation: "tap read")
+            }
+        }
+    }
+
+    public func send(_ frame: UnsafeRawBufferPointer) throws {
+        while Glibc.write(fd, frame.baseAddress, frame.count) < 0 {
+            switch errno {
+            case EINTR: continue
+            // A full tap queue drops the frame, as a wire would.
+            case EAGAIN, EWOULDBLOCK, ENOBUFS: return
+            default: throw NetworkBackendError(errno: errno, operation: "tap write")
+            }
+        }
+    }
+}
+
+public final class VioNet: VirtioDevice {
+    public static let headerSize = 12
+    public static let queueSize: UInt16 = 256
+    public static let receiveQueue = 0
+    public static let transmitQueue = 1
+    static let ethernetHeaderSize = 14
+    /// Without GSO a frame is at most an MTU plus its headers; anything up
+    /// to 64 KiB is passed through, larger is a guest error.
+    public static let maxFrameSize = 65536
+
+    public let name: String
+    public let backend: NetworkBackend
+    public let mac: [UInt8]
+    /// `locked lladdr`: drop transmitted frames whose source MAC isn't ours.
+    public let lockedLinkAddress: Bool
+    public let queueMaxSizes: [UInt16] = [VioNet.queueSize, VioNet.queueSize]
+    public let deviceFeatures: UInt64 = VirtioNetFeature.mac | VirtioNetFeature.status
+    /// Called when the guest adds receive buffers after `tapReadable()`
+    /// returned false: resume watching the tap.
+    public var onReceiveBuffersAvailable: (() -> Void)?
+
+    private weak var host: VirtioDeviceHost?
+    private let frameBuffer: UnsafeMutableRawBufferPointer
+    private var receiveStalled = false
+    public private(set) var droppedTransmitFrames = 0
+    public private(set) var droppedReceiveFrames = 0
+
+    public var linkUp = true {
+        didSet { if linkUp != oldValue { host?.configurationChanged() } }
+    }
+
+    /// `mac` must be 6 bytes; use `VioNet.randomMAC(index:)` when unset.
+    public init?(name: String, backend: NetworkBackend, mac: [UInt8], lockedLinkAddress: Bool) {
+        guard mac.count == 6 else { return nil }
+        self.name = name
+        self.backend = backend
+        self.mac = mac
+        self.lockedLinkAddress = lockedLinkAddress
+        self.frameBuffer = .allocate(byteCount: VioNet.headerSize + VioNet.maxFrameSize, alignment: 16)
+    }
+
+    deinit { frameBuffer.deallocate() }
+
+    /// vmd's MAC for an interface without one: fe:e1:bb:dN:xx:xx, where N is
+    /// the interface number plus one and xx random.
+    public static func randomMAC(index: Int) -> [UInt8] {
+        var random: [UInt8] = [0, 0]
+        random.withUnsafeMutableBytes { _ = getentropy($0.baseAddress, 2) }
+        return [0xfe, 0xe1, 0xbb, 0xd0 | UInt8((index + 1) & 0xf), random[0], random[1]]
+    }
+
+    public func attach(to host: VirtioDeviceHost) { self.host = host }
+
+    private var logBudget = LogBudget()
+
+    public func reset() {
+        receiveStalled = false
+    }
+
+    public func readConfig(offset: Int, size: Int) -> UInt32 {
+        var bytes = mac
+        appendLittleEndian(UInt16(linkUp ? 1 : 0), to: &bytes)   // VIRTIO_NET_S_LINK_UP
+        return readLittleEndian(bytes, offset: offset, size: size)
+    }
+
+    public func process(queue: Virtqueue, index: Int) throws {
+        switch index {
+        case VioNet.receiveQueue:
+            // New buffers: frames may be waiting in the tap, so read them
+            // now and have the event loop watch the tap again.
+            if receiveStalled {
+                receiveStalled = false
+                onReceiveBuffersAvailable?()
+            }
+            try receiveFrames(queue: queue)
+        case VioNet.transmitQueue:
+            try transmitFrames(queue: queue)
+        default:
+            break
+        }
+    }
+
+    /// The tap is readable: move waiting frames into the guest's receive
+    /// buffers. Returns whether to keep watching the tap (false: the guest
+    /// has no buffers, or the device is not running).
+    @discardableResult
+    public func tapReadable() -> Bool {
+        guard let host = host, host.isDriverReady else { return false }
+        host.withQueue(VioNet.receiveQueue) { queue in try receiveFrames(queue: queue) }
+        return host.isDriverReady && !receiveStalled
+    }
+
+    private func receiveFrames(queue: Virtqueue) throws {
+        while true {
+            guard try queue.hasAvailable() else {
+                receiveStalled = true
+                return
+            }
+            receiveStalled = false
+            let received: Int?
+            do {
+                received = try backend.receive(into: frameBuffer)
+            } catch {
+                logBudget.log("\(name): \(error)")
+                return
+            }
+            guard let length = received else { return }
+            guard length >= VioNet.headerSize + VioNet.ethernetHeaderSize else {
+                droppedReceiveFrames += 1
+                continue
+            }
+            guard let request = try queue.popRequest() else { return }
+            guard request.writableLength >= UInt64(length) else {
+                // A buffer too small for the frame: give it back empty.
+                droppedReceiveFrames += 1
+                try queue.pushUsed(head: request.head, length: 0)
+                continue
+            }
+            // Our header: no offloads, one buffer (num_buffers = 1).
+            memset(frameBuffer.baseAddress!, 0, VioNet.headerSize)
+            frameBuffer[10] = 1
+            var cursor = ChainCursor(memory: queue.memory, elements: request.writable)
+            let written = cursor.write(UnsafeRawBufferPointer(rebasing: frameBuffer[0..<length]))
+            try queue.pushUsed(head: request.head, length: UInt32(written))
+        }
+    }
+
+    private func transmitFrames(queue: Virtqueue) throws {
+        while let request = try queue.popRequest() {
+            defer { _ = try? queue.pushUsed(head: request.head, length: 0) }
+            let length = request.readableLength
+            guard length >= UInt64(VioNet.headerSize + VioNet.ethernetHeaderSize),
+                  length <= UInt64(VioNet.headerSize + VioNet.maxFrameSize) else {
+                droppedTransmitFrames += 1
+                continue
+            }
+            var cursor = ChainCursor(memory: queue.memory, elements: request.readable)
+            let frameLength = cursor.read(into: UnsafeMutableRawBufferPointer(rebasing: frameBuffer[0..<Int(length)]))
+            // Take nothing from the guest's header: it may not ask the host
+            // kernel for checksum or segmentation work we never offered.
+            memset(frameBuffer.baseAddress!, 0, VioNet.headerSize)
+            if lockedLinkAddress {
+                let source = VioNet.headerSize + 6
+                guard frameBuffer[source..<source + 6].elementsEqual(mac) else {
+                    droppedTransmitFrames += 1
+                    continue
+                }
+            }
+            do {
+                try backend.send(UnsafeRawBufferPointer(rebasing: frameBuffer[0..<frameLength]))
+            } catch {
+                logBudget.log("\(name): \(error)")
+            }
+        }
+    }
+}

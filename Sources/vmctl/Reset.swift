@@ -1,0 +1,31 @@
+import ArgumentParser
+import VMDControl
+
+extension VMCtl {
+    /// `reset [all | vms | switches]`: ctlReset with u32 0, 1 or 2.
+    struct Reset: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Reset the running state: stop all VMs (vms), reset switches, or both (all).")
+
+        @OptionGroup var global: GlobalOptions
+
+        @Argument(help: ArgumentHelp("all (the default), vms or switches.", valueName: "all | vms | switches"))
+        var what: String = "all"
+
+        static let codes: [String: UInt32] = ["all": 0, "vms": 1, "switches": 2]
+
+        func run() throws {
+            guard let code = Reset.codes[what.lowercased()] else {
+                Output.warn("reset: unknown argument \(what) (expected all, vms or switches)")
+                throw ExitCode.failure
+            }
+            let connection = global.connect()
+            try reportingFailures(verb: "reset") {
+                var payload = WireWriter()
+                payload.u32(code)
+                try connection.send(.ctlReset, payload.bytes)
+                Output.debug(try connection.expectOK())
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+import ArgumentParser
+import VMDControl
+
+extension VMCtl {
+    /// `status [-r] [--json] [name]` (also `show`): vmd's table of VMs.
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List VMs (all, or the one named), in vmd's table layout.",
+            aliases: ["show"])
+
+        @OptionGroup var global: GlobalOptions
+
+        @Flag(name: .customShort("r"), help: "Only list running VMs.")
+        var runningOnly = false
+
+        @Flag(name: .customLong("json"), help: "Print a JSON array of objects instead of the table.")
+        var json = false
+
+        @Argument(help: ArgumentHelp("A VM's name or id.", valueName: "name"))
+        var name: String?
+
+        func run() throws {
+            if let name, let problem = VMName.problem(name) {
+                Output.warn("status \(name): \(problem)")
+                throw ExitCode.failure
+            }
+            let connection = global.connect()
+            var vms: [VMInfo] = []
+            try reportingFailures(verb: "status") {
+                vms = try Status.fetch(connection, name: name ?? "")
+            }
+            if runningOnly { vms = vms.filter(StatusTable.isRunning) }
+            Output.writeOut(json ? StatusTable.json(vms) : StatusTable.render(vms))
+            // As vmd's vmctl: an empty listing is a failure, so scripts can
+            // test `vmctl status -r name` for "is it running".
+            if vms.isEmpty {
+                if let name { Output.warn("status \(name): \(runningOnly ? "vm not running" : "vm not found")") }
+                throw ExitCode.failure
+            }
+        }
+
+        /// vmdGetInfoVMRequest with the name ("" for all), then one
+        /// vmdInfoVMData per VM until vmdInfoVMEnd.
+        static func fetch(_ connection: ControlConnection, name: String) throws -> [VMInfo] {
+            var request = WireWriter()
+            request.string(name)
+            try connection.send(.vmdGetInfoVMRequest, request.bytes)
+            var vms: [VMInfo] = []
+            while true {
+                let reply = try connection.receive()
+                switch reply.type {
+                case .vmdInfoVMData: vms.append(try connection.decodeInfo(reply.data))
+                case .vmdInfoVMEnd: return vms
+                default: throw connection.unexpected(reply.type)
+                }
+            }
+        }
+    }
+}

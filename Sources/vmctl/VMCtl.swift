@@ -1,0 +1,69 @@
+import ArgumentParser
+import VMDControl
+
+/// `vmctl [-v] [-s socket] command [arg ...]`: the command line of vmd's
+/// control socket. One file per command; see vmctl(8).
+struct VMCtl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmctl",
+        abstract: "Control the virtual machine daemon, vmd.",
+        discussion: "Commands may be abbreviated to any unique prefix (vmctl stat = vmctl status).",
+        subcommands: [Console.self, Load.self, Log.self, Pause.self, Reload.self, Reset.self,
+                      Start.self, Status.self, Stop.self, Unpause.self, Wait.self])
+
+    static let usage = "usage: vmctl [-v] [-s socket] command [arg ...]"
+
+    /// Every command's name, for prefix resolution (plus ArgumentParser's `help`).
+    static var commandNames: [String] {
+        configuration.subcommands.flatMap { [$0._commandName] + $0.configuration.aliases } + ["help"]
+    }
+
+    /// Runs vmctl with `arguments` (without the program name).
+    static func run(arguments: [String]) -> Never {
+        // As vmctl: no command is a usage error, not a help page.
+        if arguments.isEmpty {
+            Output.writeError(usage + "\nRun 'vmctl help' for the list of commands.\n")
+            exit(withError: ExitCode.failure)
+        }
+        let rewritten: [String]
+        do {
+            rewritten = try CommandWords.rewrite(arguments, commands: commandNames)
+        } catch {
+            Output.warn("\(error)")
+            Output.writeError(usage + "\nRun 'vmctl help' for the list of commands.\n")
+            exit(withError: ExitCode.failure)
+        }
+        main(rewritten)
+        exit()
+    }
+}
+
+/// `-v` and `-s socket`, given before the command (`vmctl -s /tmp/s status`).
+struct GlobalOptions: ParsableArguments {
+    @Flag(name: .customShort("v"), help: "Verbose: also print the daemon's informational replies.")
+    var verbose = false
+
+    @Option(name: .customShort("s"), help: ArgumentHelp("The control socket.", valueName: "socket"))
+    var socket = "/run/vmd.sock"
+
+    /// Connects to vmd, or ends vmctl with `vmctl: connect: PATH: reason`.
+    func connect() -> ControlConnection {
+        Output.verbose = verbose
+        do {
+            return try ControlConnection(socketPath: socket)
+        } catch let failure as Failure {
+            Output.fail(failure)
+        } catch {
+            Output.fail(Failure(code: 1, message: "\(error)"))
+        }
+    }
+}
+
+/// Runs `body` and turns a daemon failure into `vmctl: <message>` and exit 1.
+func reportingFailures(verb: String, _ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let failure as Failure {
+        Output.fail(failure, verb: verb)
+    }
+}

@@ -1,0 +1,91 @@
+import Foundation
+import XCTest
+@testable import VMM
+
+/// Shared helpers: guest binaries built on demand, KVM presence checks.
+enum TestSupport {
+    static let probes = "/work/shared/probes"
+    static let repositoryRoot: String = {
+        // Tests/VMMTests/TestSupport.swift -> repository root.
+        var url = URL(fileURLWithPath: #filePath).resolvingSymlinksInPath()
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    static var kvmAvailable: Bool { FileManager.default.isReadableFile(atPath: "/dev/kvm") }
+    static var isPVM: Bool { FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm") }
+
+    static func temporaryDirectory() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("vmmtests-\(getpid())-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+
+    @discardableResult
+    static func run(_ arguments: [String], in directory: URL? = nil) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        if let directory { process.currentDirectoryURL = directory }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw VMMError("\(arguments.joined(separator: " ")) failed: \(output)")
+        }
+        return output
+    }
+
+    /// Builds probes/multiboot_hello.S into a temporary ELF.
+    static func buildMultibootHello() throws -> String {
+        let dir = try temporaryDirectory()
+        let out = dir.appendingPathComponent("hello.elf").path
+        try run(["gcc", "-m32", "-nostdlib", "-ffreestanding", "-no-pie", "-static",
+                 "-Wl,-T,\(probes)/multiboot_hello.ld", "-o", out, "\(probes)/multiboot_hello.S"])
+        return out
+    }
+
+    static func writeFile(_ bytes: [UInt8], name: String = "kernel") throws -> String {
+        let url = try temporaryDirectory().appendingPathComponent(name)
+        try Data(bytes).write(to: url)
+        return url.path
+    }
+}
+
+/// Runs a VM until it exits on its own or `timeout` passes; returns the exit
+/// reason (nil on timeout) and everything written to the console.
+final class GuestRun {
+    let vm: VirtualMachine
+    private let lock = NSLock()
+    private var output: [UInt8] = []
+    private let done = DispatchSemaphore(value: 0)
+    private var reason: VMExitReason?
+
+    init(spec: VMSpec) throws {
+        vm = try VirtualMachine(spec: spec)
+        vm.setConsoleObserver { [weak self] bytes in
+            guard let self else { return }
+            self.lock.lock(); self.output += bytes; self.lock.unlock()
+        }
+    }
+
+    var console: String {
+        lock.lock(); defer { lock.unlock() }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    func run(timeout: TimeInterval) throws -> VMExitReason? {
+        try vm.start { [weak self] reason in
+            guard let self else { return }
+            self.lock.lock(); self.reason = reason; self.lock.unlock()
+            self.done.signal()
+        }
+        let finished = done.wait(timeout: .now() + timeout) == .success
+        vm.stop()
+        lock.lock(); defer { lock.unlock() }
+        return finished ? reason : nil
+    }
+}

@@ -1,0 +1,182 @@
+/* vmtest.h: shared declarations of the vmtest guest (freestanding, x86-64). */
+#ifndef VMTEST_H
+#define VMTEST_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+
+/* ---- port and memory-mapped I/O (CPL3 may use in/out: the TSS I/O bitmap allows all ports) ---- */
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u16 inw(u16 port) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+
+static inline u8 mmio_read8(u64 a) { return *(volatile u8 *)(uintptr_t)a; }
+static inline u16 mmio_read16(u64 a) { return *(volatile u16 *)(uintptr_t)a; }
+static inline u32 mmio_read32(u64 a) { return *(volatile u32 *)(uintptr_t)a; }
+static inline void mmio_write8(u64 a, u8 v) { *(volatile u8 *)(uintptr_t)a = v; }
+static inline void mmio_write16(u64 a, u16 v) { *(volatile u16 *)(uintptr_t)a = v; }
+static inline void mmio_write32(u64 a, u32 v) { *(volatile u32 *)(uintptr_t)a = v; }
+
+static inline u64 rdtsc(void)
+{
+    u32 lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((u64)hi << 32) | lo;
+}
+static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
+static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
+static inline void full_barrier(void) { __asm__ volatile("mfence" ::: "memory"); }
+
+/* ---- lib.c ---- */
+void *memset(void *d, int c, size_t n);
+void *memcpy(void *d, const void *s, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+int snprintf(char *buf, size_t size, const char *fmt, ...);
+int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
+void printf(const char *fmt, ...);
+void *dma_alloc(size_t size);   /* zeroed, 4 KiB aligned, identity mapped; NULL if out */
+u64 rand64(void);
+void format_printable(char *out, size_t outsz, const u8 *in, size_t n);
+
+/* ---- cpu.c ---- */
+void idt_fill(void);
+
+/* ---- uart.c: COM1 console ---- */
+void uart_init(void);
+void uart_putc(char c);
+
+/* ---- timer.c: TSC calibrated against the PIT ---- */
+extern u64 tsc_hz, tsc_cal_err_ppm;
+bool tsc_calibrate(void);
+u64 tsc_to_us(u64 ticks);
+u64 tsc_to_ns(u64 ticks);
+u64 us_to_tsc(u64 us);
+void udelay(u64 us);
+
+/* ---- pic.c: 8259 remapped to 0x20..0x2F; stubs in boot.S mask + EOI ---- */
+extern volatile u32 irq_count[16];
+void pic_init(void);
+void pic_unmask(int line);
+
+/* ---- power ---- */
+void power_off(void) __attribute__((noreturn));
+void reboot(void) __attribute__((noreturn));
+
+/* ---- results (main.c) ---- */
+void check_ok(const char *check, const char *fmt, ...);
+void check_fail(const char *check, const char *fmt, ...);
+void check_skip(const char *check, const char *fmt, ...);
+
+/* ---- options from the Multiboot command line (main.c) ---- */
+struct options {
+    bool stay, bench;
+    bool have_ip, have_gw;
+    u32 ip, gw, netmask;        /* host byte order */
+    u32 bench_scale;            /* percent of the default bench op counts */
+    bool cpus_mptable_only;     /* cpus_from=mptable: skip the MADT (tests the MP table path) */
+    bool pci_reassign;          /* pci_reassign: clear virtio BARs first (tests BAR assignment) */
+};
+extern struct options opt;
+
+/* ---- pci.c ---- */
+struct pci_bar {
+    u64 base, size;
+    bool io, is64, present;
+};
+struct pci_dev {
+    u8 bus, dev, fn;
+    u16 vendor, device, subsys_device;
+    u8 class_code, subclass, header_type;
+    u8 irq_line, irq_pin;
+    struct pci_bar bar[6];
+};
+int pci_scan(struct pci_dev *out, int max);
+u32 pci_read32(const struct pci_dev *d, u8 off);
+u16 pci_read16(const struct pci_dev *d, u8 off);
+u8 pci_read8(const struct pci_dev *d, u8 off);
+void pci_write32(const struct pci_dev *d, u8 off, u32 v);
+void pci_write16(const struct pci_dev *d, u8 off, u16 v);
+void pci_pool_init(const struct pci_dev *devs, int n);
+void pci_setup_bars(struct pci_dev *d);
+void pci_enable(struct pci_dev *d);
+void pci_clear_bars(struct pci_dev *d);
+
+/* ---- virtio.c: virtio 1.x PCI transport + split virtqueues ---- */
+struct vregion {               /* a window inside a BAR: port I/O or MMIO */
+    bool io, present;
+    u64 addr;
+    u32 len;
+};
+u8 vr_read8(const struct vregion *r, u32 off);
+u16 vr_read16(const struct vregion *r, u32 off);
+u32 vr_read32(const struct vregion *r, u32 off);
+void vr_write8(const struct vregion *r, u32 off, u8 v);
+void vr_write16(const struct vregion *r, u32 off, u16 v);
+void vr_write32(const struct vregion *r, u32 off, u32 v);
+
+struct vring_desc { u64 addr; u32 len; u16 flags; u16 next; };
+#define VRING_DESC_F_NEXT 1
+#define VRING_DESC_F_WRITE 2
+#define VRING_AVAIL_F_NO_INTERRUPT 1
+
+struct vq {
+    struct vdev *dev;
+    u16 index, size;
+    volatile struct vring_desc *desc;
+    volatile u16 *avail;       /* flags, idx, ring[size], used_event */
+    volatile u8 *used;         /* flags, idx, ring[size] of {u32 id, u32 len} */
+    u16 free_head, num_free, last_used, avail_idx;
+    u32 notify_offset;         /* byte offset inside the notify region */
+};
+struct vseg { void *addr; u32 len; bool device_writes; };
+
+#define VDEV_MAX_QUEUES 2
+struct vdev {
+    const char *name;          /* "vioblk0", used in messages */
+    struct pci_dev *pci;
+    struct vregion common, notify, isr, device;
+    u32 notify_mult;
+    u64 features;             /* negotiated */
+    int irq;                   /* PIC line or -1 */
+    volatile u8 isr_pending;   /* ISR bits collected by irq_service() */
+    u32 isr_irqs;              /* interrupts that carried a queue bit for this device */
+    struct vq vqs[VDEV_MAX_QUEUES];
+    bool legacy;               /* 0.9 I/O-port layout (vmmci) */
+    u16 legacy_port;
+};
+#define VIRTIO_F_VERSION_1 (1ULL << 32)
+
+/* Finds the capabilities, resets, negotiates (wanted & offered, VERSION_1 required). */
+bool vdev_init(struct vdev *d, struct pci_dev *p, const char *name, u64 wanted, char *why, size_t whysz);
+bool vdev_setup_queue(struct vdev *d, u16 index, u16 max_size, char *why, size_t whysz);
+void vdev_driver_ok(struct vdev *d);
+int vq_add(struct vq *q, const struct vseg *segs, int n);   /* head id or -1 */
+void vq_kick(struct vq *q);
+int vq_get_used(struct vq *q, u32 *len);                      /* head id or -1 */
+void vq_no_interrupts(struct vq *q, bool off);
+void irq_register(struct vdev *d);
+void irq_service(void);       /* reads ISR of devices whose line fired, unmasks */
+
+/* ---- devices ---- */
+void blk_check(struct pci_dev *p);
+void blk_bench(void);
+void rng_check(struct pci_dev *p);
+void net_check(struct pci_dev *p);
+void net_bench(void);
+void vmmci_check(struct pci_dev *p);
+bool vmmci_present(void);
+void vmmci_wait(void) __attribute__((noreturn));
+void cpus_check(void);
+
+#endif
