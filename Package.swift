@@ -52,6 +52,7 @@ let package = Package(
                     resources: [.copy("Golden")]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices"]),
+        .testTarget(name: "VMCtlTests", dependencies: ["vmctl", "VMDControl", "Imsg", "VMDSystem"]),
         .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
     ],

@@ -173,6 +173,9 @@ final class DeviceProcess: InterruptSink {
                 switch msg.kind {
                 case .ioRead, .ioWrite:
                     if let reply = registers.handle(msg) { send(sync: reply) }
+                    if Log.verbosity > 2, let t = registers as? VirtioPCITransport {
+                        Log.debug("\(setup.name): \(msg.kind) reg 0x\(String(msg.reg, radix: 16)) data 0x\(String(msg.data, radix: 16)) -> status 0x\(String(t.status, radix: 16)) isr \(t.isr) line \(t.isInterruptAsserted)")
+                    }
                     // After a write (a queue notify, a status change) the
                     // line may have moved: async carries the new level.
                 case .shutdown:
@@ -212,6 +215,7 @@ final class DeviceProcess: InterruptSink {
     func setInterrupt(_ asserted: Bool) {
         guard asserted != interruptLevel else { return }
         interruptLevel = asserted
+        if Log.verbosity > 2 { Log.debug("\(setup.name): interrupt \(asserted ? "asserted" : "deasserted") (async \(async == nil ? "missing" : "open"))") }
         let msg = ViodevMsg(kind: .kick, state: asserted ? ViodevMsg.stateAssert : ViodevMsg.stateDeassert)
         async?.send(type: MessageType.devopMsg.rawValue, data: msg.encoded())
     }

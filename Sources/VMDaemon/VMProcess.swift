@@ -93,6 +93,23 @@ final class VMProcess {
             die("\(error)")
         }
         vm.logger = { Log.info($0) }
+        if Log.verbosity >= 2 {
+            // -vv: the guest's console lines in the log too (vCPU threads).
+            let lock = Mutex()
+            var line: [UInt8] = []
+            vm.setConsoleObserver { bytes in
+                lock.locked {
+                    for b in bytes {
+                        if b == 10 {
+                            Log.debug("console: " + String(decoding: line, as: UTF8.self))
+                            line.removeAll(keepingCapacity: true)
+                        } else if b != 13 && line.count < 1024 {
+                            line.append(b)
+                        }
+                    }
+                }
+            }
+        }
         FD.close(kernelFD)
         if initrdFD >= 0 { FD.close(initrdFD) }
 

@@ -128,6 +128,7 @@ final class VirtioProxy: PCIFunction {
         guard MessageType(rawValue: m.type) == .devopMsg, let msg = ViodevMsg(bytes: m.data) else { return }
         switch msg.kind {
         case .kick:
+            if Log.verbosity > 2 { Log.debug("\(name): kick state \(msg.state) -> IRQ \(interrupt.map { String($0.irq) } ?? "none")") }
             if msg.state == ViodevMsg.stateAssert { interrupt?.assert() }
             else if msg.state == ViodevMsg.stateDeassert { interrupt?.deassert() }
         default:

@@ -36,14 +36,17 @@ enum System {
 
     static func close(_ fd: Int32) { if fd >= 0 { _ = Glibc.close(fd) } }
 
-    /// Reads a whole regular file (a kernel or initrd), capped at `limit` bytes.
-    static func readFile(_ path: String, limit: Int) throws -> [UInt8] {
-        let fd = try open(path, flags: O_RDONLY)
+    /// Reads a whole regular file (a kernel or initrd), capped at `limit` bytes;
+    /// messages call it `name`.
+    static func readFile(_ path: String, name: String? = nil, limit: Int) throws -> [UInt8] {
+        let name = name ?? path
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw VMMError.system(name, errno: errno) }
         defer { close(fd) }
         var st = stat()
-        if fstat(fd, &st) != 0 { throw VMMError.system(path, errno: errno) }
-        if (st.st_mode & S_IFMT) != S_IFREG { throw VMMError("\(path): not a regular file") }
-        if st.st_size > limit { throw VMMError("\(path): \(st.st_size) bytes, more than the \(limit) this VM can hold") }
+        if fstat(fd, &st) != 0 { throw VMMError.system(name, errno: errno) }
+        if (st.st_mode & S_IFMT) != S_IFREG { throw VMMError("\(name): not a regular file") }
+        if st.st_size > limit { throw VMMError("\(name): \(st.st_size) bytes, more than the \(limit) this VM can hold") }
         let size = Int(st.st_size)
         var bytes = [UInt8](repeating: 0, count: size)
         var done = 0
@@ -51,9 +54,9 @@ enum System {
             let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, size - done, off_t(done)) }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw VMMError.system(path, errno: errno)
+                throw VMMError.system(name, errno: errno)
             }
-            if n == 0 { throw VMMError("\(path): file shrank while being read") }
+            if n == 0 { throw VMMError("\(name): file shrank while being read") }
             done += n
         }
         return bytes

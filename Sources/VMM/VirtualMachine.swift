@@ -9,11 +9,17 @@ public struct VMSpec {
     public var kernelPath: String
     public var commandLine: String
     public var initrdPath: String?
+    /// How messages (and the Multiboot command line) name the kernel and the
+    /// initrd when the paths are not what a user knows them by
+    /// (`/proc/self/fd/3` for an fd the parent opened). Default: the paths.
+    public var kernelName: String?
+    public var initrdName: String?
     /// Bytes of console output kept for replay.
     public var consoleHistoryBytes: Int
 
     public init(name: String, memoryBytes: UInt64, vcpus: Int = 1, kernelPath: String,
-                commandLine: String = "", initrdPath: String? = nil, consoleHistoryBytes: Int = 64 * 1024) {
+                commandLine: String = "", initrdPath: String? = nil, consoleHistoryBytes: Int = 64 * 1024,
+                kernelName: String? = nil, initrdName: String? = nil) {
         self.name = name
         self.memoryBytes = memoryBytes
         self.vcpus = vcpus
@@ -21,6 +27,8 @@ public struct VMSpec {
         self.commandLine = commandLine
         self.initrdPath = initrdPath
         self.consoleHistoryBytes = consoleHistoryBytes
+        self.kernelName = kernelName
+        self.initrdName = initrdName
     }
 }
 
@@ -78,7 +86,8 @@ public enum VMExitReason: Equatable {
 /// KVM_GET_VCPU_MMAP_SIZE, KVM_GET_SUPPORTED_CPUID, KVM_CREATE_VM,
 /// KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_CREATE_IRQCHIP,
 /// KVM_CREATE_PIT2, KVM_SET_USER_MEMORY_REGION, KVM_GET_IRQCHIP, KVM_SET_IRQCHIP,
-/// KVM_CREATE_VCPU, KVM_SET_CPUID2, KVM_GET_SREGS, KVM_SET_SREGS, KVM_SET_REGS,
+/// KVM_CREATE_VCPU, KVM_SET_CPUID2, KVM_GET_LAPIC, KVM_SET_LAPIC (LINT0/LINT1
+/// virtual wire), KVM_GET_SREGS, KVM_SET_SREGS, KVM_SET_REGS,
 /// memfd_create, ftruncate, fcntl(F_ADD_SEALS), mmap, TIOCGPTN/TIOCSPTLCK
 /// (grantpt/unlockpt/ptsname), tcgetattr/tcsetattr, fstat, pread, sigaction.
 public final class VirtualMachine {
@@ -96,7 +105,6 @@ public final class VirtualMachine {
     private var vcpus: [VCPU] = []
     private var started = false
     private var joined = false
-    private var onExit: ((VMExitReason) -> Void)?
     let ioBus: Bus
     let mmioBus: Bus
 
@@ -154,8 +162,10 @@ public final class VirtualMachine {
         }
 
         // Loading comes before the pty so a bad kernel leaves nothing open.
-        boot = try BootLoader.load(kernelPath: spec.kernelPath, commandLine: spec.commandLine,
-                                   initrdPath: spec.initrdPath, memory: memory)
+        boot = try BootLoader.load(kernel: BootFile(path: spec.kernelPath, name: spec.kernelName),
+                                   commandLine: spec.commandLine,
+                                   initrd: spec.initrdPath.map { BootFile(path: $0, name: spec.initrdName) },
+                                   memory: memory)
         try memory.write(MPTable.build(cpus: spec.vcpus).bytes, at: BootLayout.mpTable, what: "MP table")
 
         let pty = try System.openPTY()
@@ -175,6 +185,7 @@ public final class VirtualMachine {
         for id in 0..<spec.vcpus {
             let vcpu = try kvmVM.createVCPU(id: id, mmapSize: mmapSize)
             try vcpu.setCPUID(CPUIDTopology.entries(supported, vcpu: id, cpus: spec.vcpus))
+            try vcpu.setVirtualWire()
             vcpus.append(VCPU(kvm: vcpu, control: state))
         }
         state.vcpus = vcpus
@@ -250,114 +261,14 @@ public final class VirtualMachine {
 
     /// True while paused (all vCPUs parked).
     public var isPaused: Bool { state.isPaused }
-}
 
-/// The run state all vCPU threads share: running, paused or stopping.
-final class RunState: VCPUControl {
-    enum Mode { case running, paused, stopping }
-
-    private let lock = Lock()
-    private let changed = Condition()
-    private var mode = Mode.running
-    private var parked = 0
-    private var live = 0
-    private var exitReported = false
-    private var logLine: (String) -> Void = System.log
-    /// Set once, before any vCPU thread starts.
-    var vcpus: [VCPU] = []
-    var onExit: ((VMExitReason) -> Void)?
-    private(set) var ioBus = Bus(name: "io", log: System.log)
-    private(set) var mmioBus = Bus(name: "mmio", log: System.log)
-
-    func attach(ioBus: Bus, mmioBus: Bus, log: @escaping (String) -> Void) {
-        self.ioBus = ioBus
-        self.mmioBus = mmioBus
-        logLine = log
-    }
-
-    func log(_ message: String) { logLine(message) }
-
-    var isPaused: Bool { lock.withLock { mode == .paused && parked == live } }
-
-    func threadStarted() { lock.withLock { live += 1 } }
-    /// Kicks read `vcpu.thread` under the same lock.
-    func record(_ thread: pthread_t, for vcpu: VCPU) {
-        lock.withLock {
-            vcpu.thread = thread
-            // A kick that came before the thread id was known: deliver it now.
-            if mode != .running { vcpu.kvm.setImmediateExit(true); System.kick(thread) }
-        }
-    }
-    func threadEnded() {
-        lock.withLock {
-            live -= 1
-            changed.broadcast()
-        }
-    }
-
-    func checkpoint(_ vcpu: VCPU) -> Bool {
-        lock.withLock {
-            while mode == .paused {
-                parked += 1
-                changed.broadcast()
-                changed.wait(lock)
-                parked -= 1
-            }
-            if mode == .stopping { return false }
-            // Cleared only while running and under the lock, so a pause that sets
-            // it after this point still stops the next KVM_RUN at once.
-            vcpu.kvm.setImmediateExit(false)
-            return true
-        }
-    }
-
-    /// Makes every vCPU leave KVM_RUN soon (lock held).
-    private func kickAll() {
-        for vcpu in vcpus {
-            vcpu.kvm.setImmediateExit(true)
-            if let thread = vcpu.thread { System.kick(thread) }
-        }
-    }
-
-    func pause() {
-        lock.withLock {
-            guard mode == .running else { return }
-            mode = .paused
-            kickAll()
-            while mode == .paused && parked < live { changed.wait(lock) }
-        }
-    }
-
-    func unpause() {
-        lock.withLock {
-            guard mode == .paused else { return }
-            mode = .running
-            changed.broadcast()
-        }
-    }
-
-    func stop() {
-        lock.withLock {
-            guard mode != .stopping else { return }
-            mode = .stopping
-            kickAll()
-            changed.broadcast()
-        }
-    }
-
-    func requestExit(_ reason: VMExitReason) {
-        let report: ((VMExitReason) -> Void)? = lock.withLock {
-            guard !exitReported else { return nil }
-            exitReported = true
-            if mode != .stopping {
-                mode = .stopping
-                kickAll()
-                changed.broadcast()
-            }
-            return onExit
-        }
-        report?(reason)
-    }
+    /// The ioctl requests the VM issues after `start`, from <linux/kvm.h>, for
+    /// a seccomp rule on ioctl's second argument (see the list above).
+    public static let ioctlsAfterStart: [(name: String, request: UInt64)] = [
+        ("KVM_RUN", UInt64(CKVM_RUN)),
+        ("KVM_IRQ_LINE", UInt64(CKVM_IRQ_LINE)),
+        ("KVM_GET_REGS", UInt64(CKVM_GET_REGS)),  // only to report a KVM internal error
+    ]
 }
 
 /// Where log lines go; shared so that replacing `VirtualMachine.logger`

@@ -15,6 +15,7 @@ struct ConsoleRelay {
         case consoleClosed          // the VM's tty hung up (VM stopped)
         case signal(Int32)          // SIGINT, SIGTERM, SIGHUP, SIGQUIT
         case outputClosed           // nobody reads our output any more
+        case inputClosed            // the user's terminal went away
         case failed(String)         // an unexpected I/O error, in words
     }
 
@@ -24,6 +25,9 @@ struct ConsoleRelay {
     let tty: Int32
     /// Readable when a signal arrived (one byte per signal: its number).
     let wakeFD: Int32
+    /// End of input ends the session when the input is a terminal (it hung
+    /// up); for a pipe or file the VM's output keeps coming, as above.
+    var endOnInputEOF = false
 
     /// Bytes typed but not yet accepted by the tty; reading input pauses
     /// above this many so a stuck VM cannot make vmctl grow without bound.
@@ -92,6 +96,7 @@ struct ConsoleRelay {
                         detachDeadline = ConsoleRelay.now() + 0.5
                     }
                 } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
+                    if endOnInputEOF { return .inputClosed }
                     inputOpen = false
                 }
             }

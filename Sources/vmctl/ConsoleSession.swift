@@ -42,7 +42,8 @@ enum ConsoleSession {
 
         let wake = Signals.install()
         Terminal.makeRaw(STDIN_FILENO)
-        let ending = ConsoleRelay(input: STDIN_FILENO, output: STDOUT_FILENO, tty: tty, wakeFD: wake).run()
+        let ending = ConsoleRelay(input: STDIN_FILENO, output: STDOUT_FILENO, tty: tty, wakeFD: wake,
+                                  endOnInputEOF: isatty(STDIN_FILENO) == 1).run()
         Terminal.restore()
         switch ending {
         case .detached:
@@ -55,7 +56,7 @@ enum ConsoleSession {
         case .signal(let sig):
             Output.debug("console \(name): signal \(sig): detached")
             exit(0)
-        case .outputClosed:
+        case .outputClosed, .inputClosed:
             exit(0)
         case .failed(let reason):
             Output.warn("console \(name): \(reason)")

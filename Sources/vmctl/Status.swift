@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import VMDControl
 
 extension VMCtl {
@@ -30,13 +31,19 @@ extension VMCtl {
                 vms = try Status.fetch(connection, name: name ?? "")
             }
             if runningOnly { vms = vms.filter(StatusTable.isRunning) }
-            Output.writeOut(json ? StatusTable.json(vms) : StatusTable.render(vms))
+            Output.writeOut(json ? StatusTable.json(vms) : StatusTable.render(vms, ownerName: Status.ownerName))
             // As vmd's vmctl: an empty listing is a failure, so scripts can
             // test `vmctl status -r name` for "is it running".
             if vms.isEmpty {
                 if let name { Output.warn("status \(name): \(runningOnly ? "vm not running" : "vm not found")") }
                 throw ExitCode.failure
             }
+        }
+
+        static func ownerName(_ owner: String) -> String {
+            StatusTable.ownerName(owner,
+                                  user: { uid in getpwuid(uid).map { String(cString: $0.pointee.pw_name) } },
+                                  group: { gid in getgrgid(gid).map { String(cString: $0.pointee.gr_name) } })
         }
 
         /// vmdGetInfoVMRequest with the name ("" for all), then one

@@ -15,13 +15,14 @@ enum StatusTable {
     static func isRunning(_ vm: VMInfo) -> Bool { vm.pid != 0 && vm.id != 0 }
 
     /// The header and one line per VM, each ending in a newline.
-    static func render(_ vms: [VMInfo]) -> String {
+    /// `ownerName` turns the daemon's owner text into what is shown.
+    static func render(_ vms: [VMInfo], ownerName: (String) -> String = { $0 }) -> String {
         var out = header
-        for vm in vms { out += line(vm) }
+        for vm in vms { out += line(vm, ownerName: ownerName) }
         return out
     }
 
-    static func line(_ vm: VMInfo) -> String {
+    static func line(_ vm: VMInfo, ownerName: (String) -> String = { $0 }) -> String {
         let running = isRunning(vm)
         return row(String(vm.id),
                    running ? String(vm.pid) : "-",
@@ -29,9 +30,22 @@ enum StatusTable {
                    ScaledSize.format(vm.maxMemory),
                    running ? ScaledSize.format(vm.curMemory) : "-",
                    running ? ttyName(vm.tty) : "-",
-                   truncated(vm.owner.isEmpty ? "root" : vm.owner, bytes: maxOwnerBytes),
+                   truncated(vm.owner.isEmpty ? "root" : ownerName(vm.owner), bytes: maxOwnerBytes),
                    vm.state,
                    vm.name)
+    }
+
+    /// `user[:group]` with numeric ids replaced by names where `user` and
+    /// `group` know them, as vmctl.c shows owners (user_from_uid(3)); a
+    /// VM made with `vmctl start` by a user is owned by that uid.
+    static func ownerName(_ owner: String, user: (UInt32) -> String?, group: (UInt32) -> String?) -> String {
+        let parts = owner.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let first = parts.first else { return owner }
+        var out = UInt32(first).flatMap(user) ?? String(first)
+        if parts.count == 2 {
+            out += ":" + (UInt32(parts[1]).flatMap(group) ?? String(parts[1]))
+        }
+        return out
     }
 
     /// The tty column drops the `/dev/` prefix: `/dev/pts/3` is `pts/3`.

@@ -7,7 +7,13 @@ struct VMCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmctl",
         abstract: "Control the virtual machine daemon, vmd.",
-        discussion: "Commands may be abbreviated to any unique prefix (vmctl stat = vmctl status).",
+        discussion: """
+            usage: vmctl [-v] [-s socket] command [arg ...]
+              -v         also print the daemon's informational replies
+              -s socket  the control socket (default /run/vmd.sock)
+            Commands may be abbreviated to any unique prefix (vmctl stat = vmctl status).
+            See vmctl(8).
+            """,
         subcommands: [Console.self, Load.self, Log.self, Pause.self, Reload.self, Reset.self,
                       Start.self, Status.self, Stop.self, Unpause.self, Wait.self])
 

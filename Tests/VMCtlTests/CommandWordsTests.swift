@@ -86,11 +86,12 @@ final class CommandWordsTests: XCTestCase {
 
     func testStartRequestFromFlags() throws {
         let kernel = FileManager.default.temporaryDirectory.appendingPathComponent("vmctl-kernel-\(getpid())")
-        FileManager.default.createFile(atPath: kernel.path, contents: Data([1]))
+        XCTAssertTrue(FileManager.default.createFile(atPath: kernel.path, contents: Data([1])))
         defer { try? FileManager.default.removeItem(at: kernel) }
         let cwd = FileManager.default.currentDirectoryPath
-        FileManager.default.changeCurrentDirectoryPath(kernel.deletingLastPathComponent().path)
-        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        // Relative paths are resolved by vmctl, in its own directory.
+        XCTAssertTrue(FileManager.default.changeCurrentDirectoryPath(kernel.deletingLastPathComponent().path))
+        defer { _ = FileManager.default.changeCurrentDirectoryPath(cwd) }
 
         let start = try XCTUnwrap(try VMCtl.parseAsRoot(
             ["start", "-b", kernel.lastPathComponent, "-m", "64M", "-d", "qcow2:" + kernel.lastPathComponent,

@@ -82,11 +82,12 @@ final class ConsoleRelayTests: XCTestCase {
     }
 
     /// Runs the relay on a thread; the result arrives through the expectation.
-    func startRelay() -> (XCTestExpectation, () -> ConsoleRelay.Ending?) {
+    func startRelay(endOnInputEOF: Bool = false) -> (XCTestExpectation, () -> ConsoleRelay.Ending?) {
         let done = expectation(description: "relay ended")
         final class Box: @unchecked Sendable { var ending: ConsoleRelay.Ending? }
         let box = Box()
-        let relay = ConsoleRelay(input: input[0], output: output[1], tty: tty, wakeFD: wake[0])
+        let relay = ConsoleRelay(input: input[0], output: output[1], tty: tty, wakeFD: wake[0],
+                                 endOnInputEOF: endOnInputEOF)
         Thread.detachNewThread {
             box.ending = relay.run()
             done.fulfill()
@@ -145,6 +146,14 @@ final class ConsoleRelayTests: XCTestCase {
         close(master); master = -1
         wait(for: [done], timeout: 5)
         XCTAssertEqual(ending(), .consoleClosed)
+    }
+
+    /// A terminal that hangs up ends the session (input from a terminal).
+    func testInputEOFFromATerminalEndsTheSession() {
+        let (done, ending) = startRelay(endOnInputEOF: true)
+        close(input[1]); input[1] = -1
+        wait(for: [done], timeout: 5)
+        XCTAssertEqual(ending(), .inputClosed)
     }
 
     func testSignalEndsTheSession() {

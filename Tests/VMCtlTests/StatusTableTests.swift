@@ -52,6 +52,24 @@ final class StatusTableTests: XCTestCase {
         XCTAssertEqual(StatusTable.truncated("ééééééééé", bytes: 15), "ééééééé")
     }
 
+    /// Numeric owners (VMs a user made with `vmctl start`) show as names.
+    func testNumericOwnersShowAsNames() {
+        let users: [UInt32: String] = [0: "root", 1000: "joe"]
+        let groups: [UInt32: String] = [50: "staff"]
+        func name(_ owner: String) -> String {
+            StatusTable.ownerName(owner, user: { users[$0] }, group: { groups[$0] })
+        }
+        XCTAssertEqual(name("1000"), "joe")
+        XCTAssertEqual(name("1000:50"), "joe:staff")
+        XCTAssertEqual(name("4242"), "4242")
+        XCTAssertEqual(name("joe:77"), "joe:77")
+        XCTAssertEqual(name(":50"), ":staff")
+        XCTAssertEqual(name("alice"), "alice")
+        var vm = running
+        vm.owner = "1000"
+        XCTAssertTrue(StatusTable.line(vm, ownerName: name).contains("          joe  running web"))
+    }
+
     func testTTYColumn() {
         XCTAssertEqual(StatusTable.ttyName("/dev/pts/3"), "pts/3")
         XCTAssertEqual(StatusTable.ttyName("/dev/ttyp0"), "ttyp0")

@@ -203,7 +203,8 @@ final class MultibootTests: XCTestCase {
 /// Builds a minimal bzImage: 4 setup sectors, a header, a payload.
 enum BzImageBuilder {
     static func make(version: UInt16 = 0x020F, payload: Int = 0x10000, initSize: UInt32 = 0x40_0000,
-                     xloadflags: UInt16 = 0x1, loadflags: UInt8 = 0x1, initrdMax: UInt32 = 0x7FFF_FFFF) -> [UInt8] {
+                     xloadflags: UInt16 = 0x1, loadflags: UInt8 = 0x1, initrdMax: UInt32 = 0x7FFF_FFFF,
+                     code64: [UInt8]? = nil) -> [UInt8] {
         var image = ByteImage(count: 5 * 512 + payload)
         image.put8(0x1F1, 4)               // setup_sects
         image.put16(0x1FE, 0xAA55)
@@ -220,6 +221,7 @@ enum BzImageBuilder {
         image.put32(0x260, initSize)
         image.put8(0x250, 0x77)            // a byte inside the header, to see it copied
         for i in 0..<payload { image.bytes[5 * 512 + i] = UInt8(truncatingIfNeeded: i * 7) }
+        if let code64 { image.putBytes(5 * 512 + 0x200, code64) }  // startup_64 sits at +0x200
         return image.bytes
     }
 }
@@ -405,5 +407,12 @@ final class CPUIDTests: XCTestCase {
         XCTAssertEqual([cpu2[4].eax, cpu2[4].ebx, cpu2[4].ecx], [0, 0, 2])
         let single = CPUIDTopology.entries(supported, vcpu: 0, cpus: 1)
         XCTAssertEqual(single[0].edx & (1 << 28), 0)
+    }
+}
+
+final class SeccompListTests: XCTestCase {
+    func testIoctlNumbersMatchTheKernelHeaders() {
+        let list = Dictionary(uniqueKeysWithValues: VirtualMachine.ioctlsAfterStart.map { ($0.name, $0.request) })
+        XCTAssertEqual(list, ["KVM_RUN": 0xAE80, "KVM_IRQ_LINE": 0x4008_AE61, "KVM_GET_REGS": 0x8090_AE81])
     }
 }

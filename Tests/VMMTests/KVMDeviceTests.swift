@@ -160,45 +160,80 @@ final class KVMDeviceTests: XCTestCase {
         vm.stop()  // joins from the test thread
     }
 
-    /// The UART's THRE interrupt reaches a guest handler through KVM_IRQ_LINE
-    /// and the in-kernel 8259 (IRQ 4 -> vector 0x24).
-    func testUARTInterruptIsDeliveredToTheGuest() throws {
+    /// A guest that installs a handler for `irq` (8259 vectors 0x20/0x28, only
+    /// `irq` unmasked), runs `arm`, waits with interrupts on, and prints "I"
+    /// once the handler ran. The handler runs `acknowledge`, sends EOI and goes
+    /// on without iret (PVM's emulator cannot run a 32-bit iret).
+    private func interruptGuest(irq: UInt32, arm: (inout GuestCode) -> Void,
+                                acknowledge: (inout GuestCode) -> Void) -> GuestCode {
         let handlerOffset = 0x200, idt: UInt32 = 0x50000, idtr: UInt32 = 0x50200, flag: UInt32 = 0x50300
         let handler = GuestCode.loadAddress + UInt32(GuestCode.headerSize + handlerOffset)
         var guest = GuestCode()
         func movDword(_ address: UInt32, _ value: UInt32) { guest.code += [0xC7, 0x05] + guest.le32(address) + guest.le32(value) }
-        let vector: UInt32 = 0x24
+        let vector: UInt32 = 0x20 + irq
+        let limit = vector * 8 + 7
         guest.code += [0xBC] + guest.le32(0x60000)  // mov esp: Multiboot leaves ESP undefined
         movDword(idt + vector * 8, (0x10 << 16) | (handler & 0xFFFF))
         movDword(idt + vector * 8 + 4, (handler & 0xFFFF_0000) | 0x8E00)
-        guest.code += [0x66, 0xC7, 0x05] + guest.le32(idtr) + [UInt8((vector * 8 + 7) & 0xFF), UInt8((vector * 8 + 7) >> 8)]  // limit
-        movDword(idtr + 2, idt)                                                           // base
-        guest.code += [0x0F, 0x01, 0x1D] + guest.le32(idtr)                                // lidt
-        // 8259: ICW1-4, vectors 0x20/0x28, only IRQ 4 unmasked.
+        guest.code += [0x66, 0xC7, 0x05] + guest.le32(idtr) + [UInt8(limit & 0xFF), UInt8(limit >> 8)]
+        movDword(idtr + 2, idt)
+        guest.code += [0x0F, 0x01, 0x1D] + guest.le32(idtr)  // lidt
+        let mask = ~(UInt16(1) << UInt16(irq)) & ~(irq >= 8 ? 0x0004 : 0)  // the cascade for slave IRQs
         for (port, value) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01),
-                              (0xA0, 0x11), (0xA1, 0x28), (0xA1, 0x02), (0xA1, 0x01),
-                              (0x21, 0xEF), (0xA1, 0xFF)] as [(UInt16, UInt8)] {
+                              (0xA0, 0x11), (0xA1, 0x28), (0xA1, 0x02), (0xA1, 0x01)] as [(UInt16, UInt8)] {
             guest.outByte(port, value)
         }
-        guest.outByte(0x3F9, 0x02)  // IER: THRE -> interrupt at once
-        guest.code += [0xFB]        // sti
+        guest.outByte(0x21, UInt8(mask & 0xFF))
+        guest.outByte(0xA1, UInt8(mask >> 8))
+        arm(&guest)
+        guest.code += [0xFB]  // sti
         let wait = guest.code.count
         guest.code += [0x80, 0x3D] + guest.le32(flag) + [0x01]  // cmp byte [flag], 1
         guest.code += [0x75, UInt8(bitPattern: Int8(wait - (guest.code.count + 2)))]  // jne wait
+        let done = guest.here
         guest.print("I")
         guest.powerOff()
-        XCTAssertLessThanOrEqual(guest.code.count, handlerOffset)
+        precondition(guest.code.count <= handlerOffset)
         guest.code += [UInt8](repeating: 0x90, count: handlerOffset - guest.code.count)
-        // Handler: read IIR (acknowledges THRE), IER = 0, flag = 1, EOI, iret.
-        guest.code += [0x50, 0x52]
-        guest.movDX(0x3FA); guest.inAL()
-        guest.outByte(0x3F9, 0x00)
+        acknowledge(&guest)
         guest.code += [0xC6, 0x05] + guest.le32(flag) + [0x01]
-        guest.code += [0xB0, 0x20, 0xE6, 0x20]  // mov al, 0x20; out 0x20, al
-        guest.code += [0x5A, 0x58, 0xCF]        // pop edx; pop eax; iret
+        if irq >= 8 { guest.code += [0xB0, 0x20, 0xE6, 0xA0] }  // EOI to the slave
+        guest.code += [0xB0, 0x20, 0xE6, 0x20]  // EOI: mov al, 0x20; out 0x20, al
+        guest.movEAX(done)
+        guest.code += [0xFF, 0xE0]              // jmp eax
+        return guest
+    }
+
+    /// COM1's THRE interrupt reaches the guest through KVM_IRQ_LINE and the
+    /// in-kernel 8259 (IRQ 4, edge).
+    func testUARTInterruptIsDeliveredToTheGuest() throws {
+        let guest = interruptGuest(irq: 4, arm: { $0.outByte(0x3F9, 0x02) },  // IER: THRE -> at once
+                                   acknowledge: { g in g.movDX(0x3FA); g.inAL(); g.outByte(0x3F9, 0x00) })
         let run = try makeRun(guest)
         XCTAssertEqual(try run.run(timeout: 30), .powerOff)
         XCTAssertEqual(run.console, "I")
+    }
+
+    /// A PCI function's InterruptLine (slot 2 -> IRQ 9, level, slave 8259).
+    func testPCIInterruptLineIsDeliveredToTheGuest() throws {
+        let guest = interruptGuest(irq: 9, arm: { $0.print("w") }, acknowledge: { _ in })
+        let run = try makeRun(guest)
+        let header = PCIConfigHeader(vendorID: 0x1AF4, deviceID: 0x1044, classCode: 0xFF, subclass: 0)
+        _ = try run.vm.addPCIFunction(FakeFunction(header: header))
+        let line = try run.vm.addPCIFunction(FakeFunction(header: header))
+        XCTAssertEqual(line.irq, 9)
+        var reason: VMExitReason?
+        let done = DispatchSemaphore(value: 0)
+        try run.vm.start { reason = $0; done.signal() }
+        let deadline = Date().addingTimeInterval(20)
+        while run.console.isEmpty && Date() < deadline { usleep(1000) }
+        usleep(20_000)  // let the guest reach sti
+        line.assert()
+        XCTAssertEqual(done.wait(timeout: .now() + 30), .success)
+        line.deassert()
+        run.vm.stop()
+        XCTAssertEqual(reason, .powerOff)
+        XCTAssertEqual(run.console, "wI")
     }
 
     func testConsoleInputReachesTheGuestThroughTheUART() throws {
@@ -302,6 +337,26 @@ final class KVMDeviceTests: XCTestCase {
         }
         XCTAssertEqual(openFDs(), fdsBefore)
         XCTAssertEqual(threads(), threadsBefore)
+    }
+
+    func testKernelOpenedThroughAnFDIsNamedByItsName() throws {
+        var guest = GuestCode()
+        guest.powerOff()
+        let path = try TestSupport.writeFile(guest.image, name: "guest.bin")
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        let vm = try VirtualMachine(spec: VMSpec(name: "t", memoryBytes: 16 << 20, kernelPath: "/proc/self/fd/\(fd)",
+                                                 commandLine: "a=1", kernelName: "/var/vm/guest.bin"))
+        XCTAssertEqual(vm.boot.format, "Multiboot")
+        let junk = try TestSupport.writeFile([1, 2, 3], name: "junk")
+        XCTAssertThrowsError(try VirtualMachine(spec: VMSpec(name: "t", memoryBytes: 16 << 20, kernelPath: junk,
+                                                             kernelName: "/var/vm/junk"))) {
+            XCTAssertTrue("\($0)".hasPrefix("/var/vm/junk: not a kernel"), "\($0)")
+        }
+        XCTAssertThrowsError(try VirtualMachine(spec: VMSpec(name: "t", memoryBytes: 16 << 20, kernelPath: "/nonexistent/k",
+                                                             kernelName: "k.elf"))) {
+            XCTAssertEqual("\($0)", "k.elf: No such file or directory")
+        }
     }
 
     func testBadKernelIsNamedInTheError() throws {

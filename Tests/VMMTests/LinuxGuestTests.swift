@@ -43,6 +43,42 @@ final class LinuxGuestTests: XCTestCase {
     }
 }
 
+/// The Linux 64-bit entry under KVM, with a stand-in kernel whose startup_64
+/// is a few instructions: runs under PVM too, so the boot protocol state (long
+/// mode, identity map, GDT selectors, RSI = zero page, stack) is checked here
+/// even where a real Linux cannot boot.
+final class LinuxEntryTests: XCTestCase {
+    func testSixtyFourBitEntrySeesZeroPageCommandLineAndInitrd() throws {
+        try XCTSkipUnless(TestSupport.kvmAvailable, "/dev/kvm is missing: Linux entry test skipped")
+        var code: [UInt8] = []
+        func out(_ byte: UInt8) { code += [0x66, 0xBA, 0xF8, 0x03, 0xB0, byte, 0xEE] }  // mov dx,0x3f8; mov al,b; out
+        func outAL() { code += [0x66, 0xBA, 0xF8, 0x03, 0xEE] }
+        code += [0x8B, 0x86, 0x02, 0x02, 0x00, 0x00]          // mov eax, [rsi+0x202]
+        code += [0x3D] + Array("HdrS".utf8)                   // cmp eax, "HdrS"
+        code += [0x75, 0x07]                                   // jne +7
+        out(UInt8(ascii: "L"))
+        code += [0x8B, 0xBE, 0x28, 0x02, 0x00, 0x00]          // mov edi, [rsi+0x228] (cmd_line_ptr)
+        code += [0x0F, 0xB6, 0x07]; outAL()                    // movzx eax, byte [rdi]
+        code += [0x8B, 0xBE, 0x18, 0x02, 0x00, 0x00]          // mov edi, [rsi+0x218] (ramdisk_image)
+        code += [0x0F, 0xB6, 0x07]; outAL()                    // movzx eax, byte [rdi]
+        code += [0x8C, 0xC8]; outAL()                          // mov eax, cs
+        code += [0x8C, 0xD8]; outAL()                          // mov eax, ds
+        code += [0x48, 0xB8] + [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]  // mov rax, imm64
+        code += [0x50, 0x5B]                                   // push rax; pop rbx (the stack works)
+        code += [0x48, 0x89, 0xD8]                             // mov rax, rbx
+        code += [0x48, 0xC1, 0xE8, 0x38]; outAL()              // shr rax, 56 -> 0x88
+        code += [0x66, 0xBA, 0x04, 0x06, 0x66, 0xB8, 0x00, 0x20, 0x66, 0xEF]  // power off
+        code += [0xF4, 0xEB, 0xFD]
+        let kernel = try TestSupport.writeFile(BzImageBuilder.make(code64: code), name: "bzImage")
+        let initrd = try TestSupport.writeFile([UInt8](repeating: UInt8(ascii: "R"), count: 5000), name: "initrd")
+        let run = try GuestRun(spec: VMSpec(name: "entry", memoryBytes: 64 << 20, vcpus: 2, kernelPath: kernel,
+                                            commandLine: "Console=ttyS0", initrdPath: initrd))
+        XCTAssertEqual(run.vm.boot.format, "Linux bzImage, boot protocol 2.15")
+        XCTAssertEqual(try run.run(timeout: 30), .powerOff)
+        XCTAssertEqual(run.vm.consoleReplay(), Array("LCR".utf8) + [0x10, 0x18, 0x88])
+    }
+}
+
 /// The loader against a real distribution kernel (no KVM needed): set
 /// VMM_TEST_BZIMAGE, or have /boot/vmlinuz-* (linux-image-cloud-amd64).
 final class RealBzImageLoadTests: XCTestCase {

@@ -350,3 +350,30 @@ final class VMMCITests: XCTestCase {
         XCTAssertEqual(acks, [.shutdown], "unknown commands are not acks")
     }
 }
+
+// MARK: a real tap
+
+final class TapBackendTests: XCTestCase {
+    /// Opens a transient tap the way `vmd: priv` will, then checks that
+    /// the device side can switch it to 12-byte headers and non-blocking.
+    func testPrepareRealTap() throws {
+        let fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw XCTSkip("no /dev/net/tun here") }
+        defer { close(fd) }
+        var request = [UInt8](repeating: 0, count: 40)          // struct ifreq
+        for (i, byte) in "vtest%d".utf8.enumerated() { request[i] = byte }
+        let flags: UInt16 = 0x0002 | 0x1000 | 0x4000             // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+        request[16] = UInt8(flags & 0xff)
+        request[17] = UInt8(flags >> 8)
+        let created = request.withUnsafeMutableBytes { ioctl(fd, UInt(0x4004_54ca), $0.baseAddress!) }   // TUNSETIFF
+        guard created == 0 else { throw XCTSkip("cannot create a tap: errno \(errno)") }
+        XCTAssertNoThrow(try TapBackend.prepareTap(fd: fd))
+        var size: CInt = 0
+        XCTAssertEqual(ioctl(fd, UInt(0x8004_54d7), &size), 0)   // TUNGETVNETHDRSZ
+        XCTAssertEqual(size, 12)
+        XCTAssertNotEqual(fcntl(fd, F_GETFL) & O_NONBLOCK, 0)
+        var buffer = [UInt8](repeating: 0, count: 2048)
+        XCTAssertNil(try buffer.withUnsafeMutableBytes { try TapBackend(fd: fd).receive(into: $0) })
+        XCTAssertThrowsError(try TapBackend.prepareTap(fd: -1))
+    }
+}

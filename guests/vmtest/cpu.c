@@ -26,6 +26,7 @@ extern const u64 exc_stubs[32], irq_stubs[16];
 extern void isr_ignore(void);
 extern u64 gdt_tss[2];
 extern u8 kstack_top[];
+extern u32 passed, failed;
 
 /* In .data, not .bss: CPL3 clears .bss after these are loaded. */
 static struct idt_entry idt[256] __attribute__((aligned(16), section(".data")));
@@ -78,6 +79,6 @@ void cpu_fault(const u64 *frame)
     __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
     printf("vmtest: fault FAIL vector=%lu error=0x%lx rip=0x%lx cs=0x%lx rflags=0x%lx rsp=0x%lx cr2=0x%lx\n",
            frame[0], frame[1], frame[2], frame[3], frame[4], frame[5], cr2);
-    printf("vmtest summary: passed=0 failed=1\n");
+    printf("vmtest summary: passed=%u failed=%u\n", passed, failed + 1);
     power_off();
 }

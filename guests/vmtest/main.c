@@ -10,7 +10,7 @@ extern u32 boot_magic, boot_info;
 extern u64 boot_tsc;
 
 struct options opt;
-static u32 passed, failed;
+u32 passed, failed;               /* cpu_fault reports them too */
 static char cmdline[512];
 
 /* ---- results ---- */
@@ -226,6 +226,7 @@ void vmtest_main(void)
         blk_bench();
         net_bench();
     }
+    printf("vmtest: checks took %lu ms since entry\n", tsc_to_us(rdtsc() - boot_tsc) / 1000);
     printf("vmtest summary: passed=%u failed=%u\n", passed, failed);
     if (opt.stay) {
         printf("vmtest: stay: waiting for a vmmci request\n");

@@ -169,9 +169,11 @@ void cpus_check(void)
     if (lapic_base == 0 || lapic_base & 0xFFF || !readable(lapic_base, 0x1000))
         lapic_base = 0xFEE00000u;
     u8 bsp = (u8)(lapic_read(LAPIC_ID) >> 24);
-    /* Keep the PIC reaching the BSP (LINT0 ExtINT) once the APIC is software-enabled. */
-    lapic_write(LAPIC_LVT0, 0x700);
+    /* Keep the PIC reaching the BSP (LINT0 ExtINT). Software-enable the APIC
+     * first: while it is disabled, LVT writes are forced masked (SDM 10.4.7.2),
+     * which without a BIOS having enabled it leaves the 8259 cut off. */
     lapic_write(LAPIC_SVR, lapic_read(LAPIC_SVR) | 0x100 | 0xFF);
+    lapic_write(LAPIC_LVT0, 0x700);
 
     u32 tramp_len = (u32)(ap_tramp_end - ap_tramp_start);
     u8 *tramp = (u8 *)(uintptr_t)AP_TRAMPOLINE;

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <linux/kvm.h>
+#include "ckvm_lapic.h"
 
 /* ioctl request numbers (system, VM and vCPU ioctls this project issues). */
 static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -28,6 +29,7 @@ static const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
 static const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
 static const unsigned long CKVM_GET_SREGS = KVM_GET_SREGS;
 static const unsigned long CKVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
 
 /* Capabilities the VMM requires. */
 static const int CKVM_CAP_IRQCHIP = KVM_CAP_IRQCHIP;

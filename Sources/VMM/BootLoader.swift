@@ -1,0 +1,75 @@
+/// How the boot vCPU starts.
+public enum BootEntry: Equatable {
+    /// Multiboot: 32-bit protected mode, paging off, flat segments.
+    case protected32(eip: UInt32, eax: UInt32, ebx: UInt32)
+    /// Linux 64-bit boot protocol: long mode, identity-mapped, RSI = zero page.
+    case long64(rip: UInt64, rsi: UInt64, rsp: UInt64, cr3: UInt64)
+}
+
+/// What a boot loader leaves for the VM: the entry and a description.
+public struct BootResult: Equatable {
+    public let entry: BootEntry
+    public let format: String
+}
+
+/// Kernel format detection from the file's bytes.
+enum KernelFormat: Equatable {
+    case multiboot
+    case bzImage
+
+    static func detect(_ file: [UInt8], path: String) throws -> KernelFormat {
+        if Multiboot.findHeader(file) != nil { return .multiboot }
+        if ByteImage(file).u32(0x202) == LinuxBoot.headerMagic { return .bzImage }
+        throw VMMError("\(path): not a kernel this VMM can boot (no Multiboot header in the first 8 KiB, no bzImage \"HdrS\" magic at 0x202)")
+    }
+}
+
+/// A file to boot: where to open it and what to call it in messages.
+struct BootFile {
+    let path: String
+    let name: String
+
+    init(path: String, name: String? = nil) {
+        self.path = path
+        self.name = name ?? path
+    }
+}
+
+enum BootLoader {
+    /// Loads the kernel (and initrd) into memory; returns the entry.
+    static func load(kernel: BootFile, commandLine: String, initrd: BootFile?,
+                     memory: GuestMemory) throws -> BootResult {
+        let limit = Int(min(memory.layout.lowBytes, 1 << 31))
+        let file = try System.readFile(kernel.path, name: kernel.name, limit: limit)
+        switch try KernelFormat.detect(file, path: kernel.name) {
+        case .multiboot:
+            if initrd != nil { throw VMMError("\(kernel.name): initrd is supported for Linux kernels only, not Multiboot") }
+            return try Multiboot.load(file, path: kernel.name, commandLine: commandLine, memory: memory)
+        case .bzImage:
+            let initrdBytes = try initrd.map { try System.readFile($0.path, name: $0.name, limit: limit) }
+            return try LinuxBoot.load(file, path: kernel.name, commandLine: commandLine,
+                                      initrd: initrdBytes, initrdPath: initrd?.name ?? "", memory: memory)
+        }
+    }
+
+    /// Checks that [address, address + size) lies in e820 RAM and above the boot data.
+    static func checkPlacement(_ address: UInt64, size: UInt64, layout: GuestMemoryLayout,
+                               path: String, what: String) throws {
+        let (end, overflow) = address.addingReportingOverflow(size)
+        let inRAM = !overflow && layout.e820.contains {
+            $0.type == E820Entry.ram && address >= $0.address && end <= $0.address + $0.size
+        }
+        guard inRAM, address >= BootLayout.dataEnd || size == 0 else {
+            throw VMMError("\(path): \(what) at 0x\(hex(address)) (\(size) bytes) does not fit in guest RAM (\(layout.lowBytes >> 20) MiB below the PCI hole, loads from 0x\(hex(BootLayout.dataEnd)))")
+        }
+    }
+
+    /// The command line as stored in guest memory, NUL-terminated, size-checked.
+    static func commandLineBytes(_ commandLine: String, max: Int, path: String) throws -> [UInt8] {
+        let bytes = Array(commandLine.utf8) + [0]
+        guard bytes.count <= max else {
+            throw VMMError("\(path): command line of \(bytes.count - 1) bytes is longer than \(max - 1)")
+        }
+        return bytes
+    }
+}

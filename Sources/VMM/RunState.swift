@@ -1,0 +1,109 @@
+import Glibc
+
+/// The run state all vCPU threads share: running, paused or stopping.
+final class RunState: VCPUControl {
+    enum Mode { case running, paused, stopping }
+
+    private let lock = Lock()
+    private let changed = Condition()
+    private var mode = Mode.running
+    private var parked = 0
+    private var live = 0
+    private var exitReported = false
+    private var logLine: (String) -> Void = System.log
+    /// Set once, before any vCPU thread starts.
+    var vcpus: [VCPU] = []
+    var onExit: ((VMExitReason) -> Void)?
+    private(set) var ioBus = Bus(name: "io", log: System.log)
+    private(set) var mmioBus = Bus(name: "mmio", log: System.log)
+
+    func attach(ioBus: Bus, mmioBus: Bus, log: @escaping (String) -> Void) {
+        self.ioBus = ioBus
+        self.mmioBus = mmioBus
+        logLine = log
+    }
+
+    func log(_ message: String) { logLine(message) }
+
+    var isPaused: Bool { lock.withLock { mode == .paused && parked == live } }
+
+    func threadStarted() { lock.withLock { live += 1 } }
+    /// Kicks read `vcpu.thread` under the same lock.
+    func record(_ thread: pthread_t, for vcpu: VCPU) {
+        lock.withLock {
+            vcpu.thread = thread
+            // A kick that came before the thread id was known: deliver it now.
+            if mode != .running { vcpu.kvm.setImmediateExit(true); System.kick(thread) }
+        }
+    }
+    func threadEnded() {
+        lock.withLock {
+            live -= 1
+            changed.broadcast()
+        }
+    }
+
+    func checkpoint(_ vcpu: VCPU) -> Bool {
+        lock.withLock {
+            while mode == .paused {
+                parked += 1
+                changed.broadcast()
+                changed.wait(lock)
+                parked -= 1
+            }
+            if mode == .stopping { return false }
+            // Cleared only while running and under the lock, so a pause that sets
+            // it after this point still stops the next KVM_RUN at once.
+            vcpu.kvm.setImmediateExit(false)
+            return true
+        }
+    }
+
+    /// Makes every vCPU leave KVM_RUN soon (lock held).
+    private func kickAll() {
+        for vcpu in vcpus {
+            vcpu.kvm.setImmediateExit(true)
+            if let thread = vcpu.thread { System.kick(thread) }
+        }
+    }
+
+    func pause() {
+        lock.withLock {
+            guard mode == .running else { return }
+            mode = .paused
+            kickAll()
+            while mode == .paused && parked < live { changed.wait(lock) }
+        }
+    }
+
+    func unpause() {
+        lock.withLock {
+            guard mode == .paused else { return }
+            mode = .running
+            changed.broadcast()
+        }
+    }
+
+    func stop() {
+        lock.withLock {
+            guard mode != .stopping else { return }
+            mode = .stopping
+            kickAll()
+            changed.broadcast()
+        }
+    }
+
+    func requestExit(_ reason: VMExitReason) {
+        let report: ((VMExitReason) -> Void)? = lock.withLock {
+            guard !exitReported else { return nil }
+            exitReported = true
+            if mode != .stopping {
+                mode = .stopping
+                kickAll()
+                changed.broadcast()
+            }
+            return onExit
+        }
+        report?(reason)
+    }
+}
