@@ -28,6 +28,11 @@ public struct LaunchSpec: Equatable, Sendable {
     public var rng: Bool
     public var vmmci: Bool
     public var verbosity: UInt32
+    /// For messages and the Multiboot command line: the paths as configured.
+    public var kernelName = ""
+    public var initrdName = ""
+    /// The VM's owner: its console pty is handed to this uid (0: root).
+    public var ownerUID: UInt32 = 0
 
     public init(vmid: UInt32, name: String, memoryBytes: UInt64, cpus: UInt32, cmdline: String,
                 hasInitrd: Bool, disks: [DiskSpec], hasCDROM: Bool, nics: [NICSpec],
@@ -54,6 +59,7 @@ public struct LaunchSpec: Equatable, Sendable {
             w.u32(n.lockedLladdr ? 1 : 0); w.string(n.ifname)
         }
         w.u32(rng ? 1 : 0); w.u32(vmmci ? 1 : 0); w.u32(verbosity)
+        w.string(kernelName); w.string(initrdName); w.u32(ownerUID)
         return w.bytes
     }
 
@@ -76,6 +82,7 @@ public struct LaunchSpec: Equatable, Sendable {
             nics.append(NICSpec(mac: mac, lockedLladdr: try r.u32() != 0, ifname: try r.string(max: 16)))
         }
         rng = try r.u32() != 0; vmmci = try r.u32() != 0; verbosity = try r.u32()
+        kernelName = try r.string(max: 4096); initrdName = try r.string(max: 4096); ownerUID = try r.u32()
     }
 }
 

@@ -1,6 +1,7 @@
 import VMDControl
 import Glibc
 import VMDSystem
+import VMM
 
 /// The seccomp allow-lists, one per role, in one place. Anything not listed
 /// kills the process (SIGSYS); the parent logs which process died and why.
@@ -102,24 +103,9 @@ public enum SandboxPolicies {
             "wait4", "waitid", "kill",
             "time", "getcpu",
         ],
-        extra: [
-            .allowIfArgEquals("ioctl", index: 1, value: UInt64(KVMIoctl.run)),
-            .allowIfArgEquals("ioctl", index: 1, value: UInt64(KVMIoctl.irqLine)),
-            .allowIfArgEquals("ioctl", index: 1, value: UInt64(KVMIoctl.getMPState)),
-            .allowIfArgEquals("ioctl", index: 1, value: UInt64(KVMIoctl.setMPState)),
-            // termios on the console pty master (cfmakeraw at attach)
-            .allowIfArgEquals("ioctl", index: 1, value: 0x5401),  // TCGETS
-            .allowIfArgEquals("ioctl", index: 1, value: 0x5402),  // TCSETS
-        ])
+        // The KVM ioctls the running VM issues, as the VMM library lists
+        // them from <linux/kvm.h> (KVM_RUN, KVM_IRQ_LINE, KVM_GET_REGS).
+        extra: VirtualMachine.ioctlsAfterStart.map { .allowIfArgEquals("ioctl", index: 1, value: $0.request) })
 }
 
 
-/// The KVM ioctl request numbers a running VM process may issue, derived
-/// from <linux/kvm.h> (KVMIO = 0xAE): _IO(KVMIO, 0x80), _IOW(KVMIO, 0x61,
-/// struct kvm_irq_level), _IOR/_IOW(KVMIO, 0x98/0x99, struct kvm_mp_state).
-enum KVMIoctl {
-    static let run: UInt32 = 0xAE80
-    static let irqLine: UInt32 = 0x4008_AE61
-    static let getMPState: UInt32 = 0x8004_AE98
-    static let setMPState: UInt32 = 0x4004_AE99
-}

@@ -88,7 +88,9 @@ final class VMProcess {
             vm = try VirtualMachine(spec: VMSpec(
                 name: spec.name, memoryBytes: spec.memoryBytes, vcpus: Int(spec.cpus),
                 kernelPath: "/proc/self/fd/\(kernelFD)", commandLine: spec.cmdline,
-                initrdPath: initrdFD >= 0 ? "/proc/self/fd/\(initrdFD)" : nil))
+                initrdPath: initrdFD >= 0 ? "/proc/self/fd/\(initrdFD)" : nil,
+                kernelName: spec.kernelName.isEmpty ? nil : spec.kernelName,
+                initrdName: spec.initrdName.isEmpty ? nil : spec.initrdName))
         } catch {
             die("\(error)")
         }
@@ -112,6 +114,12 @@ final class VMProcess {
         }
         FD.close(kernelFD)
         if initrdFD >= 0 { FD.close(initrdFD) }
+        // The owner may attach to the console (`vmctl console`) directly.
+        if spec.ownerUID != 0 {
+            if fchown(vm.consoleSlaveFD, uid_t(spec.ownerUID), gid_t(bitPattern: -1)) != 0 {
+                Log.warning("cannot hand the console to uid \(spec.ownerUID): \(SystemError("fchown"))")
+            }
+        }
 
         let regions = vm.memoryRegions.map {
             DeviceSetup.Region(guestPhysical: $0.guestPhysical, size: $0.size, fdOffset: $0.fdOffset)

@@ -43,7 +43,7 @@ final class VMTable {
 
     init(parent: Parent) {
         self.parent = parent
-        for vm in parent.config.vms { add(vm, fromConfigFile: true) }
+        for vm in parent.config.vms { add(parent.config.resolved(vm), fromConfigFile: true) }
     }
 
     @discardableResult
@@ -94,7 +94,7 @@ final class VMTable {
     func applyConfiguration() {
         let newNames = Set(parent.config.vms.map(\.name))
         entries.removeAll { $0.fromConfigFile && $0.state == .stopped && !newNames.contains($0.config.name) }
-        for vm in parent.config.vms {
+        for vm in parent.config.vms.map(parent.config.resolved) {
             if let e = entries.first(where: { $0.config.name == vm.name }) {
                 if e.state == .stopped { e.config = vm; e.fromConfigFile = true; resolveOwner(e) }
             } else {
@@ -141,6 +141,7 @@ final class VMTable {
         if type == .ctlClientClosed {
             clients[client] = nil
             for e in entries { e.waiters.removeAll { $0 == client } }
+            groupWaits.removeAll { $0.client == client }
             return
         }
         guard let c = clients[client] else { return }
@@ -209,6 +210,12 @@ final class VMTable {
     }
 
     func startRequest(_ client: UInt32, _ c: Client, _ req: StartRequest) throws {
+        // Paths in a request are opened by the daemon as root: only root may
+        // give them (or create VMs); other users start the VMs they own.
+        if c.uid != 0 && req.hasOverrides {
+            fail(client, EPERM, "start \(req.name): permission denied: only root may give -b, -d, -r, -t, -m, -i, -n, -L or -B")
+            return
+        }
         var e = find(req.name)
         if let existing = e {
             guard isOwner(c, existing) else {
@@ -273,14 +280,21 @@ final class VMTable {
             guard e.state != .stopped else { fail(client, EINVAL, "stop \(req.name): vm not running"); return }
             targets = [e]
         }
+        let waiting = req.flags & VMRequest.wait != 0 && !targets.isEmpty
+        if waiting {
+            // One answer when the last of them has stopped.
+            groupWaits.append((client, Set(targets.map(\.id)), targets.map(\.config.name)))
+        }
         for e in targets {
-            if req.flags & VMRequest.wait != 0 { e.waiters.append(client) }
             stop(e, force: req.flags & VMRequest.force != 0)
         }
-        if req.flags & VMRequest.wait == 0 || targets.isEmpty {
+        if !waiting {
             ok(client, targets.map { "stopping vm \($0.config.name): requested to shutdown" }.joined(separator: "\n"))
         }
     }
+
+    /// `stop -w`: (client, VMs still running, their names).
+    var groupWaits: [(client: UInt32, pending: Set<UInt32>, names: [String])] = []
 
     func vmRequest(_ type: MessageType, _ client: UInt32, _ c: Client, _ req: VMRequest) throws {
         let verb: String
@@ -403,6 +417,9 @@ final class VMTable {
                               cpus: UInt32(e.config.effectiveCPUs), cmdline: e.config.cmdline ?? "",
                               hasInitrd: hasInitrd, disks: disks, hasCDROM: hasCDROM, nics: nics,
                               verbosity: UInt32(Log.verbosity))
+        e.launch?.kernelName = boot
+        e.launch?.initrdName = e.config.initrd ?? ""
+        e.launch?.ownerUID = UInt32(e.ownerUID)
         e.launchFDs = fds
         e.state = .starting
         e.startRequester = requester
@@ -540,6 +557,11 @@ final class VMTable {
         e.stopRequested = false
         for c in e.waiters { ok(c, "vm \(name) stopped") }
         e.waiters = []
+        for i in groupWaits.indices { groupWaits[i].pending.remove(e.id) }
+        for g in groupWaits where g.pending.isEmpty {
+            ok(g.client, g.names.map { "vm \($0) stopped" }.joined(separator: "\n"))
+        }
+        groupWaits.removeAll { $0.pending.isEmpty }
         if !e.fromConfigFile {
             // VMs made from vmctl flags live until they stop, like vmd's.
             entries.removeAll { $0 === e }

@@ -43,7 +43,9 @@ public final class TapBackend: NetworkBackend {
     /// Make a tap opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR use the 12-byte
     /// header and never block. Call before the sandbox forbids ioctl.
     public static func prepareTap(fd: Int32) throws {
-        guard ioctl(fd, setVnetHeaderSize, CInt(VioNet.headerSize)) == 0 else {
+        // The kernel reads the size through a pointer (copy_from_user).
+        var size = CInt(VioNet.headerSize)
+        guard ioctl(fd, setVnetHeaderSize, &size) == 0 else {
             throw NetworkBackendError(errno: errno, operation: "TUNSETVNETHDRSZ")
         }
         try setNonBlocking(fd: fd)
@@ -103,7 +105,11 @@ public final class VioNet: VirtioDevice {
 
     private weak var host: VirtioDeviceHost?
     private let frameBuffer: UnsafeMutableRawBufferPointer
+    /// The guest had no receive buffers at the last look.
     private var receiveStalled = false
+    /// `tapReadable()` said to stop watching the tap; the next receive-queue
+    /// notify calls `onReceiveBuffersAvailable`.
+    private var tapWatchSuspended = false
     public private(set) var droppedTransmitFrames = 0
     public private(set) var droppedReceiveFrames = 0
 
@@ -150,8 +156,8 @@ public final class VioNet: VirtioDevice {
         case VioNet.receiveQueue:
             // New buffers: frames may be waiting in the tap, so read them
             // now and have the event loop watch the tap again.
-            if receiveStalled {
-                receiveStalled = false
+            if tapWatchSuspended {
+                tapWatchSuspended = false
                 onReceiveBuffersAvailable?()
             }
             try receiveFrames(queue: queue)
@@ -167,9 +173,14 @@ public final class VioNet: VirtioDevice {
     /// has no buffers, or the device is not running).
     @discardableResult
     public func tapReadable() -> Bool {
-        guard let host = host, host.isDriverReady else { return false }
+        guard let host = host, host.isDriverReady else {
+            tapWatchSuspended = true
+            return false
+        }
         host.withQueue(VioNet.receiveQueue) { queue in try receiveFrames(queue: queue) }
-        return host.isDriverReady && !receiveStalled
+        let keepWatching = host.isDriverReady && !receiveStalled
+        if !keepWatching { tapWatchSuspended = true }
+        return keepWatching
     }
 
     private func receiveFrames(queue: Virtqueue) throws {

@@ -4,7 +4,11 @@ import XCTest
 
 /// Shared helpers: guest binaries built on demand, KVM presence checks.
 enum TestSupport {
-    static let probes = "/work/shared/probes"
+    /// shared/probes beside the repository (as CI lays it out), or the machine's.
+    static var probes: String? {
+        [repositoryRoot + "/../shared/probes", "/work/shared/probes"]
+            .first { FileManager.default.fileExists(atPath: $0 + "/multiboot_hello.S") }
+    }
     static let repositoryRoot: String = {
         // Tests/VMMTests/TestSupport.swift -> repository root.
         var url = URL(fileURLWithPath: #filePath).resolvingSymlinksInPath()
@@ -39,14 +43,56 @@ enum TestSupport {
         return output
     }
 
-    /// Builds probes/multiboot_hello.S into a temporary ELF.
+    /// Builds shared/probes/multiboot_hello.S (or, without shared/, the same
+    /// program kept below) into a temporary ELF, as kvm-here.md says.
     static func buildMultibootHello() throws -> String {
         let dir = try temporaryDirectory()
+        var source = dir.appendingPathComponent("multiboot_hello.S").path
+        var script = dir.appendingPathComponent("multiboot_hello.ld").path
+        if let probes {
+            source = probes + "/multiboot_hello.S"
+            script = probes + "/multiboot_hello.ld"
+        } else {
+            try helloSource.write(toFile: source, atomically: true, encoding: .utf8)
+            try helloScript.write(toFile: script, atomically: true, encoding: .utf8)
+        }
         let out = dir.appendingPathComponent("hello.elf").path
         try run(["gcc", "-m32", "-nostdlib", "-ffreestanding", "-no-pie", "-static",
-                 "-Wl,-T,\(probes)/multiboot_hello.ld", "-o", out, "\(probes)/multiboot_hello.S"])
+                 "-Wl,-T,\(script)", "-o", out, source])
         return out
     }
+
+    static let helloSource = """
+        .section .multiboot
+        .align 4
+        .long 0x1BADB002
+        .long 0x00000003
+        .long -(0x1BADB002 + 0x00000003)
+        .section .text
+        .code32
+        .global _start
+        _start:
+          mov $msg, %esi
+        1: lodsb
+          test %al, %al
+          jz 2f
+          mov $0x3f8, %dx
+          out %al, %dx
+          jmp 1b
+        2: mov $0x604, %dx
+          mov $0x2000, %ax
+          out %ax, %dx
+        3: hlt
+          jmp 3b
+        .section .data
+        msg: .asciz "vmtest: hello\\nvmtest summary: passed=1 failed=0\\n"
+
+        """
+    static let helloScript = """
+        ENTRY(_start)
+        SECTIONS { . = 0x100000; .text : { *(.multiboot) *(.text) } .data : { *(.data) } .bss : { *(.bss) } }
+
+        """
 
     static func writeFile(_ bytes: [UInt8], name: String = "kernel") throws -> String {
         let url = try temporaryDirectory().appendingPathComponent(name)

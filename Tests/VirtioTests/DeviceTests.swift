@@ -138,11 +138,19 @@ final class VioNetTests: XCTestCase {
         XCTAssertFalse(driver.needsReset)
     }
 
-    func testNothingBeforeDriverOK() {
+    func testNothingBeforeDriverOKThenResumeOnFirstBuffers() {
         net = VioNet(name: "vionet0", backend: TapBackend(fd: fds[0]), mac: guestMAC, lockedLinkAddress: false)
+        var resumed = 0
+        net.onReceiveBuffersAvailable = { resumed += 1 }
         driver = TestDriver(device: net, type: .network)
-        hostSend([UInt8](repeating: 0, count: 40))
-        XCTAssertFalse(net.tapReadable())
+        let incoming = [UInt8](repeating: 0, count: 12) + frame(source: [2, 0, 0, 0, 0, 9])
+        hostSend(incoming)
+        XCTAssertFalse(net.tapReadable(), "driver not ready: stop watching the tap")
+        XCTAssertTrue(driver.initialize())
+        XCTAssertEqual(resumed, 0)
+        driver.submit(0, [(driver.allocate(length: 1526), 1526, true)])
+        XCTAssertEqual(resumed, 1, "the first receive buffers resume the tap watch")
+        XCTAssertEqual(driver.takeUsed(0).first?.length, UInt32(incoming.count), "the waiting frame was delivered")
     }
 }
 
@@ -371,7 +379,11 @@ final class TapBackendTests: XCTestCase {
         var size: CInt = 0
         XCTAssertEqual(ioctl(fd, UInt(0x8004_54d7), &size), 0)   // TUNGETVNETHDRSZ
         XCTAssertEqual(size, 12)
-        XCTAssertNotEqual(fcntl(fd, F_GETFL) & O_NONBLOCK, 0)
+        // Never risk a blocking read in a test run: check first, then read.
+        guard fcntl(fd, F_GETFL) & O_NONBLOCK != 0 else {
+            XCTFail("the tap was not made non-blocking")
+            return
+        }
         var buffer = [UInt8](repeating: 0, count: 2048)
         XCTAssertNil(try buffer.withUnsafeMutableBytes { try TapBackend(fd: fd).receive(into: $0) })
         XCTAssertThrowsError(try TapBackend.prepareTap(fd: -1))

@@ -1,0 +1,135 @@
+import Foundation
+import XCTest
+import Glibc
+
+/// Issues "VM process" and "virtio devices": vmtest through the real vmd
+/// process tree, with its devices in sandboxed processes.
+final class VMLifecycleTests: XCTestCase {
+    override func setUpWithError() throws {
+        try requireRoot()
+        try requireKVM()
+        try requireVmtest()
+    }
+
+    func config(name: String, extra: String, cmdline: String = "", cpus: Int = 1) -> String {
+        """
+        vm "\(name)" {
+            memory 64M
+            cpus \(cpus)
+            boot "\(Repo.vmtestELF)"
+            cmdline "\(cmdline)"
+        \(extra)
+        }
+        """
+    }
+
+    /// Boots, waits for the guest to power itself off, checks nothing is left.
+    func bootToPowerOff(cpus: Int) throws -> String {
+        let d = try Daemon(config: config(name: "boot\(cpus)", extra: "", cpus: cpus), extraArgs: ["-v"])
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("vm boot\(cpus): stopped (guest powered off)", timeout: 60), d.log)
+        let tree = descendants(of: d.pid)
+        XCTAssertEqual(tree.filter { $0.args.hasPrefix("vmd: vm ") }.count, 0, "VM processes left: \(tree)")
+        XCTAssertEqual(d.stop(), 0)
+        return d.log
+    }
+
+    func testVmtestBootsAndPowersOff() throws {
+        let log = try bootToPowerOff(cpus: 1)
+        let r = Guest.results(log)
+        XCTAssertEqual(r["serial"], true, log)
+        XCTAssertEqual(r["boot"], true, log)
+        XCTAssertTrue(log.contains("vmtest: cpus ok count=1"), log)
+        XCTAssertTrue(log.contains("vmtest summary: passed="), log)
+        XCTAssertFalse(log.contains("FAIL"), log)
+    }
+
+    func testTwoCPUs() throws {
+        let log = try bootToPowerOff(cpus: 2)
+        XCTAssertTrue(log.contains("vmtest: cpus ok count=2"), log)
+        XCTAssertFalse(log.contains("FAIL"), log)
+    }
+
+    func testAllDevicesInSandboxedProcesses() throws {
+        let ns = try NetNamespace()
+        let dir = NSTemporaryDirectory() + "vmd-dev-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let disk = dir + "/disk.img"
+        try Guest.makeDisk(disk)
+        let tap = "vmdt\(getpid() % 100000)"
+        let conf = config(name: "devs", extra: """
+                disk "\(disk)"
+                interface "\(tap)"
+            """, cmdline: "ip=10.0.2.15/24 gw=10.0.2.2 stay")
+        let d = try Daemon(config: conf, extraArgs: ["-v"], netns: ns.name)
+        try d.waitReady()
+        XCTAssertTrue(ns.configureTap(tap, address: "10.0.2.2/24"), "tap \(tap) never appeared\n\(d.log)")
+        XCTAssertTrue(d.waitLog("vmtest summary:", timeout: 60), d.log)
+        let r = Guest.results(d.log)
+        for check in ["serial", "boot", "cpus", "blk", "rng", "net", "vmmci"] {
+            XCTAssertEqual(r[check], true, "\(check)\n\(d.log)")
+        }
+        XCTAssertTrue(d.log.contains("vmtest summary: passed=") && d.log.contains("failed=0"), d.log)
+
+        // Each device is its own sandboxed process holding only its fds.
+        let tree = descendants(of: d.pid)
+        let devices = tree.filter { $0.args.hasPrefix("vmd: vm devs ") }
+        XCTAssertEqual(Set(devices.map { String($0.args.split(separator: " ").last!) }),
+                       ["vioblk0", "vionet0", "viornd", "vmmci"], "\(tree)")
+        for dev in devices {
+            let st = procStatus(dev.pid)
+            XCTAssertEqual(st["Seccomp"], "2", dev.args)
+            XCTAssertEqual(st["NoNewPrivs"], "1", dev.args)
+            XCTAssertNotEqual(st["Uid"]?.split(separator: "\t").first, "0", dev.args)
+            let fdDir = "/proc/\(dev.pid)/fd"
+            let targets = try FileManager.default.contentsOfDirectory(atPath: fdDir).compactMap {
+                try? FileManager.default.destinationOfSymbolicLink(atPath: fdDir + "/" + $0)
+            }
+            // stdio, 2 channels, libevent's epoll + signal pipe, and the backend.
+            let sockets = targets.filter { $0.hasPrefix("socket:") }.count
+            XCTAssertEqual(sockets, 2, "\(dev.args): \(targets)")
+            let files = targets.filter { $0.hasPrefix("/") && !$0.hasPrefix("/dev/null") && !$0.hasPrefix("/dev/pts") && $0 != d.logPath }
+            if dev.args.hasSuffix("vioblk0") { XCTAssertEqual(files, [disk], "\(targets)") }
+            else if dev.args.hasSuffix("vionet0") { XCTAssertEqual(files, ["/dev/net/tun"], "\(targets)") }
+            else { XCTAssertEqual(files, [], "\(dev.args): \(targets)") }
+            XCTAssertLessThanOrEqual(targets.count, 9, "\(dev.args): \(targets)")
+        }
+        let vm = try XCTUnwrap(tree.first { $0.args == "vmd: vm devs" })
+        XCTAssertEqual(procStatus(vm.pid)["Seccomp"], "2")
+        XCTAssertNotEqual(procStatus(vm.pid)["Uid"]?.split(separator: "\t").first, "0")
+
+        // Graceful stop through vmmci: the guest acknowledges and powers off.
+        let stop = try d.vmctl(["stop", "-w", "devs"], timeout: 60)
+        XCTAssertEqual(stop.status, 0, stop.out)
+        XCTAssertTrue(d.log.contains("guest acknowledged vmmci command 1"), d.log)
+        XCTAssertTrue(d.log.contains("vm devs: stopped (guest powered off)"), d.log)
+        XCTAssertNil(try Guest.verifyWrittenSectors(disk))
+        XCTAssertEqual(d.stop(), 0)
+        for p in tree { XCTAssertFalse(processExists(p.pid), "\(p.args) survived") }
+    }
+
+    func testDeviceDeathStopsTheVM() throws {
+        let d = try Daemon(config: config(name: "crash", extra: "", cmdline: "stay"), extraArgs: ["-v"])
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("vmtest summary:", timeout: 60), d.log)
+        let rnd = try XCTUnwrap(descendants(of: d.pid).first { $0.args == "vmd: vm crash viornd" })
+        kill(rnd.pid, SIGSYS)
+        XCTAssertTrue(d.waitLog("viornd process killed by SIGSYS", timeout: 20), d.log)
+        XCTAssertTrue(d.waitLog("vmd: vm crash: stopped", timeout: 20), d.log)
+        usleep(300_000)
+        XCTAssertTrue(descendants(of: d.pid).filter { $0.args.hasPrefix("vmd: vm ") }.isEmpty, "\(descendants(of: d.pid))")
+        XCTAssertEqual(d.stop(), 0)
+    }
+
+    func testBadKernelIsAClearError() throws {
+        let bogus = NSTemporaryDirectory() + "vmd-bogus-\(getpid())"
+        try Data(repeating: 0x41, count: 20000).write(to: URL(fileURLWithPath: bogus))
+        defer { unlink(bogus) }
+        let d = try Daemon(config: "vm \"bad\" {\n memory 32M\n boot \"\(bogus)\"\n}\n")
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("vm bad: failed to start", timeout: 20), d.log)
+        XCTAssertTrue(d.log.contains(bogus), d.log)
+        XCTAssertEqual(d.stop(), 0)
+    }
+}
