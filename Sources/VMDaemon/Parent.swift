@@ -50,6 +50,9 @@ public final class Parent {
 
     func start() throws {
         signal(SIGPIPE, SIG_IGN)
+        // Before any child exists: a child that dies at once (a sandbox
+        // violation at start-up) must still be noticed.
+        loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
         let listenFD = try ControlProcess.bind(path: options.socketPath, owner: socketOwner())
         defer { FD.close(listenFD) }
         for role in Role.allCases {
@@ -69,7 +72,6 @@ public final class Parent {
             Log.debug("started \(role.rawValue) process, pid \(pid)")
         }
         vms = VMTable(parent: self)
-        loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
         loop.onSignal(SIGTERM) { [unowned self] in
             Log.info("SIGTERM: shutting down")
             self.shutdown(status: 0)

@@ -167,6 +167,7 @@ final class VMProcess {
         restrict("vm", user: user, denyFileSystem: true, policy: SandboxPolicies.vm)
 
         loop.onSignal(SIGCHLD) { [unowned self] in self.reapDevices() }
+        reapDevices()   // a device that died before the handler existed
         loop.onSignal(SIGTERM) { [unowned self] in self.stop(graceful: true) }
         loop.onReadable(exitPipe[0]) { [unowned self] in self.guestExited() }
         loop.onReadable(vm.consoleMasterFD) { [unowned self] in self.consoleInput() }

@@ -106,7 +106,12 @@ public func fuzzVirtqueue(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let sink = NullSink()
     let transport = VirtioPCITransport(device: device, type: type, memory: memory, interruptSink: sink)
 
-    if input[0] & 0x80 == 0 {
+    if input[0] & 0xc0 == 0x40 {
+        // Well-formed rings, fuzzed requests: the harness lays out chains
+        // whose buffers lie in guest memory, so the device logic (request
+        // headers, SCSI CDBs, frame contents) is what gets fuzzed.
+        fuzzRequests(input, memory: memory, transport: transport, device: device)
+    } else if input[0] & 0x80 == 0 {
         // A proper initialisation with fuzzed features and queue sizes.
         transport.write(offset: 0x14, size: 1, value: 3)
         let features = transport.offeredFeatures & (UInt64(input[1]) << 24 | 0xff_ffff | VirtioFeature.version1)
@@ -152,4 +157,65 @@ public func fuzzVirtqueue(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         }
     }
     return 0
+}
+
+/// Data area for the fuzzed buffers; rings live below it.
+let dataArea: UInt64 = 0x8000
+
+func fuzzRequests(_ input: UnsafeBufferPointer<UInt8>, memory: PlainGuestMemory, transport: VirtioPCITransport,
+                  device: VirtioDevice) {
+    transport.write(offset: 0x14, size: 1, value: 3)
+    let offered = transport.offeredFeatures
+    transport.write(offset: 0x08, size: 4, value: 0)
+    transport.write(offset: 0x0c, size: 4, value: UInt32(truncatingIfNeeded: offered))
+    transport.write(offset: 0x08, size: 4, value: 1)
+    transport.write(offset: 0x0c, size: 4, value: UInt32(truncatingIfNeeded: offered >> 32))
+    transport.write(offset: 0x14, size: 1, value: 11)
+    let queueSize: UInt16 = 16
+    for q in 0..<transport.queues.count {
+        let base = UInt64(q) * 0x800
+        transport.write(offset: 0x16, size: 2, value: UInt32(q))
+        transport.write(offset: 0x18, size: 2, value: UInt32(queueSize))
+        transport.write(offset: 0x20, size: 4, value: UInt32(base))
+        transport.write(offset: 0x28, size: 4, value: UInt32(base + 0x200))
+        transport.write(offset: 0x30, size: 4, value: UInt32(base + 0x400))
+        transport.write(offset: 0x1c, size: 2, value: 1)
+        // Rings start clean: the input only fills the data area.
+        memset(memory.storage + Int(base), 0, 0x800)
+    }
+    transport.write(offset: 0x14, size: 1, value: 15)
+
+    // Records of 4 bytes: queue+flags, length, offset (2 bytes).
+    var availIndex = [UInt16](repeating: 0, count: transport.queues.count)
+    var nextDescriptor = [UInt16](repeating: 0, count: transport.queues.count)
+    var i = 4
+    while i + 4 <= input.count {
+        let q = Int(input[i] & 3) % transport.queues.count
+        let chainLength = Int(input[i] >> 2 & 3) + 1
+        let base = UInt64(q) * 0x800
+        let head = nextDescriptor[q]
+        for d in 0..<chainLength {
+            let index = (head &+ UInt16(d)) % queueSize
+            let record = i + 4 * d
+            let byte = record < input.count ? input[record] : 0
+            let length = UInt32(record + 1 < input.count ? input[record + 1] : 16) * 16
+            let offset = UInt64(record + 3 < input.count ? UInt16(input[record + 2]) | UInt16(input[record + 3]) << 8 : 0)
+            let address = dataArea + offset % (UInt64(memorySize) - dataArea - 4096)
+            let writable = byte & 0x10 != 0 || d == chainLength - 1 && byte & 0x20 == 0
+            let last = d == chainLength - 1
+            let at = base + UInt64(index) * 16
+            memory.store64(address, at: at)
+            memory.store32(length, at: at + 8)
+            memory.store16((writable ? VirtqDescriptorFlag.write : 0) | (last ? 0 : VirtqDescriptorFlag.next), at: at + 12)
+            memory.store16((index &+ 1) % queueSize, at: at + 14)
+        }
+        nextDescriptor[q] = (head &+ UInt16(chainLength)) % queueSize
+        memory.store16(head, at: base + 0x200 + 4 + 2 * UInt64(availIndex[q] % queueSize))
+        availIndex[q] &+= 1
+        memory.store16(availIndex[q], at: base + 0x200 + 2)
+        transport.write(offset: 0x100, size: 2, value: UInt32(q))
+        if let vionet = device as? VioNet { vionet.tapReadable() }
+        if transport.needsReset { return }
+        i += 4 * chainLength
+    }
 }

@@ -1,0 +1,29 @@
+#!/bin/bash
+# bench/run.sh [BIN_DIR] [vmbench.py options]: boot time and virtio device throughput of
+# our vmd against QEMU, both running build/vmtest.elf; prints the tables (bench/README.md).
+#
+#   BIN_DIR   where our vmd is (default .build/debug; `make bench` passes .build/$(CONFIG))
+#   options   --boot-runs N (5)  --bench-runs N (3)  --image-mb N (64)  --no-qemu  --no-tcg
+#             --no-qemu-pio (skip QEMU's second device run, with the notify window in an I/O BAR as ours)
+#
+# Needs root (vmd, /dev/kvm, a network namespace with a tap); builds and installs nothing.
+# All guest traffic stays inside a private network namespace, deleted on exit.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+root="$(cd "$here/.." && pwd -P)"
+bin="${1:-$root/.build/debug}"
+[ $# -gt 0 ] && shift
+case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
+
+fail() { echo "bench/run.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || fail "needs root (vmd, /dev/kvm, network namespace and tap)"
+[ -x "$bin/vmd" ] || fail "$bin/vmd not found (make build, or pass the directory holding vmd)"
+[ -f "$root/build/vmtest.elf" ] || fail "$root/build/vmtest.elf not built (make guests)"
+[ -c /dev/kvm ] || fail "/dev/kvm missing"
+command -v python3 >/dev/null || fail "python3 not installed"
+command -v ip >/dev/null || fail "ip (iproute2) not installed"
+
+# vmbench.py deletes its two namespaces itself; the trap also covers a kill of vmbench.py.
+ns="vmbench-$$"
+trap 'ip netns del "$ns-v" 2>/dev/null || true; ip netns del "$ns-q" 2>/dev/null || true' EXIT
+python3 "$here/vmbench.py" --netns "$ns" "$bin" "$@"

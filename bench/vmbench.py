@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""vmbench.py: boot time and device throughput of our vmd against QEMU, same guest.
+
+Called by bench/run.sh (see bench/README.md). Runs build/vmtest.elf
+  1. boot:    no disk, no NIC; time to the guest's first console output
+  2. devices: disk + NIC + rng, vmtest's `bench` mode; also gives boot times with devices
+under our vmd (BIN_DIR/vmd -d -vv, one fresh daemon per run) and under
+qemu-system-x86_64 -M pc -accel kvm, and prints medians side by side.
+
+Timestamps: every line of vmd's stderr and every chunk of QEMU's serial output is
+stamped with time.monotonic() the moment it is read from the pipe.
+Networking stays inside a private network namespace that is deleted at the end.
+"""
+
+import argparse
+import os
+import re
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+ROOT = os.path.dirname(HERE)
+ELF = os.path.join(ROOT, "build", "vmtest.elf")
+MEMORY_MB = 64
+GUEST_NET = "ip=10.0.2.15/24 gw=10.0.2.2"
+HOST_ADDR = "10.0.2.2/24"
+OUR_TAP = "vmbt0"
+QEMU_TAP = "tap0"
+BENCH_KEYS = [  # (label, bench name, key in its line, unit)
+    ("blk_randread_qd1", "blk_randread_qd1", "iops", "IOPS"),
+    ("blk_randread_qd32", "blk_randread_qd32", "iops", "IOPS"),
+    ("blk_flush_lat median", "blk_flush_lat", "median_us", "us"),
+    ("blk_flush_lat p99", "blk_flush_lat", "p99_us", "us"),
+    ("net_tx_1500", "net_tx_1500", "fps", "frames/s"),
+]
+
+
+class RunFailed(Exception):
+    pass
+
+
+def log(msg):
+    print("vmbench: " + msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+def write_image(path, megabytes):
+    """Sector n begins with "vmdisk <n>\\n" (vmtest's blk check reads the first 1 MiB)."""
+    sectors = megabytes * 2048
+    with open(path, "wb") as f:
+        chunk = bytearray()
+        for n in range(sectors):
+            s = b"vmdisk %d\n" % n
+            chunk += s + b"\0" * (512 - len(s))
+            if len(chunk) >= 1 << 20:
+                f.write(chunk)
+                chunk = bytearray()
+        f.write(chunk)
+        # On disk before the guest starts: else the guest's first FLUSH pays for this write.
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def ip(*args, check=True):
+    return subprocess.run(["ip", *args], check=check, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode
+
+
+def parse_kv(line):
+    return {k: v for k, v in re.findall(r"([a-z_0-9]+)=([^ ]+)", line)}
+
+
+def guest_results(lines):
+    """From the guest's console lines: bench numbers, entry_to_console_us, failures."""
+    bench, entry_us, summary, fails = {}, None, None, []
+    for line in lines:
+        m = re.match(r"vmtest bench: (\S+) (.*)$", line)
+        if m:
+            if " FAIL" in " " + m.group(2) or m.group(2).startswith("skip"):
+                fails.append(line)
+            else:
+                bench[m.group(1)] = parse_kv(m.group(2))
+        if line.startswith("vmtest: boot ok"):
+            kv = parse_kv(line)
+            if "entry_to_console_us" in kv:
+                entry_us = float(kv["entry_to_console_us"])
+        if line.startswith("vmtest summary:"):
+            summary = line
+        if re.match(r"vmtest: \S+ FAIL", line):
+            fails.append(line)
+    return bench, entry_us, summary, fails
+
+
+def pump(stream, on_chunk, deadline, stop):
+    """Reads `stream` until EOF, `stop()` or the deadline; on_chunk(bytes, t)."""
+    fd = stream.fileno()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RunFailed("timed out")
+        r, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if not r:
+            continue
+        data = os.read(fd, 65536)
+        t = time.monotonic()
+        if not data:
+            return
+        on_chunk(data, t)
+        if stop():
+            return
+
+
+# ---------------------------------------------------------------- our vmd
+
+def run_ours(vmd, workdir, disk=None, netns=None, timeout=120):
+    """One fresh vmd daemon, one VM; returns a dict of timings and the console lines."""
+    conf = os.path.join(workdir, "vm.conf")
+    sock = os.path.join(workdir, "vmd.sock")
+    cmdline = ""
+    body = [f"    memory {MEMORY_MB}M", f'    boot "{ELF}"']
+    if disk:
+        cmdline = "bench " + GUEST_NET
+        body += [f'    disk "{disk}"', f'    interface "{OUR_TAP}"']
+    body.append(f'    cmdline "{cmdline}"')
+    with open(conf, "w") as f:
+        f.write('vm "bench" {\n' + "\n".join(body) + "\n}\n")
+
+    argv = [vmd, "-d", "-vv", "-f", conf, "-s", sock]
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + argv
+    t_spawn = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    tap_thread = None
+    if netns:
+        tap_thread = threading.Thread(target=configure_tap_when_it_appears,
+                                      args=(netns, OUR_TAP, t_spawn + 30), daemon=True)
+        tap_thread.start()
+    stamps, console, log_lines = {}, [], []
+    partial = [b""]
+
+    def on_chunk(data, t):
+        buf = partial[0] + data
+        *lines, partial[0] = buf.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            log_lines.append(line)
+            if "vmd: vm bench: starting" in line:
+                stamps.setdefault("starting", t)
+            elif line.startswith("vm bench") and not line.startswith("vm bench: console: ") and "vmproc" not in stamps:
+                stamps["vmproc"] = t     # the VM process's first line: KVM VM built, PCI devices placed
+            if line.startswith("vm bench: started:"):
+                stamps.setdefault("started", t)
+            elif line.startswith("vm bench: console: "):
+                stamps.setdefault("console", t)
+                console.append(line[len("vm bench: console: "):])
+            elif "vmd: vm bench: stopped" in line:
+                stamps["stopped"] = t
+                stamps["stop_line"] = line
+
+    try:
+        pump(proc.stderr, on_chunk, t_spawn + timeout, lambda: "stopped" in stamps)
+    except RunFailed:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if tap_thread:
+            tap_thread.join(timeout=1)
+    if "stopped" not in stamps or "guest powered off" not in stamps.get("stop_line", ""):
+        tail = "\n    ".join(log_lines[-12:])
+        raise RunFailed(f"vmd: the guest did not power off within {timeout}s; log tail:\n    {tail}")
+    if "console" not in stamps or "starting" not in stamps:
+        raise RunFailed("vmd: no 'starting' or no console line in the log (is -vv supported?)")
+    bench, entry_us, summary, fails = guest_results(console)
+    return {
+        "daemon_to_starting_ms": (stamps["starting"] - t_spawn) * 1e3,
+        "starting_to_started_ms": (stamps["started"] - stamps["starting"]) * 1e3 if "started" in stamps else None,
+        "starting_to_vmproc_ms": (stamps["vmproc"] - stamps["starting"]) * 1e3 if "vmproc" in stamps else None,
+        "first_line_ms": (stamps["console"] - stamps["starting"]) * 1e3,
+        "entry_to_console_us": entry_us,
+        "guest_wall_ms": (stamps["stopped"] - stamps["starting"]) * 1e3,
+        "bench": bench, "summary": summary, "fails": fails, "console": console,
+    }
+
+
+def configure_tap_when_it_appears(netns, tap, deadline):
+    """vmd's priv process creates the tap in the namespace; give it the gateway address."""
+    while time.monotonic() < deadline:
+        if ip("-n", netns, "link", "show", tap, check=False) == 0:
+            ip("-n", netns, "addr", "add", HOST_ADDR, "dev", tap, check=False)
+            ip("-n", netns, "link", "set", tap, "up", check=False)
+            return
+        time.sleep(0.005)
+
+
+# ---------------------------------------------------------------- QEMU
+
+def run_qemu(accel, workdir, disk=None, netns=None, pio_notify=False, timeout=120):
+    """QEMU -M pc -kernel vmtest.elf with the serial port on a pipe."""
+    cmdline = ("bench " + GUEST_NET) if disk else ""
+    argv = ["qemu-system-x86_64", "-M", "pc", "-accel", accel, "-m", str(MEMORY_MB),
+            "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
+            "-kernel", ELF, "-append", cmdline, "-serial", "stdio"]
+    if disk:
+        dev = ",modern-pio-notify=on" if pio_notify else ""
+        argv += ["-drive", f"file={disk},format=raw,if=none,id=disk0,cache=writeback",
+                 "-device", f"virtio-blk-pci,drive=disk0,disable-legacy=on{dev}",
+                 "-device", f"virtio-rng-pci,disable-legacy=on{dev}",
+                 "-netdev", f"tap,id=net0,ifname={QEMU_TAP},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=net0,disable-legacy=on,mac=52:54:00:12:34:56{dev}"]
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + argv
+    errpath = os.path.join(workdir, "qemu.err")
+    with open(errpath, "w") as err:
+        t_spawn = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+    stamps, out = {}, bytearray()
+
+    def on_chunk(data, t):
+        stamps.setdefault("byte", t)
+        out.extend(data)
+        if b"\n" in out:
+            stamps.setdefault("line", t)
+
+    timed_out = False
+    try:
+        pump(proc.stdout, on_chunk, t_spawn + timeout, lambda: False)
+    except RunFailed:
+        timed_out = True
+    finally:
+        if timed_out:
+            proc.kill()
+        try:
+            proc.wait(timeout=10)   # serial EOF comes a moment before the exit status
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            timed_out = True
+    t_exit = time.monotonic()
+    if timed_out or proc.returncode != 0:
+        why = open(errpath).read()[:300]
+        raise RunFailed(f"qemu ({accel}): {'timed out' if timed_out else 'exit status %d' % proc.returncode} {why}")
+    if "byte" not in stamps:
+        raise RunFailed(f"qemu ({accel}): no serial output")
+    console = out.decode("utf-8", "replace").replace("\r", "").splitlines()
+    bench, entry_us, summary, fails = guest_results(console)
+    return {
+        "first_byte_ms": (stamps["byte"] - t_spawn) * 1e3,
+        "first_line_ms": (stamps.get("line", stamps["byte"]) - t_spawn) * 1e3,
+        "entry_to_console_us": entry_us,
+        "guest_wall_ms": (t_exit - t_spawn) * 1e3,
+        "bench": bench, "summary": summary, "fails": fails, "console": console,
+    }
+
+
+# ---------------------------------------------------------------- report
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "n/a"
+    if unit in ("IOPS", "frames/s"):
+        return f"{v:,.0f}"
+    return f"{v:,.1f}"
+
+
+def spread(values):
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return ""
+    lo, hi = min(values), max(values)
+    if hi < 100:
+        return f" ({lo:,.1f}-{hi:,.1f})"
+    return f" ({lo:,.0f}-{hi:,.0f})"
+
+
+def table(title, header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    print(f"\n{title}")
+    line = "  ".join(str(h).ljust(widths[i]) if i == 0 else str(h).rjust(widths[i]) for i, h in enumerate(header))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i]) for i, c in enumerate(r)))
+
+
+def check_guest(name, r, want_bench):
+    """A run counts only if every vmtest check passed."""
+    if r["fails"] or not r["summary"] or "failed=0" not in r["summary"]:
+        raise RunFailed(f"{name}: guest checks failed: {r['fails'][:3] or r['summary']}")
+    if want_bench:
+        for _, b, key, _ in BENCH_KEYS:
+            if key not in r["bench"].get(b, {}):
+                raise RunFailed(f"{name}: no '{b} {key}=' bench line")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bin_dir", help="directory holding our vmd binary")
+    ap.add_argument("--boot-runs", type=int, default=5, help="boot-only runs per VMM (default 5)")
+    ap.add_argument("--bench-runs", type=int, default=3, help="device bench runs per VMM (default 3)")
+    ap.add_argument("--image-mb", type=int, default=64, help="disk image size in MiB (default 64)")
+    ap.add_argument("--no-qemu", action="store_true", help="our vmd only")
+    ap.add_argument("--no-qemu-pio", action="store_true",
+                    help="skip the second QEMU device run with modern-pio-notify=on (notify through an I/O BAR, like ours)")
+    ap.add_argument("--no-tcg", action="store_true", help="skip the QEMU TCG boot reference")
+    ap.add_argument("--netns", default=f"vmbench-{os.getpid()}",
+                    help="prefix of the two private network namespaces (PREFIX-v for ours, PREFIX-q for QEMU)")
+    args = ap.parse_args()
+
+    vmd = os.path.join(args.bin_dir, "vmd")
+    if not os.access(vmd, os.X_OK):
+        sys.exit(f"vmbench: {vmd}: no such executable (build first: make build)")
+    if not os.path.isfile(ELF):
+        sys.exit(f"vmbench: {ELF}: not built (make -C guests/vmtest)")
+    if os.geteuid() != 0:
+        sys.exit("vmbench: needs root (vmd, /dev/kvm, network namespace, tap)")
+    qemu = not args.no_qemu
+    if qemu and subprocess.run(["sh", "-c", "command -v qemu-system-x86_64"], stdout=subprocess.DEVNULL).returncode != 0:
+        log("qemu-system-x86_64 not installed: our vmd only")
+        qemu = False
+
+    started = time.monotonic()
+    load_before = open("/proc/loadavg").read().split()[:3]
+    workdir = tempfile.mkdtemp(prefix="vmbench.")
+    # One namespace per VMM: both taps carry 10.0.2.2/24, and with both in one
+    # namespace the replies to one guest could leave through the other's tap.
+    ns_ours, ns_qemu = args.netns + "-v", args.netns + "-q"
+    for ns in (ns_ours, ns_qemu):
+        if ip("netns", "pids", ns, check=False) == 0:
+            sys.exit(f"vmbench: network namespace {ns} exists already")
+    image = os.path.join(workdir, "disk.img")
+    results = {"ours_boot": [], "qemu_boot": [], "tcg_boot": [], "ours_dev": [], "qemu_dev": [], "qemu_pio": []}
+    failures = []
+
+    def attempt(key, name, fn):
+        try:
+            r = fn()
+            check_guest(name, r, key in ("ours_dev", "qemu_dev", "qemu_pio"))
+            results[key].append(r)
+            extra = ""
+            if r["bench"]:
+                extra = " " + " ".join(f"{b}:{r['bench'][b].get(k)}" for _, b, k, _ in BENCH_KEYS[:1] + BENCH_KEYS[2:3])
+            log(f"{name}: first console line {r['first_line_ms']:.1f} ms{extra}")
+        except RunFailed as e:
+            failures.append(f"{name}: {e}")
+            log(f"{name}: FAILED: {e}")
+
+    try:
+        for ns in (ns_ours, ns_qemu):
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        if qemu:
+            ip("-n", ns_qemu, "tuntap", "add", "dev", QEMU_TAP, "mode", "tap")
+            ip("-n", ns_qemu, "addr", "add", HOST_ADDR, "dev", QEMU_TAP)
+            ip("-n", ns_qemu, "link", "set", QEMU_TAP, "up")
+
+        # 1. boot time, no disk and no NIC
+        for i in range(args.boot_runs):
+            attempt("ours_boot", f"boot ours #{i + 1}", lambda: run_ours(vmd, workdir))
+            if qemu:
+                attempt("qemu_boot", f"boot qemu-kvm #{i + 1}", lambda: run_qemu("kvm", workdir))
+            if qemu and not args.no_tcg:
+                attempt("tcg_boot", f"boot qemu-tcg #{i + 1}", lambda: run_qemu("tcg", workdir))
+
+        # 2. devices: a fresh image per run (the guest writes sectors 2048..2175)
+        for i in range(args.bench_runs):
+            write_image(image, args.image_mb)
+            attempt("ours_dev", f"devices ours #{i + 1}", lambda: run_ours(vmd, workdir, image, ns_ours))
+            if qemu:
+                write_image(image, args.image_mb)
+                attempt("qemu_dev", f"devices qemu #{i + 1}", lambda: run_qemu("kvm", workdir, image, ns_qemu))
+            if qemu and not args.no_qemu_pio:
+                write_image(image, args.image_mb)
+                attempt("qemu_pio", f"devices qemu-pio #{i + 1}",
+                        lambda: run_qemu("kvm", workdir, image, ns_qemu, pio_notify=True))
+    finally:
+        for ns in (ns_ours, ns_qemu):
+            ip("netns", "del", ns, check=False)
+        subprocess.run(["rm", "-rf", workdir])
+
+    load_after = open("/proc/loadavg").read().split()[:3]
+    R = results
+
+    def col(key, field):
+        return [r[field] for r in R[key]]
+
+    print(f"vmtest.elf, {MEMORY_MB} MiB, 1 vCPU; {os.cpu_count()} host CPUs; "
+          f"load average {' '.join(load_before)} before, {' '.join(load_after)} after; "
+          f"medians (min-max) of {args.boot_runs} boot and {args.bench_runs} device runs")
+    if os.path.exists("/sys/module/kvm_pvm"):
+        print("/dev/kvm is PVM (kvm_pvm): guest ring 0 and real mode are emulated, ring 3 runs natively")
+
+    # ---- boot table
+    header = ["boot, no disk/NIC (ms)", "ours vmd", "QEMU kvm", "QEMU tcg"]
+    rows = []
+
+    def row(label, ours, qk, qt):
+        rows.append([label, f"{fmt(med(ours))}{spread(ours)}" if ours else "n/a",
+                     f"{fmt(med(qk))}{spread(qk)}" if qk else "n/a",
+                     f"{fmt(med(qt))}{spread(qt)}" if qt else "n/a"])
+
+    row("spawn -> first console byte", None, col("qemu_boot", "first_byte_ms"), col("tcg_boot", "first_byte_ms"))
+    row("spawn -> first console line", col("ours_boot", "first_line_ms"),
+        col("qemu_boot", "first_line_ms"), col("tcg_boot", "first_line_ms"))
+    row("  'starting' -> VM process's first log line", col("ours_boot", "starting_to_vmproc_ms"), None, None)
+    row("  'starting' -> 'started:' (devices up, vCPU run)", col("ours_boot", "starting_to_started_ms"), None, None)
+    row("guest entry -> console (guest's us/1000)",
+        [v / 1e3 if v else None for v in col("ours_boot", "entry_to_console_us")],
+        [v / 1e3 if v else None for v in col("qemu_boot", "entry_to_console_us")],
+        [v / 1e3 if v else None for v in col("tcg_boot", "entry_to_console_us")])
+    row("spawn -> guest powered off", col("ours_boot", "guest_wall_ms"),
+        col("qemu_boot", "guest_wall_ms"), col("tcg_boot", "guest_wall_ms"))
+    row("(vmd daemon start -> 'starting')", col("ours_boot", "daemon_to_starting_ms"), None, None)
+    table("Boot time (issue 4). ours: from vmd's 'vm bench: starting' log line (launch sent to vmm); "
+          "QEMU: from process spawn", header, rows)
+
+    rows = []
+    row("spawn -> first console line", col("ours_dev", "first_line_ms"), col("qemu_dev", "first_line_ms"), None)
+    row("  'starting' -> VM process's first log line", col("ours_dev", "starting_to_vmproc_ms"), None, None)
+    row("  'starting' -> 'started:' (devices up, vCPU run)", col("ours_dev", "starting_to_started_ms"), None, None)
+    table("Boot time with disk + NIC + rng (from the device runs)",
+          ["boot, disk + NIC + rng (ms)"] + header[1:3], [r[:3] for r in rows])
+
+    # ---- device table
+    header = ["device workload", "unit", "ours vmd", "QEMU kvm"]
+    if R["qemu_pio"]:
+        header.append("QEMU pio-notify")
+    header.append("ours/QEMU")
+    if R["qemu_pio"]:
+        header.append("ours/QEMU-pio")
+    rows = []
+    for label, b, key, unit in BENCH_KEYS:
+        def vals(k):
+            return [float(r["bench"][b][key]) for r in R[k] if key in r["bench"].get(b, {})]
+        o, q = med(vals("ours_dev")), med(vals("qemu_dev"))
+        r = [label, unit, f"{fmt(o, unit)}{spread(vals('ours_dev'))}",
+             f"{fmt(q, unit)}{spread(vals('qemu_dev'))}" if q is not None else "n/a"]
+        p = med(vals("qemu_pio"))
+        if R["qemu_pio"]:
+            r.append(f"{fmt(p, unit)}{spread(vals('qemu_pio'))}")
+        r.append(f"{o / q:.2f}x" if o and q else "n/a")
+        if R["qemu_pio"]:
+            r.append(f"{o / p:.2f}x" if o and p else "n/a")
+        rows.append(r)
+    table("Devices (issue 5): vmtest bench mode, "
+          f"{args.image_mb} MiB raw image (page-cached), tap in a private netns; "
+          "IOPS and frames/s: higher is better, latency: lower is better", header, rows)
+
+    print(f"\nwall time of the whole bench: {time.monotonic() - started:.0f} s")
+    if failures:
+        print("\nFAILED runs (not counted):")
+        for f in failures:
+            print("  " + f)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
