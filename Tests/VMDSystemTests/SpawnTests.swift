@@ -27,10 +27,22 @@ final class SpawnTests: XCTestCase {
         try FD.setCloseOnExec(leaky, false)
         defer { FD.close(leaky) }
         let (a, b) = try FD.socketPair()
-        defer { FD.close(a); FD.close(b) }
-        let (st, out) = try runShell("ls /proc/$$/fd | sort -n | tr '\\n' ' ' >&3", descriptors: [b])
-        XCTAssertEqual(st, .exited(0))
-        XCTAssertEqual(out.trimmingCharacters(in: .whitespaces), "0 1 2 3 4")
+        let (c, d) = try FD.socketPair()
+        defer { [a, b, c, d].forEach(FD.close) }
+        // sleep opens nothing of its own: what it holds is what crossed exec.
+        let pid = try Spawn.spawn("/bin/sleep", arguments: ["sleep", "10"], descriptors: [b, d])
+        defer { kill(pid, SIGKILL); _ = try? Spawn.wait(pid) }
+        var fds: [String] = []
+        for _ in 0..<200 {
+            fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+            if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe"),
+               exe.hasSuffix("sleep") { break }
+            usleep(10_000)
+        }
+        XCTAssertEqual(fds.compactMap { Int($0) }.sorted(), [0, 1, 2, 3, 4])
+        let three = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/3")
+        let mine = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(b)")
+        XCTAssertEqual(three, mine, "fd 3 is the first descriptor given")
     }
 
     func testDescriptorsLandInOrderEvenWhenSourcesCollideWithTargets() throws {
