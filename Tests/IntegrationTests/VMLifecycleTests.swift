@@ -122,6 +122,20 @@ final class VMLifecycleTests: XCTestCase {
         XCTAssertEqual(d.stop(), 0)
     }
 
+    /// i8042 reset: the parent restarts the VM, and stops one that restarts
+    /// three times within 6 s, as vmd does.
+    func testRebootRestartsUntilTheLimit() throws {
+        let d = try Daemon(config: config(name: "rb", extra: "", cmdline: "reboot"), extraArgs: ["-v"])
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("vm rb: restarted 3 times in 6 s: stopped", timeout: 60), d.log)
+        XCTAssertTrue(d.log.contains("vm rb: rebooting"), d.log)
+        XCTAssertGreaterThanOrEqual(d.log.components(separatedBy: "vmtest: reboot: resetting").count - 1, 3, d.log)
+        usleep(300_000)
+        XCTAssertTrue(descendants(of: d.pid).filter { $0.args.hasPrefix("vmd: vm ") }.isEmpty)
+        XCTAssertTrue((try d.vmctl(["status", "rb"])).out.contains("stopped rb"))
+        XCTAssertEqual(d.stop(), 0)
+    }
+
     func testBadKernelIsAClearError() throws {
         let bogus = NSTemporaryDirectory() + "vmd-bogus-\(getpid())"
         try Data(repeating: 0x41, count: 20000).write(to: URL(fileURLWithPath: bogus))

@@ -60,7 +60,7 @@ void reboot(void)
 }
 
 /*
- * ---- command line: "ip=A.B.C.D/len gw=E.F.G.H stay bench bench_scale=N"
+ * ---- command line: "ip=A.B.C.D/len gw=E.F.G.H stay reboot bench bench_scale=N"
  *      plus two switches that exercise fallback paths under QEMU:
  *      "cpus_from=mptable" and "pci_reassign" ----
  */
@@ -118,6 +118,8 @@ static void parse_options(const char *s)
             opt.have_gw = true;
         } else if (word_is(w, len, "stay")) {
             opt.stay = true;
+        } else if (word_is(w, len, "reboot")) {
+            opt.reboot = true;
         } else if (word_is(w, len, "bench")) {
             opt.bench = true;
         } else if (word_is(w, len, "cpus_from=mptable")) {
@@ -228,6 +230,10 @@ void vmtest_main(void)
     }
     printf("vmtest: checks took %lu ms since entry\n", tsc_to_us(rdtsc() - boot_tsc) / 1000);
     printf("vmtest summary: passed=%u failed=%u\n", passed, failed);
+    if (opt.reboot) {
+        printf("vmtest: reboot: resetting through the i8042\n");
+        reboot();
+    }
     if (opt.stay) {
         printf("vmtest: stay: waiting for a vmmci request\n");
         if (vmmci_present())

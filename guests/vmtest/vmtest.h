@@ -81,6 +81,7 @@ void check_skip(const char *check, const char *fmt, ...);
 /* ---- options from the Multiboot command line (main.c) ---- */
 struct options {
     bool stay, bench;
+    bool reboot;                /* reset (i8042) after the checks instead of powering off */
     bool have_ip, have_gw;
     u32 ip, gw, netmask;        /* host byte order */
     u32 bench_scale;            /* percent of the default bench op counts */
