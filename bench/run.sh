@@ -3,7 +3,7 @@
 # our vmd against QEMU, both running build/vmtest.elf; prints the tables (bench/README.md).
 #
 #   BIN_DIR   where our vmd is (default .build/debug; `make bench` passes .build/$(CONFIG))
-#   options   --boot-runs N (5)  --bench-runs N (3)  --image-mb N (64)  --no-qemu  --no-tcg
+#   options   --boot-runs N (7)  --bench-runs N (5)  --bench-scale PCT (200)  --image-mb N (64)  --no-qemu  --no-tcg
 #             --no-qemu-pio (skip QEMU's second device run, with the notify window in an I/O BAR as ours)
 #
 # Needs root (vmd, /dev/kvm, a network namespace with a tap); builds and installs nothing.
@@ -11,8 +11,12 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 root="$(cd "$here/.." && pwd -P)"
-bin="${1:-$root/.build/debug}"
-[ $# -gt 0 ] && shift
+bin="$root/.build/debug"
+case "${1:-}" in
+-h|--help) sed -n '2,10p' "$0"; python3 "$here/vmbench.py" --help; exit 0 ;;
+-*|"") ;;
+*) bin="$1"; shift ;;
+esac
 case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
 
 fail() { echo "bench/run.sh: $*" >&2; exit 1; }

@@ -68,16 +68,6 @@ public enum ImsgError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// Reads a little-endian-host integer out of a byte array (no alignment needed).
-@inline(__always)
-func load<T: FixedWidthInteger>(_ bytes: ArraySlice<UInt8>, at offset: Int, as: T.Type) -> T {
-    var v: T = 0
-    withUnsafeMutableBytes(of: &v) { dst in
-        for i in 0..<MemoryLayout<T>.size { dst[i] = bytes[bytes.startIndex + offset + i] }
-    }
-    return v
-}
-
 /// One end of an imsg connection (OpenBSD's `struct imsgbuf`): buffered
 /// writes that survive EAGAIN and short writes, and reads that split and join
 /// messages across reads. Works on blocking and non-blocking sockets.
@@ -183,20 +173,15 @@ public final class ImsgBuffer {
     /// The next complete message, or nil when more bytes are needed.
     /// A bad length is an error: the caller must drop the connection.
     public func get() throws -> Imsg? {
-        let avail = readBuffer.count - readStart
-        guard avail >= ImsgWire.headerSize else { return nil }
-        let slice = readBuffer[readStart...]
-        let len = Int(load(slice, at: 4, as: UInt16.self))
-        guard len >= ImsgWire.headerSize && len <= ImsgWire.maxMessageSize else {
-            throw ImsgError.badLength(len)
+        let header: ImsgFraming.Header
+        let payload: Range<Int>
+        switch ImsgFraming.next(in: readBuffer, from: readStart) {
+        case .needMore: return nil
+        case .badLength(let n): throw ImsgError.badLength(n)
+        case .message(let h, let p): (header, payload) = (h, p)
         }
-        guard avail >= len else { return nil }
-        let type = load(slice, at: 0, as: UInt32.self)
-        let flags = load(slice, at: 6, as: UInt16.self)
-        let peerID = load(slice, at: 8, as: UInt32.self)
-        let pid = load(slice, at: 12, as: UInt32.self)
-        let data = Array(readBuffer[(readStart + ImsgWire.headerSize)..<(readStart + len)])
-        readStart += len
+        let data = Array(readBuffer[payload])
+        readStart += header.length
         if readStart == readBuffer.count {
             readBuffer.removeAll(keepingCapacity: true)
             readStart = 0
@@ -205,10 +190,11 @@ public final class ImsgBuffer {
             readStart = 0
         }
         var fd: Int32? = nil
-        if flags & ImsgWire.hasFDFlag != 0, !receivedFDs.isEmpty {
+        if header.flags & ImsgWire.hasFDFlag != 0, !receivedFDs.isEmpty {
             fd = receivedFDs.removeFirst()
         }
-        return Imsg(type: type, flags: flags, peerID: peerID, pid: pid, data: data, fd: fd)
+        return Imsg(type: header.type, flags: header.flags, peerID: header.peerID, pid: header.pid,
+                    data: data, fd: fd)
     }
 
     /// Blocks until one whole message arrives (blocking sockets; the vCPU

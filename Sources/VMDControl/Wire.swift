@@ -20,7 +20,7 @@ public struct WireReader {
 
     public struct Truncated: Error, CustomStringConvertible {
         public init() {}
-        public var description: String { "truncated or malformed payload" }
+        public var description: String { "truncated or malformed payload (or text that is not UTF-8)" }
     }
 
     public var remaining: Int { bytes.count - offset }
@@ -40,7 +40,11 @@ public struct WireReader {
     public mutating func string(max: Int = 16384) throws -> String {
         let n = Int(try u32())
         guard n <= max, n <= remaining else { throw Truncated() }
-        let s = String(decoding: bytes[offset..<(offset + n)], as: UTF8.self)
+        // Invalid UTF-8 is refused, not repaired: a repaired string would
+        // not be what the peer sent (and could grow past `max`).
+        guard let s = String(validating: bytes[offset..<(offset + n)], as: UTF8.self) else {
+            throw Truncated()
+        }
         offset += n
         return s
     }

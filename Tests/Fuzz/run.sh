@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build the virtio fuzz targets with libFuzzer + AddressSanitizer and run
+# Build the fuzz targets (virtqueue, viodev_msg, imsg, control payloads) with libFuzzer + AddressSanitizer and run
 # each for N seconds (default 60). Usage: Tests/Fuzz/run.sh [seconds]
 # Findings (crash-*, leak-*, timeout-*) land in $FUZZ_BUILD_DIR/findings/
 # (default /tmp/vmd-virtio-fuzz); the corpus is kept there between runs.
@@ -26,9 +26,12 @@ build -wmo -c -module-name VirtioDevices -I "$BUILD" -emit-module \
     -emit-module-path "$BUILD/VirtioDevices.swiftmodule" -o "$BUILD/VirtioDevices.o" "$ROOT"/Sources/VirtioDevices/*.swift
 build -I "$BUILD" "$HERE/FuzzVirtqueue.swift" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" -o "$BUILD/fuzz-virtqueue"
 build -I "$BUILD" "$HERE/FuzzViodevMsg.swift" "$BUILD/Virtio.o" -o "$BUILD/fuzz-viodevmsg"
+# imsg framing and the control payloads are pure Swift: compiled with the harness.
+build "$HERE/FuzzImsg.swift" "$ROOT/Sources/Imsg/ImsgFraming.swift" -o "$BUILD/fuzz-imsg"
+build "$HERE/FuzzControl.swift" "$ROOT"/Sources/VMDControl/*.swift -o "$BUILD/fuzz-control"
 
 status=0
-for target in fuzz-virtqueue fuzz-viodevmsg; do
+for target in fuzz-virtqueue fuzz-viodevmsg fuzz-imsg fuzz-control; do
     corpus="$BUILD/corpus-$target"
     mkdir -p "$corpus"
     echo "== $target: $SECONDS_EACH s"

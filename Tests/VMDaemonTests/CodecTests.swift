@@ -54,6 +54,15 @@ final class CodecTests: XCTestCase {
         XCTAssertThrowsError(try WireReader(big.bytes).readString())
     }
 
+    func testInvalidUTF8IsRefusedNotRepaired() {
+        var w = WireWriter()
+        w.u32(3)
+        var bytes = w.bytes + [0x61, 0xa8, 0x62]
+        XCTAssertThrowsError(try WireReader(bytes).readString())
+        bytes = w.bytes + Array("abc".utf8)
+        XCTAssertEqual(try WireReader(bytes).readString(), "abc")
+    }
+
     func testDeviceSetupRoundTrip() throws {
         var d = DeviceSetup(kind: .net, name: "vionet0", vmName: "web",
                             regions: [.init(guestPhysical: 0, size: 1 << 20, fdOffset: 0),
