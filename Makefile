@@ -35,10 +35,12 @@ bench: build
 	bench/run.sh $(BIN)
 
 # mandoc: -Wwarning, since -Wstyle also notes that the pages citing each
-# other are not installed yet. The unit is checked with @PREFIX@ filled in.
+# other are not installed yet. The unit is checked as installed: @PREFIX@
+# filled in with a prefix whose sbin/vmd is the built binary.
 lint:
 	mandoc -Tlint -Wwarning man/vmd.8 man/vmctl.8 man/vm.conf.5
-	tmp=$$(mktemp -d) && sed 's,@PREFIX@,$(PREFIX),g' etc/systemd/vmd.service > $$tmp/vmd.service && \
+	tmp=$$(mktemp -d) && mkdir $$tmp/sbin && ln -s $(CURDIR)/$(BIN)/vmd $$tmp/sbin/vmd && \
+		sed "s,@PREFIX@,$$tmp,g" etc/systemd/vmd.service > $$tmp/vmd.service && \
 		systemd-analyze verify --man=no $$tmp/vmd.service; rc=$$?; rm -rf $$tmp; exit $$rc
 
 install: build
