@@ -17,13 +17,7 @@ final class ChildProcess {
         self.role = role
         ProcessTitle.set(title)
         Log.setProcessName(role)
-        Spawn.dieWithParent()
-        // The parent orchestrates shutdown: a terminal's ^C reaches the whole
-        // process group, so children ignore SIGINT and SIGHUP and wait to be
-        // told (SIGTERM, or the parent's channel closing).
-        signal(SIGINT, SIG_IGN)
-        signal(SIGHUP, SIG_IGN)
-        signal(SIGPIPE, SIG_IGN)
+        becomeChild()
         parent = ImsgChannel(fd: 3, name: "\(role): parent", loop: loop,
                              onMessage: { [unowned self] _, m in self.handleParent(m) },
                              onClose: { [unowned self] _, _ in
@@ -84,6 +78,35 @@ func restrict(_ role: String, user: Credentials?, denyFileSystem: Bool,
         try policy.apply()
     } catch {
         Log.error("cannot restrict the \(role) process: \(error)")
+        exit(1)
+    }
+}
+
+/// Every child's first steps: die with the parent, and leave ^C and hang-ups
+/// to it. A terminal's ^C reaches the whole process group, so children wait
+/// to be told (SIGTERM, or their parent's channel closing).
+func becomeChild() {
+    Spawn.dieWithParent()
+    signal(SIGINT, SIG_IGN)
+    signal(SIGHUP, SIG_IGN)
+    signal(SIGPIPE, SIG_IGN)
+}
+
+/// For processes whose parent speaks first (a VM, a device): reads the one
+/// message that says what to be, or exits with a log line naming `what`.
+func readStartMessage(fd: Int32, expecting type: MessageType, what: String) -> (ImsgBuffer, [UInt8]) {
+    becomeChild()
+    let buffer = ImsgBuffer(fd: fd)
+    do {
+        let m = try buffer.readMessage()
+        if let f = m.fd { FD.close(f) }
+        guard MessageType(rawValue: m.type) == type else {
+            Log.error("expected \(what), got message type \(m.type)")
+            exit(1)
+        }
+        return (buffer, m.data)
+    } catch {
+        Log.error("no \(what): \(error)")
         exit(1)
     }
 }

@@ -27,21 +27,13 @@ final class DeviceProcess: InterruptSink {
     var interruptLevel = false
 
     static func main(_ options: DaemonOptions, device: String) -> Never {
-        Spawn.dieWithParent()
-        signal(SIGPIPE, SIG_IGN)
-        signal(SIGINT, SIG_IGN)
-        signal(SIGHUP, SIG_IGN)
-        let sync = ImsgBuffer(fd: syncFD)
+        let (sync, payload) = readStartMessage(fd: syncFD, expecting: .devopVMInfo,
+                                               what: "\(device): the device set-up from the VM process")
         let setup: DeviceSetup
         do {
-            let m = try sync.readMessage()
-            guard MessageType(rawValue: m.type) == .devopVMInfo else {
-                Log.error("\(device): expected the device set-up message, got type \(m.type)")
-                exit(1)
-            }
-            setup = try DeviceSetup(decoding: m.data)
+            setup = try DeviceSetup(decoding: payload)
         } catch {
-            Log.error("\(device): no set-up from the VM process: \(error)")
+            Log.error("\(device): bad device set-up: \(error)")
             exit(1)
         }
         ProcessTitle.set("vmd: vm \(setup.vmName) \(setup.name)")

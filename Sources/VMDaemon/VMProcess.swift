@@ -27,21 +27,13 @@ final class VMProcess {
     var gracefulTimer: EventHandle?
 
     static func main(_ options: DaemonOptions) -> Never {
-        Spawn.dieWithParent()
-        signal(SIGPIPE, SIG_IGN)
-        signal(SIGINT, SIG_IGN)
-        signal(SIGHUP, SIG_IGN)
-        let buffer = ImsgBuffer(fd: vmmFD)
+        let (buffer, payload) = readStartMessage(fd: vmmFD, expecting: .vmmStartVM,
+                                                 what: "the VM description from vmm")
         let spec: LaunchSpec
         do {
-            let m = try buffer.readMessage()
-            guard MessageType(rawValue: m.type) == .vmmStartVM else {
-                Log.error("expected the VM description, got message type \(m.type)")
-                exit(1)
-            }
-            spec = try LaunchSpec(decoding: m.data)
+            spec = try LaunchSpec(decoding: payload)
         } catch {
-            Log.error("no VM description from vmm: \(error)")
+            Log.error("bad VM description: \(error)")
             exit(1)
         }
         ProcessTitle.set("vmd: vm \(spec.name)")
