@@ -136,6 +136,22 @@ final class VMLifecycleTests: XCTestCase {
         XCTAssertEqual(d.stop(), 0)
     }
 
+    /// The parent locks each disk image: a second VM cannot write it too.
+    func testOneWriterPerDiskImage() throws {
+        let disk = NSTemporaryDirectory() + "vmd-lock-\(getpid()).img"
+        try Guest.makeDisk(disk)
+        defer { unlink(disk) }
+        let conf = config(name: "first", extra: "    disk \"\(disk)\"", cmdline: "stay")
+            + "\n" + config(name: "second", extra: "    disk \"\(disk)\"\n    disable", cmdline: "stay")
+        let d = try Daemon(config: conf)
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("vm first: running", timeout: 30), d.log)
+        let r = try d.vmctl(["start", "second"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.out.contains("vmctl: start second: disk \(disk): in use by another VM"), r.out)
+        XCTAssertEqual(d.stop(), 0)
+    }
+
     func testBadKernelIsAClearError() throws {
         let bogus = NSTemporaryDirectory() + "vmd-bogus-\(getpid())"
         try Data(repeating: 0x41, count: 20000).write(to: URL(fileURLWithPath: bogus))
