@@ -193,6 +193,12 @@ sys.stdout.write("\nEXIT %d\n" % os.waitstatus_to_exitcode(status))
         XCTAssertTrue(reload.out.contains("permission denied"), reload.out)
         let paths = try asUser(["start", "-b", "/etc/shadow", "x"])
         XCTAssertNotEqual(paths.status, 0, "users cannot make the daemon open files for them")
+        usleep(500_000)
+        // The owner attaches to the console (the pty is handed to it).
+        let console = try runCommand("/usr/sbin/runuser", ["-u", user, "--", Repo.vmctl, "-s", d.socket, "console", "mine"],
+                                     input: "~.", timeout: 30)
+        XCTAssertEqual(console.status, 0, console.out)
+        XCTAssertTrue(console.out.contains("vmtest: serial ok"), console.out)
         XCTAssertEqual(try asUser(["pause", "mine"]).status, 0)
         XCTAssertEqual(try asUser(["unpause", "mine"]).status, 0)
         XCTAssertEqual(try asUser(["stop", "-f", "-w", "mine"]).status, 0)
