@@ -152,6 +152,25 @@ final class VMLifecycleTests: XCTestCase {
         XCTAssertEqual(d.stop(), 0)
     }
 
+    /// `staggered start parallel 1 delay 2`: the second VM starts 2 s later.
+    func testStaggeredStart() throws {
+        let conf = "staggered start parallel 1 delay 2\n" + config(name: "s1", extra: "", cmdline: "stay")
+            + "\n" + config(name: "s2", extra: "", cmdline: "stay")
+        let d = try Daemon(config: conf)
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("vm s1: starting", timeout: 10), d.log)
+        let first = Date()
+        XCTAssertFalse(d.log.contains("vm s2: starting"), d.log)
+        XCTAssertTrue(d.waitLog("vm s2: starting", timeout: 10), d.log)
+        XCTAssertGreaterThan(Date().timeIntervalSince(first), 1.5)
+        XCTAssertTrue(d.waitLog("vm s2: running", timeout: 10), d.log)
+        usleep(500_000)
+        // SIGTERM stops the VMs gracefully: each guest is asked through vmmci.
+        XCTAssertEqual(d.stop(), 0)
+        XCTAssertTrue(d.log.contains("vm s1: guest acknowledged vmmci command 1"), d.log)
+        XCTAssertTrue(d.log.contains("vm s2: guest acknowledged vmmci command 1"), d.log)
+    }
+
     func testBadKernelIsAClearError() throws {
         let bogus = NSTemporaryDirectory() + "vmd-bogus-\(getpid())"
         try Data(repeating: 0x41, count: 20000).write(to: URL(fileURLWithPath: bogus))
