@@ -3,7 +3,8 @@
 # our vmd against QEMU, both running build/vmtest.elf; prints the tables (bench/README.md).
 #
 #   BIN_DIR   where our vmd is (default .build/debug; `make bench` passes .build/$(CONFIG))
-#   options   --boot-runs N (7)  --bench-runs N (5)  --bench-scale PCT (200)  --image-mb N (64)  --no-qemu  --no-tcg
+#   options   --boot-runs N (7)  --bench-runs N (3)  --bench-scale PCT (1000)  --image-mb N (64)
+#             --no-qemu  --no-tcg (skip QEMU's TCG boot reference)
 #             --no-qemu-pio (skip QEMU's second device run, with the notify window in an I/O BAR as ours)
 #
 # Needs root (vmd, /dev/kvm, a network namespace with a tap); builds and installs nothing.

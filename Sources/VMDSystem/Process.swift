@@ -90,30 +90,65 @@ public enum Random {
 }
 
 extension Sockets {
-    /// A blocking, close-on-exec stream connection to a unix socket path.
-    public static func connect(path: String) throws -> Int32 {
-        let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    /// Calls `body` with a `sockaddr_un` for `path` and its length. A path
+    /// starting with "@" names the abstract namespace (as $NOTIFY_SOCKET may).
+    static func withAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T) throws -> T {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            FD.close(fd)
-            throw SystemError(path, code: ENAMETOOLONG)
+        var bytes = Array(path.utf8)
+        guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw SystemError("socket path \(path)", code: ENAMETOOLONG)
         }
+        if bytes[0] == UInt8(ascii: "@") { bytes[0] = 0 }
         withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + (bytes[0] == 0 ? 0 : 1))
+        return try withUnsafePointer(to: &addr) {
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, length) }
+        }
+    }
+
+    private static func socket(_ type: Int32) throws -> Int32 {
+        try sys("socket") { Glibc.socket(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    }
+
+    /// A blocking, close-on-exec stream connection to a unix socket path.
+    public static func connect(path: String) throws -> Int32 {
+        let fd = try socket(Int32(SOCK_STREAM.rawValue))
         do {
-            try sys(path) {
-                withUnsafePointer(to: &addr) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                    }
-                }
-            }
+            try withAddress(path) { a, l in try sys(path) { Glibc.connect(fd, a, l) } }
         } catch {
             FD.close(fd)
             throw error
         }
         return fd
+    }
+
+    /// A non-blocking listening socket at `path` (replacing a stale one),
+    /// owned by `owner` with `mode`; never briefly more open than that.
+    public static func listen(path: String, owner: (uid: uid_t, gid: gid_t), mode: mode_t) throws -> Int32 {
+        let fd = try socket(Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
+        do {
+            unlink(path)
+            let mask = umask(0o177)
+            defer { umask(mask) }
+            try withAddress(path) { a, l in try sys("bind \(path)") { Glibc.bind(fd, a, l) } }
+            try sys("chown \(path)") { chown(path, owner.uid, owner.gid) }
+            try sys("chmod \(path)") { chmod(path, mode) }
+            try sys("listen") { Glibc.listen(fd, 16) }
+        } catch {
+            FD.close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// One datagram to a unix datagram socket (sd_notify); errors ignored.
+    public static func sendDatagram(path: String, _ bytes: [UInt8]) {
+        guard let fd = try? socket(Int32(SOCK_DGRAM.rawValue)) else { return }
+        defer { FD.close(fd) }
+        _ = try? withAddress(path) { addr, len in
+            bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, addr, len) }
+        }
     }
 }
 

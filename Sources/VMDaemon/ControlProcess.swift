@@ -27,32 +27,7 @@ final class ControlProcess {
 
     /// Binds the socket as root; mode 0660 with a group owner, else 0600.
     static func bind(path: String, owner: (uid: uid_t, gid: gid_t)) throws -> Int32 {
-        let fd = try sys("socket") {
-            socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw SystemError("socket path \(path) is too long", code: ENAMETOOLONG)
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            for (i, b) in bytes.enumerated() { p[i] = b }
-        }
-        unlink(path)
-        let mask = umask(0o177)
-        defer { umask(mask) }
-        try sys("bind \(path)") {
-            withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
-        }
-        try sys("chown \(path)") { chown(path, owner.uid, owner.gid) }
-        try sys("chmod \(path)") { chmod(path, owner.gid != 0 ? 0o660 : 0o600) }
-        try sys("listen") { listen(fd, 16) }
-        return fd
+        try Sockets.listen(path: path, owner: owner, mode: owner.gid != 0 ? 0o660 : 0o600)
     }
 
     func accept() {
