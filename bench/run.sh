@@ -4,11 +4,11 @@
 #
 #   BIN_DIR   where our vmd is (default .build/debug; `make bench` passes .build/$(CONFIG))
 #   options   --boot-runs N (7)  --bench-runs N (3)  --bench-scale PCT (1000)  --image-mb N (64)
-#             --no-qemu  --no-tcg (skip QEMU's TCG boot reference)
+#             --no-qemu  --no-tcg (skip QEMU's TCG boot reference)  --qemu-aio threads|io_uring
 #             --no-qemu-pio (skip QEMU's second device run, with the notify window in an I/O BAR as ours)
 #
 # Needs root (vmd, /dev/kvm, a network namespace with a tap); builds and installs nothing.
-# All guest traffic stays inside a private network namespace, deleted on exit.
+# All guest traffic stays inside two private network namespaces (one per VMM), deleted on exit.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 root="$(cd "$here/.." && pwd -P)"
@@ -18,11 +18,12 @@ case "${1:-}" in
 -*|"") ;;
 *) bin="$1"; shift ;;
 esac
-case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
+# A relative BIN_DIR is taken from the current directory, else from the repository root.
+case "$bin" in /*) ;; *) if [ -d "$bin" ]; then bin="$(cd "$bin" && pwd -P)"; else bin="$root/$bin"; fi ;; esac
 
 fail() { echo "bench/run.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "needs root (vmd, /dev/kvm, network namespace and tap)"
-[ -x "$bin/vmd" ] || fail "$bin/vmd not found (make build, or pass the directory holding vmd)"
+[ -x "$bin/vmd" ] && [ -x "$bin/vmctl" ] || fail "$bin/vmd or vmctl not found (make build, or pass the directory holding them)"
 [ -f "$root/build/vmtest.elf" ] || fail "$root/build/vmtest.elf not built (make guests)"
 [ -c /dev/kvm ] || fail "/dev/kvm missing"
 command -v python3 >/dev/null || fail "python3 not installed"

@@ -227,6 +227,9 @@ def configure_tap_when_it_appears(netns, tap, deadline):
 
 # ---------------------------------------------------------------- QEMU
 
+QEMU_AIO = "threads"   # QEMU's default; --qemu-aio io_uring changes it
+
+
 def run_qemu(accel, workdir, disk=None, netns=None, pio_notify=False, timeout=120, scale=100):
     """QEMU -M pc -kernel vmtest.elf with the serial port on a pipe."""
     cmdline = (f"bench bench_scale={scale} " + GUEST_NET) if disk else ""
@@ -235,7 +238,7 @@ def run_qemu(accel, workdir, disk=None, netns=None, pio_notify=False, timeout=12
             "-kernel", ELF, "-append", cmdline, "-serial", "stdio"]
     if disk:
         dev = ",modern-pio-notify=on" if pio_notify else ""
-        argv += ["-drive", f"file={disk},format=raw,if=none,id=disk0,cache=writeback",
+        argv += ["-drive", f"file={disk},format=raw,if=none,id=disk0,cache=writeback,aio={QEMU_AIO}",
                  "-device", f"virtio-blk-pci,drive=disk0,disable-legacy=on{dev}",
                  "-device", f"virtio-rng-pci,disable-legacy=on{dev}",
                  "-netdev", f"tap,id=net0,ifname={QEMU_TAP},script=no,downscript=no",
@@ -342,13 +345,18 @@ def main():
     ap.add_argument("--no-qemu-pio", action="store_true",
                     help="skip the second QEMU device run with modern-pio-notify=on (notify through an I/O BAR, like ours)")
     ap.add_argument("--no-tcg", action="store_true", help="skip the QEMU TCG boot reference")
+    ap.add_argument("--qemu-aio", default="threads", choices=["threads", "io_uring"],
+                    help="QEMU's -drive aio= (default threads, QEMU's own default and run-qemu.sh's)")
     ap.add_argument("--netns", default=f"vmbench-{os.getpid()}",
                     help="prefix of the two private network namespaces (PREFIX-v for ours, PREFIX-q for QEMU)")
     args = ap.parse_args()
 
+    global QEMU_AIO
+    QEMU_AIO = args.qemu_aio
     vmd = os.path.join(args.bin_dir, "vmd")
-    if not os.access(vmd, os.X_OK):
-        sys.exit(f"vmbench: {vmd}: no such executable (build first: make build)")
+    for exe in (vmd, os.path.join(args.bin_dir, "vmctl")):
+        if not os.access(exe, os.X_OK):
+            sys.exit(f"vmbench: {exe}: no such executable (build first: make build)")
     if not os.path.isfile(ELF):
         sys.exit(f"vmbench: {ELF}: not built (make -C guests/vmtest)")
     if os.geteuid() != 0:
@@ -499,7 +507,7 @@ def print_device_table(R, args):
             r.append(f"{o / p:.2f}x" if o and p else "n/a")
         rows.append(r)
     table(f"Devices (issue 5): vmtest bench mode, bench_scale={args.bench_scale}, "
-          f"{args.image_mb} MiB raw image (page-cached), tap in a private netns; "
+          f"{args.image_mb} MiB raw image (page-cached), QEMU aio={QEMU_AIO}, tap in a private netns per VMM; "
           "IOPS and frames/s: higher is better, latency: lower is better", header, rows)
 
 
