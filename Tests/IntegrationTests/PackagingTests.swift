@@ -31,6 +31,15 @@ final class PackagingTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.out)
     }
 
+    /// Device processes exist many times per host: the binary they run
+    /// must not load Foundation.
+    func testDaemonLinksNoFoundation() throws {
+        let r = try runCommand("/usr/bin/ldd", [Repo.vmd])
+        XCTAssertEqual(r.status, 0, r.out)
+        XCTAssertTrue(r.out.contains("libswiftCore"), r.out)
+        XCTAssertFalse(r.out.lowercased().contains("foundation"), r.out)
+    }
+
     func testExampleConfigurationParses() throws {
         let r = try runCommand(Repo.vmd, ["-n", "-f", Repo.root.appendingPathComponent("etc/vm.conf").path])
         XCTAssertEqual(r.status, 0, r.out)
