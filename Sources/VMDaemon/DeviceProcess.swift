@@ -127,10 +127,11 @@ final class DeviceProcess: InterruptSink {
                             onClose: { [unowned self] _, _ in self.loop.exit() })
         try? FD.setNonBlocking(Self.syncFD)
         loop.onReadable(Self.syncFD) { [unowned self] in self.syncReadable() }
-        if setup.kind == .net {
-            loop.onReadable(Self.backendFD) { [unowned self] in
-                if !self.paused { _ = self.vionet?.tapReadable() }
-            }
+        if let vionet {
+            // Frames wait in the kernel while the guest has no buffers: the
+            // tap is watched only while there is somewhere to put them.
+            vionet.onReceiveBuffersAvailable = { [unowned self] in self.watchTap() }
+            watchTap()
         }
         loop.onSignal(SIGTERM) { [unowned self] in self.loop.exit() }
         send(sync: ViodevMsg(kind: .ready))
@@ -138,6 +139,20 @@ final class DeviceProcess: InterruptSink {
         Log.debug("\(setup.name): ready")
         loop.run()
         exit(0)
+    }
+
+    var tapWatch: EventHandle?
+
+    func watchTap() {
+        guard tapWatch == nil, !paused else { return }
+        tapWatch = loop.onReadable(Self.backendFD) { [unowned self] in
+            if self.paused || self.vionet?.tapReadable() != true { self.unwatchTap() }
+        }
+    }
+
+    func unwatchTap() {
+        if let h = tapWatch { loop.remove(h) }
+        tapWatch = nil
     }
 
     func send(sync msg: ViodevMsg) {
@@ -187,10 +202,12 @@ final class DeviceProcess: InterruptSink {
     func asyncMessage(_ m: Imsg) {
         if let f = m.fd { FD.close(f) }
         switch MessageType(rawValue: m.type) {
-        case .vmmPauseVM: paused = true
+        case .vmmPauseVM:
+            paused = true
+            unwatchTap()
         case .vmmUnpauseVM:
             paused = false
-            _ = vionet?.tapReadable()
+            if vionet != nil { watchTap() }
         case .vmmciCommand:
             var r = WireReader(m.data)
             if let raw = try? r.u32(), let cmd = VMMCICommand(rawValue: raw),

@@ -54,6 +54,11 @@ public final class RawImageBackend: BlockBackend {
     public let isReadOnly: Bool
     public var supportsDiscard: Bool { !isReadOnly }
     public var supportsWriteZeroes: Bool { !isReadOnly }
+    /// Whether anything may have been written since the last successful
+    /// fdatasync. The parent holds the image's lock, so this process is its
+    /// only writer: a FLUSH with nothing new to sync needs no system call
+    /// (QEMU does the same). True at start, for whatever came before us.
+    public private(set) var hasUnflushedWrites = true
 
     public init(fd: Int32, readOnly: Bool) throws {
         var info = stat()
@@ -91,6 +96,7 @@ public final class RawImageBackend: BlockBackend {
 
     public func write(from buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         guard !isReadOnly else { throw BlockBackendError(errno: EROFS, operation: "pwrite") }
+        hasUnflushedWrites = true
         var done = 0
         while done < buffer.count {
             guard let base = buffer.baseAddress else { return }
@@ -106,17 +112,21 @@ public final class RawImageBackend: BlockBackend {
     }
 
     public func flush() throws {
+        guard hasUnflushedWrites else { return }
         while fdatasync(fd) != 0 {
             if errno != EINTR { throw BlockBackendError(errno: errno, operation: "fdatasync") }
         }
+        hasUnflushedWrites = false
     }
 
     public func discard(offset: UInt64, length: UInt64) throws {
+        hasUnflushedWrites = true
         try allocate(mode: fallocatePunchHole | fallocateKeepSize, offset: offset, length: length,
                      operation: "discard")
     }
 
     public func writeZeroes(offset: UInt64, length: UInt64) throws {
+        hasUnflushedWrites = true
         do {
             try allocate(mode: fallocateZeroRange | fallocateKeepSize, offset: offset, length: length,
                          operation: "write zeroes")

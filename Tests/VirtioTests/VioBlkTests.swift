@@ -242,14 +242,20 @@ final class VioBlkTests: XCTestCase {
         backend = nil
         XCTAssertTrue(driver.initialize())
         let data = [UInt8](repeating: 0x5a, count: 8192)
+        XCTAssertTrue(raw.hasUnflushedWrites, "whatever came before us is synced by the first flush")
         XCTAssertEqual(request(1, sector: 8, out: data).status, VirtioBlockStatus.ok)
         XCTAssertEqual(request(VirtioBlockRequestType.flush, sector: 0).status, VirtioBlockStatus.ok)
+        XCTAssertFalse(raw.hasUnflushedWrites)
         XCTAssertEqual(request(0, sector: 8, inLength: 8192).data, data)
+        XCTAssertFalse(raw.hasUnflushedWrites, "reads leave nothing to sync")
         XCTAssertEqual(request(VirtioBlockRequestType.discard, sector: 0, out: discardSegment(sector: 8, count: 8)).status,
                        VirtioBlockStatus.ok)
         XCTAssertEqual(request(VirtioBlockRequestType.writeZeroes, sector: 0, out: discardSegment(sector: 16, count: 8)).status,
                        VirtioBlockStatus.ok)
         XCTAssertEqual(request(0, sector: 8, inLength: 8192).data, [UInt8](repeating: 0, count: 8192))
+        XCTAssertTrue(raw.hasUnflushedWrites, "discard and write-zeroes need a sync")
+        XCTAssertEqual(request(VirtioBlockRequestType.flush, sector: 0).status, VirtioBlockStatus.ok)
+        XCTAssertFalse(raw.hasUnflushedWrites)
         var info = stat()
         fstat(fd, &info)
         XCTAssertEqual(info.st_size, 1 << 20, "KEEP_SIZE")
