@@ -28,13 +28,16 @@ public final class VirtioLegacyPCITransport: VirtioDeviceHost {
     public let device: VirtioDevice
     public let memory: GuestMemory
     public let queues: [Virtqueue]
-    public weak var interruptSink: InterruptSink?
+    private let interrupts: InterruptState
+    public var interruptSink: InterruptSink? {
+        get { interrupts.sink }
+        set { interrupts.sink = newValue }
+    }
 
     public private(set) var status: UInt8 = 0
-    public private(set) var isr: UInt8 = 0
+    public var isr: UInt8 { interrupts.isr }
     public private(set) var negotiatedFeatures: UInt64 = 0
     private var queueSelect: UInt16 = 0
-    private var interruptAsserted = false
     private var logBudget = LogBudget()
 
     public var isDriverReady: Bool {
@@ -44,7 +47,7 @@ public final class VirtioLegacyPCITransport: VirtioDeviceHost {
     public init(device: VirtioDevice, memory: GuestMemory, interruptSink: InterruptSink?) {
         self.device = device
         self.memory = memory
-        self.interruptSink = interruptSink
+        self.interrupts = InterruptState(sink: interruptSink)
         self.queues = device.queueMaxSizes.map { Virtqueue(maxSize: $0, memory: memory) }
         device.attach(to: self)
     }
@@ -63,9 +66,7 @@ public final class VirtioLegacyPCITransport: VirtioDeviceHost {
             return device.readConfig(offset: configOffset, size: size)
         }
         if offset == VirtioLegacyLayout.isr {
-            let value = isr
-            isr = 0
-            setLine(false)
+            let value = interrupts.readAndClear()
             return UInt32(value)
         }
         var image: [UInt8] = []
@@ -146,8 +147,7 @@ public final class VirtioLegacyPCITransport: VirtioDeviceHost {
         status = 0
         negotiatedFeatures = 0
         queueSelect = 0
-        isr = 0
-        setLine(false)
+        _ = interrupts.readAndClear()
     }
 
     public func notify(queue index: Int) {
@@ -156,38 +156,19 @@ public final class VirtioLegacyPCITransport: VirtioDeviceHost {
     }
 
     public func withQueue(_ index: Int, _ body: (Virtqueue) throws -> Void) {
-        guard index >= 0, index < queues.count, isDriverReady, queues[index].isEnabled else { return }
-        let queue = queues[index]
-        do {
-            try body(queue)
-            if try queue.needsInterrupt() { raise(VirtioISR.queue) }
-        } catch {
-            if (try? queue.needsInterrupt()) == true { raise(VirtioISR.queue) }
-            deviceFailed("queue \(index): \(error)")
-        }
+        runQueue(queues, index, ready: isDriverReady, interrupts: interrupts, fail: deviceFailed, body)
     }
 
     public func configurationChanged() {
-        raise(VirtioISR.configChange)
+        interrupts.raise(VirtioISR.configChange)
     }
 
     public func deviceFailed(_ reason: String) {
         guard status & VirtioStatus.deviceNeedsReset == 0 else { return }
         logBudget.log("\(device.name): \(reason); device needs reset")
         status |= VirtioStatus.deviceNeedsReset
-        raise(VirtioISR.configChange)
+        interrupts.raise(VirtioISR.configChange)
     }
 
-    private func raise(_ bits: UInt8) {
-        isr |= bits
-        setLine(true)
-    }
-
-    private func setLine(_ asserted: Bool) {
-        guard asserted != interruptAsserted else { return }
-        interruptAsserted = asserted
-        interruptSink?.setInterrupt(asserted)
-    }
-
-    public var isInterruptAsserted: Bool { interruptAsserted }
+    public var isInterruptAsserted: Bool { interrupts.asserted }
 }

@@ -57,17 +57,20 @@ public final class VirtioPCITransport: VirtioDeviceHost {
     public let deviceType: VirtioDeviceType
     public let memory: GuestMemory
     public let queues: [Virtqueue]
-    public weak var interruptSink: InterruptSink?
+    private let interrupts: InterruptState
+    public var interruptSink: InterruptSink? {
+        get { interrupts.sink }
+        set { interrupts.sink = newValue }
+    }
 
     public private(set) var status: UInt8 = 0
-    public private(set) var isr: UInt8 = 0
+    public var isr: UInt8 { interrupts.isr }
     public private(set) var configGeneration: UInt8 = 0
     public private(set) var driverFeatures: UInt64 = 0
     public private(set) var negotiatedFeatures: UInt64 = 0
     private var deviceFeatureSelect: UInt32 = 0
     private var driverFeatureSelect: UInt32 = 0
     private var queueSelect: UInt16 = 0
-    private var interruptAsserted = false
     private var logBudget = LogBudget()
 
     /// Everything the device offers: its own bits plus what this transport
@@ -88,7 +91,7 @@ public final class VirtioPCITransport: VirtioDeviceHost {
         self.device = device
         self.deviceType = type
         self.memory = memory
-        self.interruptSink = interruptSink
+        self.interrupts = InterruptState(sink: interruptSink)
         self.queues = device.queueMaxSizes.map { Virtqueue(maxSize: $0, memory: memory) }
         device.attach(to: self)
     }
@@ -295,8 +298,7 @@ public final class VirtioPCITransport: VirtioDeviceHost {
         deviceFeatureSelect = 0
         driverFeatureSelect = 0
         queueSelect = 0
-        isr = 0
-        setLine(false)
+        _ = interrupts.readAndClear()
     }
 
     // MARK: queues and interrupts
@@ -307,21 +309,12 @@ public final class VirtioPCITransport: VirtioDeviceHost {
     }
 
     public func withQueue(_ index: Int, _ body: (Virtqueue) throws -> Void) {
-        guard index >= 0, index < queues.count, isDriverReady, queues[index].isEnabled else { return }
-        let queue = queues[index]
-        do {
-            try body(queue)
-            if try queue.needsInterrupt() { raise(VirtioISR.queue) }
-        } catch {
-            // Whatever was completed before the error is still reported.
-            if (try? queue.needsInterrupt()) == true { raise(VirtioISR.queue) }
-            deviceFailed("queue \(index): \(error)")
-        }
+        runQueue(queues, index, ready: isDriverReady, interrupts: interrupts, fail: deviceFailed, body)
     }
 
     public func configurationChanged() {
         configGeneration &+= 1
-        if status & VirtioStatus.driverOK != 0 { raise(VirtioISR.configChange) }
+        if status & VirtioStatus.driverOK != 0 { interrupts.raise(VirtioISR.configChange) }
     }
 
     /// The guest broke the protocol: stop serving until it resets us.
@@ -330,27 +323,13 @@ public final class VirtioPCITransport: VirtioDeviceHost {
         logBudget.log("\(device.name): \(reason); device needs reset")
         status |= VirtioStatus.deviceNeedsReset
         configGeneration &+= 1
-        raise(VirtioISR.configChange)
-    }
-
-    private func raise(_ bits: UInt8) {
-        isr |= bits
-        setLine(true)
+        interrupts.raise(VirtioISR.configChange)
     }
 
     /// Reading ISR returns the pending causes, clears them, and lowers the line.
     public func readAndClearISR() -> UInt8 {
-        let value = isr
-        isr = 0
-        setLine(false)
-        return value
+        interrupts.readAndClear()
     }
 
-    private func setLine(_ asserted: Bool) {
-        guard asserted != interruptAsserted else { return }
-        interruptAsserted = asserted
-        interruptSink?.setInterrupt(asserted)
-    }
-
-    public var isInterruptAsserted: Bool { interruptAsserted }
+    public var isInterruptAsserted: Bool { interrupts.asserted }
 }
