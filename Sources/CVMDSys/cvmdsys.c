@@ -20,6 +20,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/random.h>
+#include <sys/eventfd.h>
 #include <spawn.h>
 #include <syslog.h>
 #include <event2/event.h>
@@ -330,3 +331,5 @@ void cvmd_event_free(void *ev)
 
 int cvmd_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
 ssize_t cvmd_getrandom(void *buf, size_t len) { return getrandom(buf, len, 0); }
+
+int cvmd_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }

@@ -167,3 +167,17 @@ public enum SharedMemory {
         return Int(st.st_size)
     }
 }
+
+public enum EventFD {
+    /// A close-on-exec, non-blocking eventfd.
+    public static func create() throws -> Int32 {
+        try sys("eventfd") { cvmd_eventfd() }
+    }
+
+    /// Consumes the counter; false when there was nothing to read.
+    @discardableResult
+    public static func drain(_ fd: Int32) -> Bool {
+        var value: UInt64 = 0
+        return Glibc.read(fd, &value, 8) == 8
+    }
+}

@@ -110,9 +110,11 @@ final class DeviceProcess: InterruptSink {
         }
 
         // Nothing but our descriptors from here on.
-        let keep: [Int32] = setup.kind == .rnd || setup.kind == .vmmci
-            ? [Self.syncFD, Self.asyncFD, Self.memoryFD]
-            : [Self.syncFD, Self.asyncFD, Self.memoryFD, Self.backendFD]
+        let hasBackend = !(setup.kind == .rnd || setup.kind == .vmmci)
+        let firstNotifyFD = hasBackend ? Self.backendFD + 1 : Self.backendFD
+        let notifyFDs = (0..<Int32(setup.notifyFDs)).map { firstNotifyFD + $0 }
+        let keep: [Int32] = [Self.syncFD, Self.asyncFD, Self.memoryFD]
+            + (hasBackend ? [Self.backendFD] : []) + notifyFDs
         FD.closeAll(from: 3, except: keep)
         _ = loop   // its epoll fd, before the sandbox forbids creating one
         let user = Users.lookup(Users.daemonUser)
@@ -127,6 +129,15 @@ final class DeviceProcess: InterruptSink {
                             onClose: { [unowned self] _, _ in self.loop.exit() })
         try? FD.setNonBlocking(Self.syncFD)
         loop.onReadable(Self.syncFD) { [unowned self] in self.syncReadable() }
+        // Kicks straight from KVM. Register writes the vCPU sent before the
+        // kick are already in the sync socket: serve them first, in order.
+        for (queue, fd) in notifyFDs.enumerated() {
+            loop.onReadable(fd) { [unowned self] in
+                guard EventFD.drain(fd) else { return }
+                self.syncReadable()
+                self.registers.write(offset: VirtioPCILayout.notify, size: 2, value: UInt32(queue))
+            }
+        }
         if let vionet {
             // Frames wait in the kernel while the guest has no buffers: the
             // tap is watched only while there is somewhere to put them.

@@ -16,6 +16,9 @@ struct DeviceSetup: Equatable {
     var identifier = ""        // vioblk GET_ID
     var mac: [UInt8] = []
     var lockedLladdr = false
+    /// Queue-notify eventfds passed after the backend (or after guest
+    /// memory when there is none), one per queue, in queue order.
+    var notifyFDs: UInt32 = 0
 
     func encoded() -> [UInt8] {
         var w = WireWriter()
@@ -25,6 +28,7 @@ struct DeviceSetup: Equatable {
         w.u32(readOnly ? 1 : 0); w.string(identifier)
         w.u32(UInt32(mac.count)); for b in mac { w.u32(UInt32(b)) }
         w.u32(lockedLladdr ? 1 : 0)
+        w.u32(notifyFDs)
         return w.bytes
     }
 
@@ -48,5 +52,7 @@ struct DeviceSetup: Equatable {
         mac = []
         for _ in 0..<m { mac.append(UInt8(truncatingIfNeeded: try r.u32())) }
         lockedLladdr = try r.u32() != 0
+        notifyFDs = try r.u32()
+        guard notifyFDs <= 8 else { throw WireReader.Truncated() }
     }
 }

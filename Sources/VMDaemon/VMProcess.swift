@@ -191,21 +191,38 @@ final class VMProcess {
 
     @discardableResult
     func startDevice(_ s: DeviceSetup, backend: Int32, header: PCIConfigHeader, isr: UInt32) throws -> VirtioProxy {
+        var s = s
         let (syncMine, syncTheirs) = try FD.socketPair()
         let (asyncMine, asyncTheirs) = try FD.socketPair()
+        // virtio 1.x devices get one kick eventfd per queue (vmmci has none).
+        let queues: Int
+        switch s.kind {
+        case .blk, .rnd: queues = 1
+        case .net: queues = 2
+        case .scsi: queues = 3
+        case .vmmci: queues = 0
+        }
+        var notifyFDs: [Int32] = []
+        for _ in 0..<queues { notifyFDs.append(try EventFD.create()) }
+        s.notifyFDs = UInt32(queues)
         defer { FD.close(syncTheirs); FD.close(asyncTheirs) }
         var args = ["vmd", "-X", s.name]
         if options.foreground { args.append("-d") }
         if options.verbosity > 0 { args.append("-" + String(repeating: "v", count: options.verbosity)) }
         var fds = [syncTheirs, asyncTheirs, vm.memoryFD]
         if backend >= 0 { fds.append(backend) }
+        fds += notifyFDs
         let pid = try Spawn.spawnSelf(arguments: args, descriptors: fds)
         devicePIDs[pid] = s.name
         let proxy = VirtioProxy(name: s.name, header: header, pid: pid, syncFD: syncMine,
                                 asyncFD: asyncMine, isrOffset: isr)
+        proxy.onFailure = { Log.warning($0) }
+        proxy.notifyFDs = notifyFDs
+        proxy.registerNotify = { [unowned vm = vm!] fd, port, queue, assign in
+            try vm.portEventFD(fd, port: port, length: 2, value: queue, assign: assign)
+        }
         try proxy.setup(s)
         proxy.interrupt = try vm.addPCIFunction(proxy)
-        proxy.onFailure = { Log.warning($0) }
         proxy.async = ImsgChannel(fd: asyncMine, name: "\(s.name): async", loop: loop,
                                   onMessage: { [unowned self, unowned proxy] _, m in
                                       if MessageType(rawValue: m.type) == .vmmciAck { self.vmmciAck(m) }

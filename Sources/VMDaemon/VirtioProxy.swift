@@ -23,6 +23,13 @@ final class VirtioProxy: PCIFunction {
     private let lock = Mutex()
     private var broken = false
     var onFailure: ((String) -> Void)?
+    /// One eventfd per queue, signalled by KVM itself when the guest writes
+    /// the queue's index to the notify register: kicks reach the device
+    /// process without an exit to this process.
+    var notifyFDs: [Int32] = []
+    /// Registers (or removes) a port eventfd with KVM.
+    var registerNotify: ((Int32, UInt16, UInt64, Bool) throws -> Void)?
+    private var notifyPort: UInt16?
 
     init(name: String, header: PCIConfigHeader, pid: pid_t, syncFD: Int32, asyncFD: Int32, isrOffset: UInt32) {
         self.name = name
@@ -118,6 +125,25 @@ final class VirtioProxy: PCIFunction {
                 broken = true
                 onFailure?("\(name): sync channel: \(error)")
             }
+        }
+    }
+
+    /// The guest (or the VMM) placed BAR 0: the notify eventfds follow it.
+    /// A notify write that misses them still arrives as an IO_WRITE.
+    func barMoved(bar: Int, base: UInt64?) {
+        guard bar == 0, !notifyFDs.isEmpty, let register = registerNotify else { return }
+        if let old = notifyPort {
+            for (i, fd) in notifyFDs.enumerated() { try? register(fd, old, UInt64(i), false) }
+            notifyPort = nil
+        }
+        guard let base, base + UInt64(VirtioPCILayout.notify) + 2 <= 0x10000 else { return }
+        let port = UInt16(base) + VirtioPCILayout.notify
+        do {
+            for (i, fd) in notifyFDs.enumerated() { try register(fd, port, UInt64(i), true) }
+            notifyPort = port
+        } catch {
+            for (i, fd) in notifyFDs.enumerated() { try? register(fd, port, UInt64(i), false) }
+            onFailure?("\(name): queue notify eventfds: \(error); notifies go through the VM process")
         }
     }
 

@@ -312,12 +312,14 @@ final class PCISlot {
             if current.base == wanted { return nil }
             bus.unregister(base: current.base, device: current.window)
             mapped[index] = nil
+            function?.barMoved(bar: index, base: nil)
         }
         guard let wanted, let function else { return nil }
         let window = PCIBarWindow(function: function, bar: index)
         do {
             try bus.register(base: wanted, length: size, device: window)
             mapped[index] = (wanted, window)
+            function.barMoved(bar: index, base: wanted)
             return nil
         } catch {
             return "pci slot \(slot): BAR \(index) at 0x\(hex(wanted)) left unmapped: \(error)"

@@ -56,4 +56,12 @@ public protocol PCIFunction: AnyObject {
     var configHeader: PCIConfigHeader { get }
     func barRead(bar: Int, offset: UInt32, size: Int) -> UInt32
     func barWrite(bar: Int, offset: UInt32, size: Int, value: UInt32)
+    /// BAR `bar` now decodes at `base` (nil: unmapped), whether the VMM placed
+    /// it or the guest moved it. Called with the bus locked, on the thread
+    /// that caused it; the default does nothing.
+    func barMoved(bar: Int, base: UInt64?)
+}
+
+extension PCIFunction {
+    public func barMoved(bar: Int, base: UInt64?) {}
 }

@@ -217,6 +217,15 @@ public final class VirtualMachine {
     }
 
     /// Puts `function` on the PCI bus (before `start`). Returns its interrupt line.
+    /// Makes a guest write to `port` signal `eventfd` in the kernel (no
+    /// exit): a device process's queue notify. `value` matches the data
+    /// written (the queue index); `assign: false` removes it again.
+    public func portEventFD(_ eventfd: Int32, port: UInt16, length: Int, value: UInt64?, assign: Bool) throws {
+        let e = ckvm_port_ioeventfd(kvmVM.fd, port, UInt32(length), eventfd, value == nil ? 0 : 1,
+                                    value ?? 0, assign ? 1 : 0)
+        if e != 0 { throw VMMError.system("KVM_IOEVENTFD port 0x\(hex(UInt64(port)))", errno: e) }
+    }
+
     public func addPCIFunction(_ function: PCIFunction) throws -> InterruptLine {
         let (slot, irq) = try pci.add(function)
         logger("pci slot \(slot): \(hex(function.configHeader.vendorID)):\(hex(function.configHeader.deviceID)) on IRQ \(irq)")
@@ -268,6 +277,7 @@ public final class VirtualMachine {
         ("KVM_RUN", UInt64(CKVM_RUN)),
         ("KVM_IRQ_LINE", UInt64(CKVM_IRQ_LINE)),
         ("KVM_GET_REGS", UInt64(CKVM_GET_REGS)),  // only to report a KVM internal error
+        ("KVM_IOEVENTFD", UInt64(ckvm_ioeventfd_request())),  // a guest moving a virtio BAR
     ]
 }
 

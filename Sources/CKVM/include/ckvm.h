@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <linux/kvm.h>
 #include "ckvm_lapic.h"
+#include "ckvm_ioeventfd.h"
 
 /* ioctl request numbers (system, VM and vCPU ioctls this project issues). */
 static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;

@@ -78,6 +78,9 @@ int cvmd_spawn(const char *path, char *const argv[], const int *fds, int nfds, p
 int cvmd_accept(int fd);
 ssize_t cvmd_getrandom(void *buf, size_t len);
 
+/* A close-on-exec, non-blocking eventfd (a queue notify from KVM_IOEVENTFD). */
+int cvmd_eventfd(void);
+
 /* setresuid/setresgid need _GNU_SOURCE, which Swift's Glibc lacks. */
 int cvmd_setresuid(uid_t u);
 int cvmd_setresgid(gid_t g);
