@@ -33,12 +33,15 @@ final class SpawnTests: XCTestCase {
         let pid = try Spawn.spawn("/bin/sleep", arguments: ["sleep", "10"], descriptors: [b, d])
         defer { kill(pid, SIGKILL); _ = try? Spawn.wait(pid) }
         var fds: [String] = []
-        for _ in 0..<200 {
-            fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
-            if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe"),
-               exe.hasSuffix("sleep") { break }
+        // Wait until sleep is asleep (clock_nanosleep or nanosleep): before
+        // that the dynamic loader may hold a library open.
+        for _ in 0..<500 {
+            let call = (try? String(contentsOfFile: "/proc/\(pid)/syscall", encoding: .utf8))?
+                .split(separator: " ").first.map(String.init) ?? ""
+            if call == "230" || call == "35" { break }
             usleep(10_000)
         }
+        fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
         XCTAssertEqual(fds.compactMap { Int($0) }.sorted(), [0, 1, 2, 3, 4])
         let three = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/3")
         let mine = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(b)")
