@@ -58,9 +58,7 @@ final class DeviceProcess: InterruptSink {
         do {
             let size = try SharedMemory.size(of: Self.memoryFD)
             let base = try SharedMemory.map(fd: Self.memoryFD, size: size)
-            memory = try MappedGuestMemory(base: base, mappingSize: UInt64(size), regions: setup.regions.map {
-                GuestMemoryRegion(guestPhysicalAddress: $0.guestPhysical, size: $0.size, offsetInMapping: $0.fdOffset)
-            })
+            memory = try MappedGuestMemory(base: base, mappingSize: UInt64(size), regions: setup.regions)
         } catch {
             fail("cannot map guest memory: \(error)")
         }

@@ -1,4 +1,5 @@
 import VMDControl
+import Virtio
 
 /// What a device process is told at start, in the first message on its
 /// sync channel (devopVMInfo). Descriptors: 3 sync, 4 async, 5 guest
@@ -6,12 +7,11 @@ import VMDControl
 struct DeviceSetup: Equatable {
     enum Kind: String { case blk, net, rnd, scsi, vmmci }
 
-    struct Region: Equatable { var guestPhysical: UInt64; var size: UInt64; var fdOffset: UInt64 }
-
     var kind: Kind
     var name: String           // vioblk0, vionet1, viornd, vioscsi, vmmci
     var vmName: String
-    var regions: [Region]
+    /// Where guest RAM lies in the memfd, as the device will map it.
+    var regions: [GuestMemoryRegion]
     var readOnly = false
     var identifier = ""        // vioblk GET_ID
     var mac: [UInt8] = []
@@ -24,7 +24,7 @@ struct DeviceSetup: Equatable {
         var w = WireWriter()
         w.string(kind.rawValue); w.string(name); w.string(vmName)
         w.u32(UInt32(regions.count))
-        for r in regions { w.u64(r.guestPhysical); w.u64(r.size); w.u64(r.fdOffset) }
+        for r in regions { w.u64(r.guestPhysicalAddress); w.u64(r.size); w.u64(r.offsetInMapping) }
         w.u32(readOnly ? 1 : 0); w.string(identifier)
         w.u32(UInt32(mac.count)); for b in mac { w.u32(UInt32(b)) }
         w.u32(lockedLladdr ? 1 : 0)
@@ -32,7 +32,7 @@ struct DeviceSetup: Equatable {
         return w.bytes
     }
 
-    init(kind: Kind, name: String, vmName: String, regions: [Region]) {
+    init(kind: Kind, name: String, vmName: String, regions: [GuestMemoryRegion]) {
         self.kind = kind; self.name = name; self.vmName = vmName; self.regions = regions
     }
 
@@ -44,7 +44,7 @@ struct DeviceSetup: Equatable {
         let n = try r.u32()
         guard n <= 8 else { throw WireReader.Truncated() }
         regions = []
-        for _ in 0..<n { regions.append(Region(guestPhysical: try r.u64(), size: try r.u64(), fdOffset: try r.u64())) }
+        for _ in 0..<n { regions.append(GuestMemoryRegion(guestPhysicalAddress: try r.u64(), size: try r.u64(), offsetInMapping: try r.u64())) }
         readOnly = try r.u32() != 0
         identifier = try r.string(max: 64)
         let m = try r.u32()

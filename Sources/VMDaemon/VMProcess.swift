@@ -114,7 +114,7 @@ final class VMProcess {
         }
 
         let regions = vm.memoryRegions.map {
-            DeviceSetup.Region(guestPhysical: $0.guestPhysical, size: $0.size, fdOffset: $0.fdOffset)
+            GuestMemoryRegion(guestPhysicalAddress: $0.guestPhysical, size: $0.size, offsetInMapping: $0.fdOffset)
         }
         do {
             for (i, d) in spec.disks.enumerated() {

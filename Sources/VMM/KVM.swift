@@ -175,30 +175,32 @@ final class KVMVCPU {
     var failEntryReason: UInt64 { ckvm_run_fail_entry_reason(runStruct) }
     var internalSuberror: UInt32 { ckvm_run_internal_suberror(runStruct) }
 
+    /// One register-file ioctl: `value` is read or written in place.
+    private func registerIoctl<T>(_ request: UInt, _ name: String, _ value: inout T) throws {
+        let r = ckvm_ioctl_ptr(fd, request, &value)
+        if r < 0 { throw VMMError.system(name, errno: Int32(-r)) }
+    }
+
     func getRegisters() throws -> kvm_regs {
         var regs = kvm_regs()
-        let r = ckvm_ioctl_ptr(fd, CKVM_GET_REGS, &regs)
-        if r < 0 { throw VMMError.system("KVM_GET_REGS", errno: Int32(-r)) }
+        try registerIoctl(CKVM_GET_REGS, "KVM_GET_REGS", &regs)
         return regs
     }
 
     func setRegisters(_ regs: kvm_regs) throws {
         var regs = regs
-        let r = ckvm_ioctl_ptr(fd, CKVM_SET_REGS, &regs)
-        if r < 0 { throw VMMError.system("KVM_SET_REGS", errno: Int32(-r)) }
+        try registerIoctl(CKVM_SET_REGS, "KVM_SET_REGS", &regs)
     }
 
     func getSpecialRegisters() throws -> kvm_sregs {
         var sregs = kvm_sregs()
-        let r = ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &sregs)
-        if r < 0 { throw VMMError.system("KVM_GET_SREGS", errno: Int32(-r)) }
+        try registerIoctl(CKVM_GET_SREGS, "KVM_GET_SREGS", &sregs)
         return sregs
     }
 
     func setSpecialRegisters(_ sregs: kvm_sregs) throws {
         var sregs = sregs
-        let r = ckvm_ioctl_ptr(fd, CKVM_SET_SREGS, &sregs)
-        if r < 0 { throw VMMError.system("KVM_SET_SREGS", errno: Int32(-r)) }
+        try registerIoctl(CKVM_SET_SREGS, "KVM_SET_SREGS", &sregs)
     }
 
     func setCPUID(_ entries: [kvm_cpuid_entry2]) throws {

@@ -150,8 +150,8 @@ public final class VirtioLegacyPCITransport: VirtioDeviceHost {
         _ = interrupts.readAndClear()
     }
 
+    /// runQueue checks the index and the driver state.
     public func notify(queue index: Int) {
-        guard index < queues.count, isDriverReady else { return }
         withQueue(index) { queue in try device.process(queue: queue, index: index) }
     }
 

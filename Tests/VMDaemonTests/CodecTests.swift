@@ -65,8 +65,8 @@ final class CodecTests: XCTestCase {
 
     func testDeviceSetupRoundTrip() throws {
         var d = DeviceSetup(kind: .net, name: "vionet0", vmName: "web",
-                            regions: [.init(guestPhysical: 0, size: 1 << 20, fdOffset: 0),
-                                      .init(guestPhysical: 1 << 32, size: 1 << 20, fdOffset: 1 << 20)])
+                            regions: [.init(guestPhysicalAddress: 0, size: 1 << 20, offsetInMapping: 0),
+                                      .init(guestPhysicalAddress: 1 << 32, size: 1 << 20, offsetInMapping: 1 << 20)])
         d.mac = [1, 2, 3, 4, 5, 6]
         d.lockedLladdr = true
         XCTAssertEqual(try DeviceSetup(decoding: d.encoded()), d)
