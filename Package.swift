@@ -53,7 +53,7 @@ let package = Package(
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices"]),
         .testTarget(name: "VMCtlTests", dependencies: ["vmctl", "VMDControl", "Imsg", "VMDSystem"]),
-        .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl"]),
+        .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl", "VirtioDevices"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
     ],
     swiftLanguageModes: [.v5]

@@ -52,6 +52,34 @@ public enum FD {
         }
     }
 
+    /// A close-on-exec pipe.
+    public static func pipe() throws -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        try sys("pipe") { Glibc.pipe(&fds) }
+        // Nothing is spawned between pipe() and here on this thread.
+        try? setCloseOnExec(fds[0])
+        try? setCloseOnExec(fds[1])
+        return (fds[0], fds[1])
+    }
+
+    /// Writes one byte; safe from any thread (a vCPU handing over to the loop).
+    public static func writeByte(_ fd: Int32, _ byte: UInt8) {
+        var b = byte
+        while Glibc.write(fd, &b, 1) < 0 && cvmd_errno() == EINTR {}
+    }
+
+    /// Reads one byte; nil when none is waiting or at end of file.
+    public static func readByte(_ fd: Int32) -> UInt8? {
+        var b: UInt8 = 0
+        return Glibc.read(fd, &b, 1) == 1 ? b : nil
+    }
+
+    /// fchown(2) of an open descriptor (a pty handed to a VM's owner); the
+    /// group is left as it is.
+    public static func changeOwner(_ fd: Int32, uid: uid_t) throws {
+        try sys("fchown") { fchown(fd, uid, gid_t(bitPattern: -1)) }
+    }
+
     /// Descriptors open in this process (from /proc/self/fd), for tests and audits.
     public static func openDescriptors() -> [Int32] {
         guard let dir = opendir("/proc/self/fd") else { return [] }

@@ -66,6 +66,13 @@ public enum Clock {
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
+
+    /// Sleeps on the monotonic clock, resuming after signals.
+    public static func sleep(seconds: Double) {
+        var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
+        var rest = timespec()
+        while clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &rest) == EINTR { ts = rest }
+    }
 }
 
 public enum Sockets {

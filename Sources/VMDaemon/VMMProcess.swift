@@ -46,7 +46,7 @@ final class VMMProcess {
             if let f = m.fd { FD.close(f) }
             guard let vm = vms[vmid] else {
                 child.parent.send(type: MessageType.vmmVMExited.rawValue, peerID: vmid,
-                                  data: exitPayload(.stopped, "not running"))
+                                  data: VMExitReport(reason: .stopped, detail: "not running").encoded())
                 return
             }
             vm.channel.send(Imsg(type: m.type, peerID: vmid, data: m.data))
@@ -73,7 +73,7 @@ final class VMMProcess {
         } catch {
             Log.error("vm \(vmid): cannot start: \(error)")
             child.parent.send(type: MessageType.vmmVMExited.rawValue, peerID: vmid,
-                              data: exitPayload(.failed, "cannot start VM process: \(error)"))
+                              data: VMExitReport(reason: .failed, detail: "cannot start VM process: \(error)").encoded())
         }
     }
 
@@ -82,25 +82,18 @@ final class VMMProcess {
         switch MessageType(rawValue: m.type) {
         case .vmmVMExited:
             // The VM says why it is going; the exit status comes with the reap.
-            var r = WireReader(m.data)
-            if let code = try? r.u32(), let reason = VMStopReason(rawValue: code) {
-                vms[vmid]?.reportedReason = reason
-                vms[vmid]?.detail = (try? r.string()) ?? ""
+            if let report = try? VMExitReport(decoding: m.data) {
+                vms[vmid]?.reportedReason = report.reason
+                vms[vmid]?.detail = report.detail
             }
         case .vmmVMStarted:
-            var w = WireWriter()
-            w.i32(vms[vmid]?.pid ?? 0)
-            child.parent.send(type: m.type, peerID: vmid, data: w.bytes + m.data)
+            // The pid as this process spawned it, whatever the VM says.
+            guard var started = try? VMStartedReport(decoding: m.data) else { return }
+            started.pid = vms[vmid]?.pid ?? 0
+            child.parent.send(type: m.type, peerID: vmid, data: started.encoded())
         default:
             child.parent.send(Imsg(type: m.type, peerID: vmid, data: m.data))
         }
-    }
-
-    func exitPayload(_ reason: VMStopReason, _ detail: String) -> [UInt8] {
-        var w = WireWriter()
-        w.u32(reason.rawValue)
-        w.string(detail)
-        return w.bytes
     }
 
     func reap() {
@@ -116,7 +109,7 @@ final class VMMProcess {
             }
             Log.debug("vm \(vmid) process \(pid) \(status)")
             child.parent.send(type: MessageType.vmmVMExited.rawValue, peerID: vmid,
-                              data: exitPayload(reason, detail))
+                              data: VMExitReport(reason: reason, detail: detail).encoded())
         }
         if stopping && vms.isEmpty { exit(0) }
     }

@@ -4,6 +4,7 @@ import VMDControl
 import Imsg
 import VMM
 import Virtio
+import VirtioDevices
 
 /// The VM side of one device process: a PCI function whose BAR accesses
 /// become viodev_msg IO_READ/IO_WRITE on the device's sync channel (vCPU
@@ -31,48 +32,29 @@ final class VirtioProxy: PCIFunction {
     var registerNotify: ((Int32, UInt16, UInt64, Bool) throws -> Void)?
     private var notifyPort: UInt16?
 
-    init(name: String, header: PCIConfigHeader, pid: pid_t, syncFD: Int32, asyncFD: Int32, isrOffset: UInt32) {
+    init(name: String, presentation: PCIPresentation, pid: pid_t, syncFD: Int32, asyncFD: Int32) {
         self.name = name
-        self.configHeader = header
+        self.configHeader = Self.configHeader(for: presentation)
         self.pid = pid
         self.sync = ImsgBuffer(fd: syncFD)
         self.asyncFD = asyncFD
-        self.isrOffset = isrOffset
+        self.isrOffset = UInt32(presentation.isrOffset)
     }
 
-    /// A virtio 1.x function: vendor capabilities in one I/O BAR.
-    static func modernHeader(_ type: VirtioDeviceType) -> PCIConfigHeader {
-        let id = VirtioPCITransport.identity(for: type)
-        return PCIConfigHeader(vendorID: id.vendorID, deviceID: id.deviceID, revision: id.revision,
-                               classCode: id.classCode, subclass: id.subclass, progIF: id.programmingInterface,
-                               subsystemVendorID: id.subsystemVendorID, subsystemID: id.subsystemID,
-                               bars: [PCIConfigHeader.Bar(kind: .io, size: VirtioPCILayout.barSize)],
-                               capabilities: capabilityChunks(VirtioPCITransport.capabilityList()))
-    }
-
-    /// Splits the transport's linked capability list into the separate
-    /// structures the PCI bus lays out and links itself.
-    static func capabilityChunks(_ list: [UInt8]) -> [[UInt8]] {
-        var chunks: [[UInt8]] = []
-        var i = 0
-        while i + 2 < list.count {
-            let len = Int(list[i + 2])
-            guard len >= 3, i + len <= list.count else { break }
-            var cap = Array(list[i..<(i + len)])
-            cap[1] = 0
-            chunks.append(cap)
-            i += len
+    /// The function's configuration space header: identity, one I/O BAR,
+    /// and for virtio 1.x the vendor capabilities describing that BAR.
+    static func configHeader(for presentation: PCIPresentation) -> PCIConfigHeader {
+        let id = presentation.identity
+        let capabilities: [[UInt8]]
+        switch presentation {
+        case .modern: capabilities = VirtioPCITransport.capabilities()
+        case .legacy: capabilities = []
         }
-        return chunks
-    }
-
-    /// vmmci: legacy virtio 0.9 with OpenBSD's ids.
-    static func vmmciHeader() -> PCIConfigHeader {
-        let id = VirtioLegacyPCITransport.vmmciIdentity
         return PCIConfigHeader(vendorID: id.vendorID, deviceID: id.deviceID, revision: id.revision,
                                classCode: id.classCode, subclass: id.subclass, progIF: id.programmingInterface,
                                subsystemVendorID: id.subsystemVendorID, subsystemID: id.subsystemID,
-                               bars: [PCIConfigHeader.Bar(kind: .io, size: 0x100)], capabilities: [])
+                               bars: [PCIConfigHeader.Bar(kind: .io, size: presentation.barSize)],
+                               capabilities: capabilities)
     }
 
     /// Blocks until the device reports READY on the sync channel.
