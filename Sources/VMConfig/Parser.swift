@@ -372,6 +372,7 @@ final class FileParser {
             return "local prefix"
         case .keyword(.inet6):
             context.config.localInet6 = true
+            context.config.localInet6Location = location(token)
             guard isKeyword(peek(), .prefix) else { return "local inet6" }
             advance()
             let text = try string("an IPv6 prefix after 'local inet6 prefix'")

@@ -36,7 +36,13 @@ public final class Parent {
     static func loadConfiguration(_ options: DaemonOptions) -> Result<VMDConfiguration, ConfigErrors> {
         var macros: [String: String] = [:]
         for (k, v) in options.macros { macros[k] = v }
-        return ConfigParser.parse(file: options.configPath, macros: macros)
+        switch ConfigParser.parse(file: options.configPath, macros: macros) {
+        case .failure(let errors):
+            return .failure(errors)
+        case .success(let config):
+            let unsupported = unsupportedStatements(of: config)
+            return unsupported.isEmpty ? .success(config) : .failure(ConfigErrors(unsupported))
+        }
     }
 
     func socketOwner() -> (uid: uid_t, gid: gid_t) {

@@ -229,7 +229,8 @@ final class ParserTests: XCTestCase {
                        ["interface switch", "local interface", "interface group",
                         "interface rdomain", "disk format qcow2", "boot device", "cdrom boot through a BIOS"])
         XCTAssertEqual(try XCTUnwrap(config.vm(named: "iso-with-kernel")).unsupportedFeatures, [])
-        XCTAssertEqual(unsupportedFeatures(of: config), ["switch", "local inet6"])
+        XCTAssertEqual(unsupportedStatements(of: config).map(\.description),
+                       ["vm.conf:1: not supported yet: switch \"sw\"", "vm.conf:16: not supported yet: local inet6"])
     }
 
     func testSizes() {
