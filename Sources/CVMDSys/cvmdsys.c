@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <linux/landlock.h>
@@ -333,3 +334,16 @@ int cvmd_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NON
 ssize_t cvmd_getrandom(void *buf, size_t len) { return getrandom(buf, len, 0); }
 
 int cvmd_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+int cvmd_fallocate(int fd, int mode, int64_t offset, int64_t length)
+{
+	return fallocate(fd, mode, (off_t)offset, (off_t)length);
+}
+
+int cvmd_fallocate_punch_hole(void) { return FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE; }
+int cvmd_fallocate_zero_range(void) { return FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE; }
+
+int cvmd_tap_set_vnet_header_size(int fd, int size)
+{
+	return ioctl(fd, TUNSETVNETHDRSZ, &size);
+}

@@ -10,6 +10,7 @@
 // buffers), so frames wait in the kernel instead of being read and dropped.
 import Glibc
 import Virtio
+import VMDSystem
 
 public enum VirtioNetFeature {
     public static let mac: UInt64 = 1 << 5
@@ -40,47 +41,31 @@ public final class TapBackend: NetworkBackend {
         self.fd = fd
     }
 
-    /// TUNSETVNETHDRSZ = _IOW('T', 216, int).
-    public static let setVnetHeaderSize: UInt = 0x4004_54d8
-
     /// Make a tap opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR use the 12-byte
     /// header and never block. Call before the sandbox forbids ioctl.
     public static func prepareTap(fd: Int32) throws {
-        // The kernel reads the size through a pointer (copy_from_user).
-        var size = CInt(VioNet.headerSize)
-        guard ioctl(fd, setVnetHeaderSize, &size) == 0 else {
-            throw NetworkBackendError(errno: errno, operation: "TUNSETVNETHDRSZ")
-        }
-        try setNonBlocking(fd: fd)
-    }
-
-    public static func setNonBlocking(fd: Int32) throws {
-        let flags = fcntl(fd, F_GETFL)
-        guard flags >= 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 else {
-            throw NetworkBackendError(errno: errno, operation: "fcntl O_NONBLOCK")
+        do {
+            try Tap.prepare(fd, vnetHeaderSize: Int32(VioNet.headerSize))
+        } catch let e as SystemError {
+            throw NetworkBackendError(errno: e.code, operation: e.what)
         }
     }
 
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> Int? {
-        while true {
-            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
-            if n >= 0 { return n }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN, EWOULDBLOCK: return nil
-            default: throw NetworkBackendError(errno: errno, operation: "tap read")
-            }
+        do {
+            return try FileIO.readRecord(fd, into: buffer)
+        } catch let e as SystemError {
+            throw NetworkBackendError(errno: e.code, operation: "tap read")
         }
     }
 
     public func send(_ frame: UnsafeRawBufferPointer) throws {
-        while Glibc.write(fd, frame.baseAddress, frame.count) < 0 {
-            switch errno {
-            case EINTR: continue
+        do {
+            try FileIO.writeRecord(fd, frame)
+        } catch let e as SystemError {
             // A full tap queue drops the frame, as a wire would.
-            case EAGAIN, EWOULDBLOCK, ENOBUFS: return
-            default: throw NetworkBackendError(errno: errno, operation: "tap write")
-            }
+            if e.code == EAGAIN || e.code == EWOULDBLOCK || e.code == ENOBUFS { return }
+            throw NetworkBackendError(errno: e.code, operation: "tap write")
         }
     }
 }

@@ -1,4 +1,5 @@
 import XCTest
+import VMDSystem
 import Foundation
 @testable import Virtio
 @testable import VirtioDevices
@@ -15,8 +16,8 @@ final class VioNetTests: XCTestCase {
         virtioLogHook = { _ in }
         // A SOCK_SEQPACKET pair stands in for the tap: one read, one frame.
         XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &fds), 0)
-        XCTAssertNoThrow(try TapBackend.setNonBlocking(fd: fds[0]))
-        XCTAssertNoThrow(try TapBackend.setNonBlocking(fd: fds[1]))
+        XCTAssertNoThrow(try FD.setNonBlocking(fds[0]))
+        XCTAssertNoThrow(try FD.setNonBlocking(fds[1]))
     }
 
     override func tearDown() {

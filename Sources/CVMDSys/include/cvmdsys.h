@@ -103,4 +103,12 @@ void *cvmd_event_new(void *base, int fd, short what, cvmd_event_cb cb, void *arg
 int cvmd_event_add(void *ev, double timeout);
 void cvmd_event_free(void *ev);
 
+/* fallocate(2) (GNU-only in glibc) and its mode bits, KEEP_SIZE included. */
+int cvmd_fallocate(int fd, int mode, int64_t offset, int64_t length);
+int cvmd_fallocate_punch_hole(void);
+int cvmd_fallocate_zero_range(void);
+
+/* TUNSETVNETHDRSZ on a tap opened with IFF_VNET_HDR. */
+int cvmd_tap_set_vnet_header_size(int fd, int size);
+
 #endif
