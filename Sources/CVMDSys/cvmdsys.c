@@ -26,6 +26,8 @@
 #include <syslog.h>
 #include <event2/event.h>
 #include <unistd.h>
+#include <termios.h>
+#include <signal.h>
 
 extern char **environ;
 
@@ -184,16 +186,52 @@ int cvmd_seal_shrink(int fd)
 
 int cvmd_openpty(int *master, int *slave, char *name, size_t namelen)
 {
-	char buf[128];
-	if (openpty(master, slave, buf, NULL, NULL) == -1)
+	/* A console: raw mode (no echo, no line discipline), close-on-exec,
+	 * and a master that never blocks the VM's event loop. */
+	int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+	if (m < 0)
 		return -1;
-	fcntl(*master, F_SETFD, FD_CLOEXEC);
-	fcntl(*slave, F_SETFD, FD_CLOEXEC);
-	if (name != NULL && namelen > 0) {
-		strncpy(name, buf, namelen - 1);
-		name[namelen - 1] = '\0';
+	int s = -1;
+	struct termios tio;
+	int e;
+	if (grantpt(m) != 0 || unlockpt(m) != 0)
+		goto fail;
+	if ((e = ptsname_r(m, name, namelen)) != 0) {
+		errno = e;
+		goto fail;
 	}
+	s = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (s < 0)
+		goto fail;
+	if (tcgetattr(s, &tio) != 0)
+		goto fail;
+	cfmakeraw(&tio);
+	if (tcsetattr(s, TCSANOW, &tio) != 0)
+		goto fail;
+	*master = m;
+	*slave = s;
 	return 0;
+fail:
+	e = errno;
+	if (s >= 0)
+		close(s);
+	close(m);
+	errno = e;
+	return -1;
+}
+
+int cvmd_wake_signal(void) { return SIGRTMIN; }
+
+static void wake_handler(int signo) { (void)signo; }
+
+int cvmd_install_wake_handler(void)
+{
+	struct sigaction action;
+	memset(&action, 0, sizeof action);
+	action.sa_handler = wake_handler;
+	sigemptyset(&action.sa_mask);
+	action.sa_flags = 0; /* no SA_RESTART: a blocking call (KVM_RUN) returns EINTR */
+	return sigaction(SIGRTMIN, &action, NULL);
 }
 
 int cvmd_tap_open(char *name, size_t namelen, int vnet_hdr)

@@ -9,6 +9,23 @@ public enum FD {
         if fd >= 0 { _ = Glibc.close(fd) }
     }
 
+    /// open(2), close-on-exec; `what` names the file in errors.
+    public static func open(_ path: String, flags: Int32, what: String? = nil) throws -> Int32 {
+        try sys(what ?? path) { Glibc.open(path, flags | O_CLOEXEC) }
+    }
+
+    /// One non-blocking write; returns the bytes written, 0 when the
+    /// descriptor cannot take any (a console pty nobody drains).
+    public static func writeNonBlocking(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return 0 }
+        while true {
+            let n = Glibc.write(fd, base, bytes.count)
+            if n >= 0 { return n }
+            if cvmd_errno() == EINTR { continue }
+            return 0
+        }
+    }
+
     public static func setNonBlocking(_ fd: Int32, _ on: Bool = true) throws {
         let flags = try sys("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
         let newFlags = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK

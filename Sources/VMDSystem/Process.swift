@@ -39,7 +39,8 @@ public enum Memfd {
 }
 
 public enum Pty {
-    /// Opens a pty pair; returns (master, slave, slave path).
+    /// Opens a console pty: raw mode, the master non-blocking; returns
+    /// (master, slave, slave path).
     public static func open() throws -> (master: Int32, slave: Int32, name: String) {
         var m: Int32 = -1, s: Int32 = -1
         var name = [CChar](repeating: 0, count: 128)
@@ -65,6 +66,13 @@ public enum Clock {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// Seconds since the epoch, UTC (the wall clock, for the guest's RTC).
+    public static func wallSeconds() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec)
     }
 
     /// Sleeps on the monotonic clock, resuming after signals.
@@ -160,12 +168,16 @@ extension Sockets {
 }
 
 public enum SharedMemory {
-    /// Maps `size` bytes of `fd` shared, read-write (a VM's guest memory).
-    public static func map(fd: Int32, size: Int) throws -> UnsafeMutableRawPointer {
-        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        if p == MAP_FAILED || p == nil { throw SystemError("mmap guest memory") }
+    /// Maps `size` bytes of `fd` from `offset`, shared, read-write (guest
+    /// memory, a vCPU's kvm_run); `what` names it in errors.
+    public static func map(fd: Int32, size: Int, offset: Int = 0,
+                           what: String = "guest memory") throws -> UnsafeMutableRawPointer {
+        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(offset))
+        if p == MAP_FAILED || p == nil { throw SystemError("mmap \(what)") }
         return p!
     }
+
+    public static func unmap(_ p: UnsafeMutableRawPointer, size: Int) { munmap(p, size) }
 
     /// The size of a file or memfd.
     public static func size(of fd: Int32) throws -> Int {
