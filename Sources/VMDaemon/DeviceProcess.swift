@@ -30,17 +30,10 @@ final class DeviceProcess: InterruptSink {
     var inputWatch: EventHandle?
 
     static func main(_ options: DaemonOptions, device: String) -> Never {
-        let (sync, payload) = readStartMessage(fd: setupDescriptor, expecting: .devopVMInfo,
-                                               what: "\(device): the device set-up from the VM process")
-        let setup: DeviceSetup
-        do {
-            setup = try DeviceSetup(decoding: payload)
-        } catch {
-            Log.error("\(device): bad device set-up: \(error)")
-            exit(1)
-        }
-        ProcessTitle.set("vmd: vm \(setup.vmName) \(setup.name)")
-        Log.setProcessName("vm \(setup.vmName) \(setup.name)")
+        let (sync, setup) = readStartMessage(fd: setupDescriptor, expecting: .devopVMInfo,
+                                             what: "\(device) set-up from the VM process",
+                                             decode: DeviceSetup.init(decoding:))
+        nameThisProcess("vm \(setup.vmName) \(setup.name)")
         DeviceProcess(setup: setup, sync: sync).run()
     }
 

@@ -121,9 +121,7 @@ struct DeviceSetup: Equatable {
         w.string(kind.rawValue); w.string(name); w.string(vmName)
         w.u32(UInt32(regions.count))
         for r in regions { w.u64(r.guestPhysicalAddress); w.u64(r.size); w.u64(r.offsetInMapping) }
-        w.u32(parameters.readOnly ? 1 : 0); w.string(parameters.identifier)
-        w.u32(UInt32(parameters.mac.count)); for b in parameters.mac { w.u32(UInt32(b)) }
-        w.u32(parameters.lockedLladdr ? 1 : 0)
+        parameters.encode(&w)
         descriptors.encode(&w)
         return w.bytes
     }
@@ -140,13 +138,28 @@ struct DeviceSetup: Equatable {
             regions.append(GuestMemoryRegion(guestPhysicalAddress: try r.u64(), size: try r.u64(),
                                              offsetInMapping: try r.u64()))
         }
-        parameters.readOnly = try r.u32() != 0
-        parameters.identifier = try r.string(max: 64)
-        let m = try r.u32()
-        guard m == 0 || m == 6 else { throw WireReader.Truncated() }
-        for _ in 0..<m { parameters.mac.append(UInt8(truncatingIfNeeded: try r.u32())) }
-        parameters.lockedLladdr = try r.u32() != 0
+        parameters = try DeviceParameters(&r)
         descriptors = try DeviceDescriptors(&r)
         guard r.remaining == 0 else { throw WireReader.Truncated() }
+    }
+}
+
+extension DeviceParameters {
+    func encode(_ w: inout WireWriter) {
+        w.u32(readOnly ? 1 : 0)
+        w.string(identifier)
+        w.u32(UInt32(mac.count))
+        for b in mac { w.u32(UInt32(b)) }
+        w.u32(lockedLladdr ? 1 : 0)
+    }
+
+    init(_ r: inout WireReader) throws {
+        self.init()
+        readOnly = try r.u32() != 0
+        identifier = try r.string(max: 256)
+        let m = try r.u32()
+        guard m == 0 || m == 6 else { throw WireReader.Truncated() }
+        for _ in 0..<m { mac.append(UInt8(truncatingIfNeeded: try r.u32())) }
+        lockedLladdr = try r.u32() != 0
     }
 }

@@ -59,9 +59,7 @@ public struct LaunchSpec: Equatable, Sendable {
         w.u32(UInt32(devices.count))
         for d in devices {
             w.string(d.kind.rawValue)
-            w.u32(d.parameters.readOnly ? 1 : 0); w.string(d.parameters.identifier)
-            w.u32(UInt32(d.parameters.mac.count)); for b in d.parameters.mac { w.u32(UInt32(b)) }
-            w.u32(d.parameters.lockedLladdr ? 1 : 0)
+            d.parameters.encode(&w)
             w.u32(UInt32(d.descriptors.count)); for i in d.descriptors { w.u32(UInt32(i)) }
         }
         w.string(kernelName); w.string(initrdName); w.u32(ownerUID)
@@ -86,13 +84,7 @@ public struct LaunchSpec: Equatable, Sendable {
         devices = []
         for _ in 0..<n {
             guard let kind = DeviceKind(rawValue: try r.string(max: 16)) else { throw WireReader.Truncated() }
-            var p = DeviceParameters()
-            p.readOnly = try r.u32() != 0
-            p.identifier = try r.string(max: 256)
-            let m = try r.u32()
-            guard m == 0 || m == 6 else { throw WireReader.Truncated() }
-            for _ in 0..<m { p.mac.append(UInt8(truncatingIfNeeded: try r.u32())) }
-            p.lockedLladdr = try r.u32() != 0
+            let p = try DeviceParameters(&r)
             let nd = try r.u32()
             guard nd == kind.model.backends.count else { throw WireReader.Truncated() }
             var descriptors: [Int] = []

@@ -28,17 +28,9 @@ final class VMProcess {
     var gracefulTimer: EventHandle?
 
     static func main(_ options: DaemonOptions) -> Never {
-        let (buffer, payload) = readStartMessage(fd: vmmFD, expecting: .vmmStartVM,
-                                                 what: "the VM description from vmm")
-        let spec: LaunchSpec
-        do {
-            spec = try LaunchSpec(decoding: payload)
-        } catch {
-            Log.error("bad VM description: \(error)")
-            exit(1)
-        }
-        ProcessTitle.set("vmd: vm \(spec.name)")
-        Log.setProcessName("vm \(spec.name)")
+        let (buffer, spec) = readStartMessage(fd: vmmFD, expecting: .vmmStartVM,
+                                              what: "VM description from vmm", decode: LaunchSpec.init(decoding:))
+        nameThisProcess("vm \(spec.name)")
         VMProcess(spec: spec, options: options, buffer: buffer).run()
     }
 
