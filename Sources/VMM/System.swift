@@ -152,6 +152,11 @@ final class Condition {
         cond.deallocate()
     }
     func wait(_ lock: Lock) { pthread_cond_wait(cond, lock.raw) }
+    /// Waits at most until `deadline` (CLOCK_REALTIME, the condition's clock).
+    func wait(_ lock: Lock, until deadline: timespec) {
+        var d = deadline
+        pthread_cond_timedwait(cond, lock.raw, &d)
+    }
     func broadcast() { pthread_cond_broadcast(cond) }
 }
 
