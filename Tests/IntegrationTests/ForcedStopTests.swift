@@ -160,6 +160,23 @@ final class ForcedStopTests: XCTestCase {
         XCTAssertEqual(g.daemon.stop(timeout: 1), 0)
     }
 
+    /// vmd's SIGTERM with a stopped VM process: vmm kills it after the
+    /// graceful deadline (6 s) and the daemon exits.
+    func testDaemonShutdownWithStoppedVMProcess() throws {
+        let g = try Looping("tvm")
+        g.stop(g.vm)
+        let start = Date()
+        kill(g.daemon.pid, SIGTERM)
+        while g.daemon.process.isRunning && Date().timeIntervalSince(start) < 30 { usleep(20_000) }
+        let took = Date().timeIntervalSince(start)
+        print("\(g.name): vmd SIGTERM shutdown took \(took) s")
+        XCTAssertFalse(g.daemon.process.isRunning, "vmd still running after 30 s\n\(g.daemon.log)")
+        XCTAssertLessThan(took, Self.bound + 3, "shutdown took \(took) s\n\(g.daemon.log)")
+        g.assertAllGone(by: start.addingTimeInterval(Self.bound + 3))
+        XCTAssertTrue(g.daemon.log.contains("the VM process did not stop in 6 s: killed"), g.daemon.log)
+        XCTAssertEqual(g.daemon.stop(timeout: 1), 0)
+    }
+
     /// A device that does not answer a register read is failed: the VM
     /// stops on its own after the bound (10 s), with the reason logged.
     func testUnansweredRegisterReadFailsTheVM() throws {
