@@ -37,7 +37,8 @@ final class VMProcess {
     /// anyway, which ends them).
     static let vcpuStopTimeout: Double = 1
     /// How long device processes get to exit after SHUTDOWN before they are
-    /// killed: on a forced stop, a failure or a device that was stuck, none.
+    /// killed: the shorter one on a forced stop or a failure; a device that
+    /// kept a vCPU waiting gets none.
     static let deviceExitGrace: Double = 2
     static let forcedDeviceExitGrace: Double = 0.5
     /// Graceful stop, as vmd: the guest has 3 s to acknowledge the vmmci

@@ -7,8 +7,9 @@ import Virtio
 
 /// The VM side of one device process: a PCI function whose BAR accesses
 /// become viodev_msg IO_READ/IO_WRITE on the device's sync channel (vCPU
-/// threads block for a read's reply), and whose interrupt line follows the
-/// KICK messages the device sends on its async channel.
+/// threads wait for a read's reply, at most `registerTimeout` and only until
+/// the VM stops), and whose interrupt line follows the KICK messages the
+/// device sends on its async channel.
 final class VirtioProxy: PCIFunction {
     /// How long a device process may take to answer one register access
     /// before it is treated as failed. The vCPU that made the access waits
