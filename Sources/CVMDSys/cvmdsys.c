@@ -112,6 +112,7 @@ int cvmd_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 int cvmd_get_no_new_privs(void) { return prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); }
 int cvmd_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
 int cvmd_set_dumpable(int on) { return prctl(PR_SET_DUMPABLE, on, 0, 0, 0); }
+int cvmd_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
 
 int cvmd_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int cvmd_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }

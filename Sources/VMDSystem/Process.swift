@@ -193,6 +193,12 @@ public enum EventFD {
         try sys("eventfd") { cvmd_eventfd() }
     }
 
+    /// Adds one to the counter: the reader wakes.
+    public static func signal(_ fd: Int32) {
+        var one: UInt64 = 1
+        while Glibc.write(fd, &one, 8) < 0 && cvmd_errno() == EINTR {}
+    }
+
     /// Consumes the counter; false when there was nothing to read.
     @discardableResult
     public static func drain(_ fd: Int32) -> Bool {

@@ -36,6 +36,11 @@ public final class Condition: @unchecked Sendable {
         cond.deallocate()
     }
     public func wait(_ mutex: Mutex) { pthread_cond_wait(cond, mutex.mutex) }
+    /// Waits at most until `deadline` (CLOCK_REALTIME, the condition's clock).
+    public func wait(_ mutex: Mutex, until deadline: timespec) {
+        var d = deadline
+        pthread_cond_timedwait(cond, mutex.mutex, &d)
+    }
     public func broadcast() { pthread_cond_broadcast(cond) }
 }
 

@@ -24,8 +24,32 @@ final class VMProcess {
     var devicePIDs: [pid_t: String] = [:]
     var vmmci: VirtioProxy?
     var exitPipe: (read: Int32, write: Int32) = (-1, -1)
+    /// Signalled when the VM stops: releases vCPUs waiting on a device.
+    var stopFD: Int32 = -1
     var finishing = false
     var gracefulTimer: EventHandle?
+    /// Why a device was given up on (set on a vCPU thread).
+    let failureLock = Mutex()
+    var deviceFailure: String?
+
+    /// How long the vCPU threads get to leave once the VM stops: they are
+    /// kicked out of KVM_RUN and released from device waits at once, so
+    /// this is only a bound against the unforeseen (the process exits
+    /// anyway, which ends them).
+    static let vcpuStopTimeout: Double = 1
+    /// How long device processes get to exit after SHUTDOWN before they are
+    /// killed: the shorter one on a forced stop or a failure; a device that
+    /// kept a vCPU waiting gets none.
+    static let deviceExitGrace: Double = 2
+    static let forcedDeviceExitGrace: Double = 0.5
+    /// Graceful stop, as vmd: the guest has 3 s to acknowledge the vmmci
+    /// shutdown request and then 120 s to power off; after either the VM
+    /// is powered off (a forced stop).
+    static let shutdownAckTimeout: Double = 3
+    static let guestShutdownTimeout: Double = 120
+    /// The longest the forced part of a stop takes in this process (vCPUs,
+    /// device grace, the reap after SIGKILL); vmm allows a little more.
+    static let forcedStopBound: Double = vcpuStopTimeout + forcedDeviceExitGrace + 1
 
     static func main(_ options: DaemonOptions) -> Never {
         let (buffer, spec) = readStartMessage(fd: vmmFD, expecting: .vmmStartVM,
@@ -118,8 +142,17 @@ final class VMProcess {
     }
 
     /// One process per device of the launch spec, in PCI slot order; each
-    /// gets its backends and the parent's copies are closed.
+    /// gets its backends and the parent's copies are closed. The exit pipe
+    /// and the stop eventfd exist first: a device that stops answering
+    /// fails the VM through the one, a stop releases vCPUs through the other.
     private func startDevices() {
+        do {
+            exitPipe = try FD.pipe()
+            try FD.setNonBlocking(exitPipe.read)
+            stopFD = try EventFD.create()
+        } catch {
+            die("\(error)")
+        }
         let regions = vm.memoryRegions.map {
             GuestMemoryRegion(guestPhysicalAddress: $0.guestPhysical, size: $0.size, offsetInMapping: $0.fdOffset)
         }
@@ -139,12 +172,6 @@ final class VMProcess {
 
     /// The privileged part is over.
     private func enterSandbox() {
-        do {
-            exitPipe = try FD.pipe()
-            try FD.setNonBlocking(exitPipe.read)
-        } catch {
-            die("\(error)")
-        }
         guard let user = Users.lookup(Users.daemonUser) else { die("user \(Users.daemonUser) does not exist") }
         restrict("vm", user: user, denyFileSystem: true, policy: SandboxPolicies.vm)
     }
@@ -207,8 +234,20 @@ final class VMProcess {
         let pid = try Spawn.spawnSelf(arguments: args, descriptors: fds)
         devicePIDs[pid] = s.name
         let proxy = VirtioProxy(name: s.name, presentation: model.presentation, pid: pid,
-                                syncFD: syncMine, asyncFD: asyncMine)
+                                syncFD: syncMine, asyncFD: asyncMine, stopFD: stopFD)
         proxy.onFailure = { Log.warning($0) }
+        // vmd stops the VM when a device process dies; one that stopped
+        // answering is failed the same way (vCPU thread: the loop finishes).
+        let writeEnd = exitPipe.write
+        proxy.onUnresponsive = { [unowned self] why in
+            Log.error(why)
+            let first: Bool = self.failureLock.locked {
+                guard self.deviceFailure == nil else { return false }
+                self.deviceFailure = why
+                return true
+            }
+            if first { FD.writeByte(writeEnd, 4) }
+        }
         proxy.notifyFDs = notifyFDs
         proxy.registerNotify = { [unowned vm = vm!] fd, port, queue, assign in
             try vm.portEventFD(fd, port: port, length: 2, value: queue, assign: assign)
@@ -239,6 +278,7 @@ final class VMProcess {
         switch code {
         case 1: finish(.powerOff, "guest powered off")
         case 2: finish(.reboot, "guest reset")
+        case 4: finish(.failed, failureLock.locked { deviceFailure } ?? "a device stopped answering")
         default: finish(.failed, "guest failed")
         }
     }
@@ -283,13 +323,13 @@ final class VMProcess {
             v.async?.send(type: MessageType.vmmciCommand.rawValue, data: VMMCIMessage(command: .shutdown).encoded())
             Log.info("asked the guest to shut down (vmmci)")
             // vmd: 3 s for the ack; after an ack the guest gets longer.
-            gracefulTimer = loop.after(seconds: 3) { [unowned self] in
+            gracefulTimer = loop.after(seconds: Self.shutdownAckTimeout) { [unowned self] in
                 Log.info("no shutdown acknowledgement from the guest: powering off")
-                self.finish(.stopped, "powered off after the guest did not acknowledge")
+                self.finish(.stopped, "powered off after the guest did not acknowledge", forced: true)
             }
             return
         }
-        finish(.stopped, graceful ? "" : "forced stop")
+        finish(.stopped, graceful ? "" : "forced stop", forced: !graceful)
     }
 
     func vmmciAck(_ m: Imsg) {
@@ -297,23 +337,55 @@ final class VMProcess {
         Log.info("guest acknowledged vmmci command \(ack.command)")
         guard ack.command == .shutdown || ack.command == .reboot, let t = gracefulTimer else { return }
         loop.remove(t)
-        gracefulTimer = loop.after(seconds: 120) { [unowned self] in
-            self.finish(.stopped, "powered off: the guest did not shut down in 120 s")
+        // vmm bounds a graceful stop; the guest is now shutting down.
+        vmm.send(type: MessageType.vmmciAck.rawValue, data: m.data)
+        gracefulTimer = loop.after(seconds: Self.guestShutdownTimeout) { [unowned self] in
+            self.finish(.stopped, "powered off: the guest did not shut down in \(Int(Self.guestShutdownTimeout)) s",
+                        forced: true)
         }
     }
 
-    func finish(_ reason: VMStopReason, _ detail: String) -> Never {
+    /// Stops the VM in bounded time whatever state its devices are in:
+    /// vCPUs waiting on a device are released (they read all-ones), the
+    /// vCPU threads are kicked out of KVM_RUN, devices that answer get a
+    /// SHUTDOWN and a moment to exit, and every device still there is
+    /// killed.
+    func finish(_ reason: VMStopReason, _ detail: String, forced: Bool = false) -> Never {
         finishing = true
-        vm?.stop()
-        for d in devices { d.shutdown() }
-        // Give device processes a moment to exit on SHUTDOWN, then insist.
-        let deadline = Clock.now() + 2
-        while !devicePIDs.isEmpty && Clock.now() < deadline {
-            if let (pid, _) = Spawn.reapAny() { devicePIDs[pid] = nil } else { Clock.sleep(seconds: 0.005) }
+        if stopFD >= 0 { EventFD.signal(stopFD) }
+        if let vm, !vm.stop(timeout: Self.vcpuStopTimeout) {
+            Log.warning("vCPU threads did not end in \(Self.vcpuStopTimeout) s; exiting anyway")
         }
-        for pid in devicePIDs.keys { kill(pid, SIGKILL); _ = try? Spawn.wait(pid) }
+        let forced = forced || reason == .failed
+        for d in devices where devicePIDs[d.pid] != nil {
+            if d.isStuck {
+                Log.info("\(d.name): not answering: killed")
+                kill(d.pid, SIGKILL)
+            } else {
+                d.shutdown()
+            }
+        }
+        let grace = forced ? Self.forcedDeviceExitGrace : Self.deviceExitGrace
+        if !reapDevices(until: Clock.now() + grace) {
+            for pid in devicePIDs.keys { kill(pid, SIGKILL) }
+            // SIGKILL ends even a stopped process; one in an uninterruptible
+            // wait (a dead NFS server) ends when the wait does: not waited for.
+            if !reapDevices(until: Clock.now() + 1) {
+                Log.warning("device process(es) \(devicePIDs.values.sorted().joined(separator: ", ")) did not exit after SIGKILL")
+            }
+        }
         Log.info("\(reason == .reboot ? "rebooting" : "stopped")\(detail.isEmpty ? "" : ": \(detail)")")
         report(reason, detail)
         exit(0)
+    }
+
+    /// Reaps device processes until none is left (true) or `deadline`.
+    func reapDevices(until deadline: Double) -> Bool {
+        while !devicePIDs.isEmpty {
+            if let (pid, _) = Spawn.reapAny() { devicePIDs[pid] = nil; continue }
+            if Clock.now() >= deadline { return false }
+            Clock.sleep(seconds: 0.005)
+        }
+        return true
     }
 }

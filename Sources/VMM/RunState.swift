@@ -94,6 +94,28 @@ final class RunState: VCPUControl {
         }
     }
 
+    /// Waits until every vCPU thread has ended, at most `seconds`; false
+    /// when some are still running (blocked outside KVM_RUN).
+    func waitForThreads(seconds: Double) -> Bool {
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        let whole = seconds.rounded(.down)
+        deadline.tv_sec += Int(whole)
+        deadline.tv_nsec += Int((seconds - whole) * 1e9)
+        if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
+        return lock.locked {
+            while live > 0 {
+                var now = timespec()
+                clock_gettime(CLOCK_REALTIME, &now)
+                if now.tv_sec > deadline.tv_sec || (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec) {
+                    return false
+                }
+                changed.wait(lock, until: deadline)
+            }
+            return true
+        }
+    }
+
     func requestExit(_ reason: VMExitReason) {
         let report: ((VMExitReason) -> Void)? = lock.locked {
             guard !exitReported else { return nil }

@@ -106,6 +106,7 @@ public final class VirtualMachine {
     private var vcpus: [VCPU] = []
     private var started = false
     private var joined = false
+    private var abandoned = false
     let ioBus: Bus
     let mmioBus: Bus
 
@@ -260,13 +261,26 @@ public final class VirtualMachine {
 
     /// Ends the vCPU threads and joins them. From a vCPU thread (inside
     /// `onExit`) it only asks them to end: a thread cannot join itself.
-    public func stop() {
+    /// Every vCPU is kicked out of KVM_RUN (a signal, with immediate_exit
+    /// set); a vCPU blocked in a device's `barRead`/`barWrite` ends only
+    /// when that access returns, so the owner of such devices must release
+    /// them first. With `timeout`, waits at most that long and returns false
+    /// if some thread has not ended (it is left running; the process should
+    /// exit); without, waits as long as it takes.
+    @discardableResult
+    public func stop(timeout: Double? = nil) -> Bool {
         state.stop()
         let current = Threads.current
-        if vcpus.contains(where: { $0.thread.map { pthread_equal($0, current) != 0 } ?? false }) { return }
-        guard started, !joined else { return }
+        if vcpus.contains(where: { $0.thread.map { pthread_equal($0, current) != 0 } ?? false }) { return false }
+        guard started, !joined else { return !abandoned }
+        if let timeout, !state.waitForThreads(seconds: timeout) {
+            abandoned = true
+            joined = true
+            return false
+        }
         joined = true
         for vcpu in vcpus { if let thread = vcpu.thread { Threads.join(thread) } }
+        return true
     }
 
     /// True while paused (all vCPUs parked).

@@ -24,6 +24,7 @@ ssize_t cvmd_recv_with_fd(int sock, void *buf, size_t len, int *fd_out, int *tru
 int cvmd_set_no_new_privs(void);
 int cvmd_get_no_new_privs(void);
 int cvmd_set_parent_death_signal(int sig);
+int cvmd_set_child_subreaper(void);
 int cvmd_set_dumpable(int on);
 
 /* ioctl (variadic). */
