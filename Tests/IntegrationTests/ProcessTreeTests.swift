@@ -10,9 +10,16 @@ final class ProcessTreeTests: XCTestCase {
         try requireRoot()
         let d = try Daemon(config: emptyConfig)
         try d.waitReady()
-        let tree = descendants(of: d.pid)
+        // The parent is ready before its children have named themselves (a
+        // loaded machine shows that): wait for the three titles.
+        var tree = descendants(of: d.pid)
         func find(_ title: String) -> (pid: Int32, ppid: Int32, user: String, args: String)? {
             tree.first { $0.args.trimmingCharacters(in: .whitespaces) == title }
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while ["vmd: priv", "vmd: control", "vmd: vmm"].contains(where: { find($0) == nil }) && Date() < deadline {
+            usleep(50_000)
+            tree = descendants(of: d.pid)
         }
         let priv = try XCTUnwrap(find("vmd: priv"), "\(tree)")
         let control = try XCTUnwrap(find("vmd: control"), "\(tree)")
