@@ -15,6 +15,12 @@ public final class ImsgChannel {
     public private(set) var isClosed = false
     /// Arbitrary per-connection state for the owner (e.g. peer credentials).
     public var context: AnyObject?
+    /// The message types this peer may send (VMDControl's MessagePolicy);
+    /// others are logged and dropped, never delivered. nil accepts all.
+    public var allowedTypes: Set<UInt32>?
+    /// Disconnect (instead of dropping the message) on a type not allowed:
+    /// for untrusted peers such as control clients.
+    public var closeOnRefusedType = false
 
     public var fd: Int32 { buffer.fd }
 
@@ -41,7 +47,7 @@ public final class ImsgChannel {
 
     private func deliverBuffered() {
         do {
-            while !isClosed, let m = try buffer.get() { onMessage(self, m) }
+            while !isClosed, let m = try buffer.get() { deliver(m) }
         } catch {
             close(reason: "\(error)")
         }
@@ -84,12 +90,25 @@ public final class ImsgChannel {
         do {
             let r = try buffer.read()
             while !isClosed, let m = try buffer.get() {
-                onMessage(self, m)
+                deliver(m)
             }
             if r == .endOfFile { close(reason: nil) }
         } catch {
             close(reason: "\(error)")
         }
+    }
+
+    private func deliver(_ m: Imsg) {
+        if let allowed = allowedTypes, !allowed.contains(m.type) {
+            if let f = m.fd { FD.close(f) }
+            if closeOnRefusedType {
+                close(reason: "message type \(m.type) is not accepted from this peer")
+            } else {
+                Log.warning("\(name): dropped message type \(m.type): not accepted from this peer")
+            }
+            return
+        }
+        onMessage(self, m)
     }
 
     /// Closes the connection once; undelivered descriptors are closed too.

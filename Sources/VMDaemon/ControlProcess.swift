@@ -20,6 +20,7 @@ final class ControlProcess {
         child = ChildProcess(role: "control", title: "vmd: control")
         listenFD = 4
         child.onParentMessage = { [unowned self] m in self.fromParent(m) }
+        child.parent.allowedTypes = MessagePolicy.rawTypes(.parentToControl)
         restrict("control", user: user, denyFileSystem: true, policy: SandboxPolicies.control)
         child.sandboxSelfTest()
         child.loop.onReadable(listenFD) { [unowned self] in self.accept() }
@@ -46,6 +47,10 @@ final class ControlProcess {
                                  self.clients[id] = nil
                                  self.child.parent.send(type: MessageType.ctlClientClosed.rawValue, peerID: id)
                              })
+        // Only client requests are relayed: a client that sends anything
+        // else (connection bookkeeping, vmm/priv/device types) is dropped.
+        ch.allowedTypes = MessagePolicy.rawTypes(.clientToControl)
+        ch.closeOnRefusedType = true
         clients[id] = ch
         var payload: [UInt8] = []
         withUnsafeBytes(of: UInt32(cred.uid)) { payload += $0 }
@@ -56,6 +61,7 @@ final class ControlProcess {
     func fromClient(_ id: UInt32, _ m: Imsg) {
         // Clients never pass descriptors to the daemon; drop any they send.
         if let f = m.fd { FD.close(f) }
+        guard MessagePolicy.permits(m.type, on: .clientToControl) else { return }
         var relayed = m
         relayed.fd = nil
         relayed.peerID = id
@@ -64,6 +70,10 @@ final class ControlProcess {
 
     func fromParent(_ m: Imsg) {
         guard let ch = clients[m.peerID] else {
+            if let f = m.fd { FD.close(f) }
+            return
+        }
+        guard MessagePolicy.permits(m.type, on: .parentToControl) else {
             if let f = m.fd { FD.close(f) }
             return
         }

@@ -125,6 +125,7 @@ final class DeviceProcess: InterruptSink {
         async = ImsgChannel(fd: Self.asyncFD, name: "\(setup.name): async", loop: loop,
                             onMessage: { [unowned self] _, m in self.asyncMessage(m) },
                             onClose: { [unowned self] _, _ in self.loop.exit() })
+        async.allowedTypes = MessagePolicy.rawTypes(.vmToDeviceAsync)
         try? FD.setNonBlocking(Self.syncFD)
         loop.onReadable(Self.syncFD) { [unowned self] in self.syncReadable() }
         // Kicks straight from KVM. Register writes the vCPU sent before the

@@ -8,7 +8,18 @@ import VMConfig
 /// three children (priv, control, vmm) and relays between them. It never
 /// runs guest code or parses guest data.
 public final class Parent {
-    public enum Role: String, CaseIterable { case priv, control, vmm }
+    public enum Role: String, CaseIterable {
+        case priv, control, vmm
+
+        /// What the parent accepts from this child (MessagePolicy).
+        var route: MessageRoute {
+            switch self {
+            case .priv: return .privToParent
+            case .control: return .controlToParent
+            case .vmm: return .vmmToParent
+            }
+        }
+    }
 
     struct Child {
         let role: Role
@@ -68,6 +79,7 @@ public final class Parent {
                                          Log.debug("\(role.rawValue) channel closed\(reason.map { ": \($0)" } ?? "")")
                                      }
                                  })
+            ch.allowedTypes = MessagePolicy.rawTypes(role.route)
             children[role] = Child(role: role, pid: pid, channel: ch)
             Log.debug("started \(role.rawValue) process, pid \(pid)")
         }

@@ -25,6 +25,7 @@ final class VMMProcess {
         self.options = options
         child = ChildProcess(role: "vmm", title: "vmd: vmm")
         child.onParentMessage = { [unowned self] m in self.fromParent(m) }
+        child.parent.allowedTypes = MessagePolicy.rawTypes(.parentToVMM)
         restrict("vmm", user: nil, denyFileSystem: false, policy: SandboxPolicies.vmm)
         child.sandboxSelfTest()
         child.loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
@@ -68,6 +69,7 @@ final class VMMProcess {
             let ch = ImsgChannel(fd: mine, name: "vmm: vm \(vmid)", loop: child.loop,
                                  onMessage: { [unowned self] _, m in self.fromVM(vmid, m) },
                                  onClose: { _, _ in })
+            ch.allowedTypes = MessagePolicy.rawTypes(.vmToVMM)
             vms[vmid] = Running(pid: pid, channel: ch, reportedReason: nil, detail: "")
             ch.send(type: MessageType.vmmStartVM.rawValue, peerID: vmid, data: spec)
         } catch {

@@ -133,9 +133,16 @@ final class VMTable {
             fail(client, EINVAL, "unknown request type \(m.type)")
             return
         }
+        // Control's own bookkeeping (clients cannot get these relayed:
+        // MessagePolicy.clientToControl). Credentials are set once per
+        // connection and never replaced.
         if type == .ctlClientConnected {
             var r = WireReader(m.data)
-            if let uid = try? r.u32(), let gid = try? r.u32() { clients[client] = Client(uid: uid, gid: gid) }
+            guard clients[client] == nil, let uid = try? r.u32(), let gid = try? r.u32() else {
+                Log.warning("control: ignored repeated or malformed credentials for client \(client)")
+                return
+            }
+            clients[client] = Client(uid: uid, gid: gid)
             return
         }
         if type == .ctlClientClosed {
@@ -145,10 +152,11 @@ final class VMTable {
             return
         }
         guard let c = clients[client] else { return }
-        let userAllowed: Set<MessageType> = [.vmdStartVMRequest, .vmdStopVMRequest, .vmdWaitVM,
-                                             .vmdGetInfoVMRequest, .vmdPauseVM, .vmdUnpauseVM,
-                                             .vmdConsoleRequest]
-        if c.uid != 0 && !userAllowed.contains(type) {
+        guard MessagePolicy.clientRequests.contains(type) else {
+            Log.warning("control: dropped message type \(m.type): not a client request")
+            return
+        }
+        if c.uid != 0 && !MessagePolicy.unprivilegedRequests.contains(type) {
             fail(client, EPERM, "permission denied: only root may do that")
             return
         }

@@ -99,7 +99,7 @@ final class VirtioProxy: PCIFunction {
                 while true {
                     let m = try sync.readMessage()
                     if let f = m.fd { FD.close(f) }
-                    guard let r = ViodevMsg(bytes: m.data) else { continue }
+                    guard MessagePolicy.permits(m.type, on: .deviceToVMSync), let r = ViodevMsg(bytes: m.data) else { continue }
                     if r.kind == .ioRead && r.dataValid { return r }
                 }
             } catch {
