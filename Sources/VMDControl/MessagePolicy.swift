@@ -81,3 +81,40 @@ public enum MessagePolicy {
         return allowed(route).contains(t)
     }
 }
+
+extension MessagePolicy {
+    /// The reply that ends the answer to one request (status ends with
+    /// vmdInfoVMEnd, console replay too; the rest with one message).
+    public static let finalReplies: Set<MessageType> = [
+        .ctlOK, .ctlFail, .vmdStartVMResponse, .vmdTerminateVMResponse, .vmdInfoVMEnd,
+    ]
+}
+
+/// `vmd: control`'s limits on its clients: how many connections (root has
+/// reserved slots and other uids a share each, so one user cannot lock
+/// root out), how many requests each may have unanswered, how many reply
+/// bytes may wait for it before it is no longer read and then dropped.
+public struct ControlLimits: Sendable {
+    public var maxClients = 128
+    /// Slots only uid 0 may use.
+    public var reservedForRoot = 16
+    /// Connections one non-root uid may hold.
+    public var maxPerUID = 32
+    public var maxInFlight = 16
+    public var pauseReadingAbove = 256 << 10
+    public var maxQueuedBytes = 4 << 20
+
+    public init() {}
+
+    /// Why a new connection from `uid` is refused, or nil to accept it,
+    /// given `total` connections now and `sameUID` of them from `uid`.
+    public func refusal(uid: UInt32, total: Int, sameUID: Int) -> String? {
+        if total >= maxClients { return "too many control connections (\(maxClients))" }
+        guard uid != 0 else { return nil }
+        if total >= maxClients - reservedForRoot {
+            return "the last \(reservedForRoot) control connections are reserved for root"
+        }
+        if sameUID >= maxPerUID { return "uid \(uid) already holds \(maxPerUID) control connections" }
+        return nil
+    }
+}
