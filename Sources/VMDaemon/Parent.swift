@@ -35,6 +35,9 @@ public final class Parent {
     let user: Credentials
     /// VMs, stable ids for the daemon's lifetime.
     var vms: VMTable!
+    /// The control socket this daemon bound (device, inode): on exit it is
+    /// removed only if it is still that file, never another daemon's.
+    var socketIdentity: (dev: UInt64, ino: UInt64)?
 
     init(options: DaemonOptions, config: VMDConfiguration, user: Credentials) {
         self.options = options
@@ -47,7 +50,8 @@ public final class Parent {
     static func loadConfiguration(_ options: DaemonOptions) -> Result<VMDConfiguration, ConfigErrors> {
         var macros: [String: String] = [:]
         for (k, v) in options.macros { macros[k] = v }
-        return ConfigParser.parse(file: options.configPath, macros: macros)
+        // No vm.conf at all: warn and run with no VMs, as vmd does.
+        return ConfigParser.parse(file: options.configPath, macros: macros, missingIsEmpty: true)
     }
 
     func socketOwner() -> (uid: uid_t, gid: gid_t) {
@@ -65,6 +69,7 @@ public final class Parent {
         // violation at start-up) must still be noticed.
         loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
         let listenFD = try ControlProcess.bind(path: options.socketPath, owner: socketOwner())
+        socketIdentity = Sockets.identity(options.socketPath)
         defer { FD.close(listenFD) }
         for role in Role.allCases {
             let (mine, theirs) = try FD.socketPair()
@@ -161,7 +166,9 @@ public final class Parent {
             _ = try? Spawn.wait(child.pid)
         }
         children.removeAll()
-        unlink(options.socketPath)
+        if let mine = socketIdentity, let now = Sockets.identity(options.socketPath), mine == now {
+            unlink(options.socketPath)
+        }
         Log.info("exiting")
         exit(status)
     }
@@ -173,6 +180,7 @@ public final class Parent {
         switch Parent.loadConfiguration(o) {
         case .failure(let e): return .failure(e)
         case .success(let c):
+            for w in c.warnings { Log.warning("\(w.description)") }
             config = c
             vms.applyConfiguration()
             return .success(())

@@ -74,7 +74,7 @@ final class VMTable {
 
     /// Starts every VM without `disable`, honouring `staggered start`.
     func startConfigured() {
-        let toStart = entries.filter { $0.config.enabled && $0.state == .stopped }
+        let toStart = entries.filter { $0.fromConfigFile && $0.config.enabled && $0.state == .stopped }
         guard let stagger = parent.config.staggeredStart, stagger.parallel > 0 else {
             for e in toStart { start(e, requester: nil) }
             return
@@ -232,7 +232,15 @@ final class VMTable {
             guard existing.state == .stopped else {
                 fail(client, EBUSY, "start \(req.name): vm already running"); return
             }
-            if req.hasOverrides { apply(req, to: existing) }
+            if req.hasOverrides {
+                // Overrides hold for this start only if it goes ahead: a
+                // refused start leaves the configured VM as it was.
+                let saved = existing.config
+                apply(req, to: existing)
+                start(existing, requester: client)
+                if existing.state == .stopped { existing.config = saved }
+                return
+            }
         } else {
             guard req.hasOverrides || req.name.isEmpty == false else {
                 fail(client, ENOENT, "start \(req.name): vm not found"); return
@@ -346,6 +354,7 @@ final class VMTable {
             e.state = .stopped
             for f in e.launchFDs { FD.close(f) }
             e.launchFDs = []
+            forgetIfAdHoc(e)
         }
         let unsupported = unsupportedFeatures(of: e.config)
         if let first = unsupported.first {
@@ -443,6 +452,13 @@ final class VMTable {
         }
     }
 
+    /// A VM made from vmctl flags exists only while it runs: one whose
+    /// start failed leaves nothing behind (no ghost a reload would boot).
+    func forgetIfAdHoc(_ e: Entry) {
+        guard !e.fromConfigFile, e.state == .stopped else { return }
+        entries.removeAll { $0 === e }
+    }
+
     func fromPriv(_ m: Imsg) {
         guard MessageType(rawValue: m.type) == .privTapOpened, let e = entry(id: m.peerID),
               e.state == .starting, e.pendingTaps > 0, var spec = e.launch else {
@@ -457,6 +473,8 @@ final class VMTable {
             e.state = .stopped
             Log.warning("start \(e.config.name): tap: \(reason)")
             if let r = e.startRequester { fail(r, EIO, "start \(e.config.name): tap: \(reason)") }
+            e.startRequester = nil
+            forgetIfAdHoc(e)
             return
         }
         let index = spec.nics.count - e.pendingTaps
@@ -570,9 +588,7 @@ final class VMTable {
             ok(g.client, g.names.map { "vm \($0) stopped" }.joined(separator: "\n"))
         }
         groupWaits.removeAll { $0.pending.isEmpty }
-        if !e.fromConfigFile {
-            // VMs made from vmctl flags live until they stop, like vmd's.
-            entries.removeAll { $0 === e }
-        }
+        // VMs made from vmctl flags live until they stop, like vmd's.
+        forgetIfAdHoc(e)
     }
 }
