@@ -85,6 +85,10 @@ public final class Parent {
                                      }
                                  })
             ch.allowedTypes = MessagePolicy.rawTypes(role.route)
+            // Control relays clients' requests: if it stops taking the
+            // replies, stop taking requests (it always drains, being bounded
+            // per client, so this only guards against a stuck control).
+            if role == .control { ch.pauseReadingAbove = 4 << 20 }
             children[role] = Child(role: role, pid: pid, channel: ch)
             Log.debug("started \(role.rawValue) process, pid \(pid)")
         }
