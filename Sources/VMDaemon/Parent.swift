@@ -47,11 +47,14 @@ public final class Parent {
 
     /// Reads and checks the configuration: `file:line: message` for each
     /// error, all of them, nothing applied.
-    static func loadConfiguration(_ options: DaemonOptions) -> Result<VMDConfiguration, ConfigErrors> {
+    /// `missingIsEmpty`: the configured file (start-up, reload) may be
+    /// absent; a file named by `vmctl load` must exist.
+    static func loadConfiguration(_ options: DaemonOptions,
+                                  missingIsEmpty: Bool = true) -> Result<VMDConfiguration, ConfigErrors> {
         var macros: [String: String] = [:]
         for (k, v) in options.macros { macros[k] = v }
         // No vm.conf at all: warn and run with no VMs, as vmd does.
-        return ConfigParser.parse(file: options.configPath, macros: macros, missingIsEmpty: true)
+        return ConfigParser.parse(file: options.configPath, macros: macros, missingIsEmpty: missingIsEmpty)
     }
 
     func socketOwner() -> (uid: uid_t, gid: gid_t) {
@@ -181,7 +184,7 @@ public final class Parent {
     func reload(path: String?) -> Result<Void, ConfigErrors> {
         var o = options
         if let path { o.configPath = path }
-        switch Parent.loadConfiguration(o) {
+        switch Parent.loadConfiguration(o, missingIsEmpty: path == nil) {
         case .failure(let e): return .failure(e)
         case .success(let c):
             for w in c.warnings { Log.warning("\(w.description)") }

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import Glibc
+import VMDControl
 
 /// Issue 9's control-plane faults, tried as a vmd user would.
 final class ControlPlaneFaultTests: XCTestCase {
@@ -141,6 +142,18 @@ final class ControlPlaneFaultTests: XCTestCase {
         let check = try runCommand(Repo.vmd, ["-n", "-f", d.config])
         XCTAssertEqual(check.status, 1)
         XCTAssertTrue(check.out.contains("vm.conf:1: failed to get group: nosuchgroup9"), check.out)
+        // `vmctl load FILE` names a file: a missing one is an error (only the
+        // configured vm.conf may be absent), and nothing changes.
+        let load = try d.vmctl(["load", "/nonexistent/vm.conf"])
+        XCTAssertEqual(load.status, 1)
+        XCTAssertTrue(load.out.contains("/nonexistent/vm.conf: No such file or directory"), load.out)
+        let raw = try RawControlClient(socket: d.socket, uid: 0, gid: 0)
+        raw.send(.ctlReload, Array("/nonexistent/vm.conf".utf8))
+        let reply = raw.receive()
+        XCTAssertEqual(reply?.type, MessageType.ctlFail.rawValue)
+        XCTAssertEqual(try reply.map { try Failure(decoding: $0.data) }?.message,
+                       "/nonexistent/vm.conf: failed to open: No such file or directory")
+        XCTAssertTrue(try d.vmctl(["status"]).out.contains(" a\n"))
         XCTAssertEqual(d.stop(), 0)
     }
 }
