@@ -518,8 +518,16 @@ final class VMTable {
         var r = WireReader(m.data)
         switch MessageType(rawValue: m.type) {
         case .vmmVMStarted:
+            // Once per start, and the tty must be a pty: the VM process
+            // (guest-facing) writes the tty name that clients then open.
+            guard e.state == .starting || e.state == .stopping, e.pid == 0 else {
+                Log.warning("vm \(e.config.name): ignored a repeated start report")
+                return
+            }
             e.pid = (try? r.i32()) ?? 0
-            e.tty = (try? r.string()) ?? ""
+            let tty = (try? r.string(max: 64)) ?? ""
+            e.tty = Self.isPTY(tty) ? tty : ""
+            if !tty.isEmpty && e.tty.isEmpty { Log.warning("vm \(e.config.name): ignored console \(tty): not a pty") }
             if e.state == .starting { e.state = .running }
             Log.info("vm \(e.config.name): running, pid \(e.pid), console \(e.tty)")
             if let c = e.startRequester { reply(c, .vmdStartVMResponse, info(e).encoded()) }
@@ -549,6 +557,13 @@ final class VMTable {
         default:
             break
         }
+    }
+
+    /// `/dev/pts/N`: the only console names the daemon passes on.
+    static func isPTY(_ path: String) -> Bool {
+        guard path.hasPrefix("/dev/pts/") else { return false }
+        let n = path.dropFirst(9)
+        return !n.isEmpty && n.count <= 10 && n.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
     }
 
     func exited(_ e: Entry, reason: VMStopReason, detail: String) {

@@ -42,4 +42,14 @@ final class MessagePolicyTests: XCTestCase {
         XCTAssertNotNil(l.refusal(uid: 0, total: l.maxClients, sameUID: 0))
         XCTAssertLessThan(l.maxPerUID, l.maxClients - l.reservedForRoot)
     }
+
+    /// The VM process names its console; only a pty name is passed on.
+    func testOnlyPTYNamesAreConsoles() {
+        XCTAssertTrue(VMTable.isPTY("/dev/pts/0"))
+        XCTAssertTrue(VMTable.isPTY("/dev/pts/123"))
+        for bad in ["", "/dev/pts/", "/etc/shadow", "/dev/pts/../../etc/shadow", "/dev/pts/1/x", "/dev/tty1",
+                    "/dev/pts/12345678901"] {
+            XCTAssertFalse(VMTable.isPTY(bad), bad)
+        }
+    }
 }
