@@ -534,6 +534,8 @@ final class VMTable {
             e.startRequester = nil
             if e.stopRequested { stop(e, force: true) }
         case .vmmPaused, .vmmUnpaused:
+            // Only as the answer to a pause/unpause the parent asked for.
+            guard pendingReplies[e.id] != nil, e.state == .running || e.state == .paused else { return }
             e.state = MessageType(rawValue: m.type) == .vmmPaused ? .paused : .running
             Log.info("vm \(e.config.name): \(e.state == .paused ? "paused" : "unpaused")")
             for c in pendingReplies.removeValue(forKey: e.id) ?? [] { ok(c) }
