@@ -138,11 +138,36 @@ extension Sockets {
         return fd
     }
 
+    /// Throws if `path` is a socket someone listens on (another daemon's)
+    /// or something that is not a socket: neither may be replaced.
+    public static func checkNotLive(_ path: String) throws {
+        guard !path.hasPrefix("@") else { return }
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        guard st.st_mode & S_IFMT == S_IFSOCK else {
+            throw SystemError("\(path) exists and is not a socket", code: EEXIST)
+        }
+        if let fd = try? connect(path: path) {
+            FD.close(fd)
+            throw SystemError("control socket \(path) is in use (is vmd already running?)", code: EADDRINUSE)
+        }
+    }
+
+    /// The file at `path` (device, inode), to recognise it later.
+    public static func identity(_ path: String) -> (dev: UInt64, ino: UInt64)? {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
     /// A non-blocking listening socket at `path` (replacing a stale one),
     /// owned by `owner` with `mode`; never briefly more open than that.
     public static func listen(path: String, owner: (uid: uid_t, gid: gid_t), mode: mode_t) throws -> Int32 {
+        try checkNotLive(path)
         let fd = try socket(Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
         do {
+            // Only a stale socket (nobody listening) is replaced; bind
+            // fails with EADDRINUSE if another daemon wins a race here.
             unlink(path)
             let mask = umask(0o177)
             defer { umask(mask) }

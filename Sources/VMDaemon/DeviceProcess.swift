@@ -108,6 +108,7 @@ final class DeviceProcess: InterruptSink {
         async = ImsgChannel(fd: asyncFD, name: "\(setup.name): async", loop: loop,
                             onMessage: { [unowned self] _, m in self.asyncMessage(m) },
                             onClose: { [unowned self] _, _ in self.loop.exit() })
+        async.allowedTypes = MessagePolicy.rawTypes(.vmToDeviceAsync)
         try? FD.setNonBlocking(Self.setupDescriptor)
         loop.onReadable(Self.setupDescriptor) { [unowned self] in self.syncReadable() }
         // Kicks straight from KVM. Register writes the vCPU sent before the

@@ -44,6 +44,7 @@ final class VMMProcess {
         // The device processes of a VM process killed here die with it
         // (parent-death signal) and are reaped here, not left to init.
         Spawn.becomeSubreaper()
+        child.parent.allowedTypes = MessagePolicy.rawTypes(.parentToVMM)
         restrict("vmm", user: nil, denyFileSystem: false, policy: SandboxPolicies.vmm)
         child.sandboxSelfTest()
         child.loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
@@ -92,6 +93,7 @@ final class VMMProcess {
             let ch = ImsgChannel(fd: mine, name: "vmm: vm \(vmid)", loop: child.loop,
                                  onMessage: { [unowned self] _, m in self.fromVM(vmid, m) },
                                  onClose: { _, _ in })
+            ch.allowedTypes = MessagePolicy.rawTypes(.vmToVMM)
             vms[vmid] = Running(pid: pid, channel: ch, reportedReason: nil, detail: "")
             ch.send(type: MessageType.vmmStartVM.rawValue, peerID: vmid, data: spec)
         } catch {

@@ -64,6 +64,7 @@ final class VMProcess {
         vmm = ImsgChannel(buffer: buffer, name: "vm \(spec.name): vmm", loop: loop,
                           onMessage: { [unowned self] _, m in self.fromVMM(m) },
                           onClose: { [unowned self] _, _ in self.finish(.stopped, "vmm went away") })
+        vmm.allowedTypes = MessagePolicy.rawTypes(.vmmToVM)
     }
 
     /// Reports why the VM ends and exits; the vmm reaps us.
@@ -260,6 +261,7 @@ final class VMProcess {
                                       else { proxy.asyncMessage(m) }
                                   },
                                   onClose: { _, _ in })
+        proxy.async?.allowedTypes = MessagePolicy.rawTypes(.deviceToVMAsync)
         devices.append(proxy)
         return proxy
     }

@@ -75,7 +75,7 @@ final class VMTable {
 
     /// Starts every VM without `disable`, honouring `staggered start`.
     func startConfigured() {
-        let toStart = entries.filter { $0.config.enabled && $0.state == .stopped }
+        let toStart = entries.filter { $0.fromConfigFile && $0.config.enabled && $0.state == .stopped }
         guard let stagger = parent.config.staggeredStart, stagger.parallel > 0 else {
             for e in toStart { start(e, requester: nil) }
             return
@@ -134,9 +134,16 @@ final class VMTable {
             fail(client, EINVAL, "unknown request type \(m.type)")
             return
         }
+        // Control's own bookkeeping (clients cannot get these relayed:
+        // MessagePolicy.clientToControl). Credentials are set once per
+        // connection and never replaced.
         if type == .ctlClientConnected {
             var r = WireReader(m.data)
-            if let uid = try? r.u32(), let gid = try? r.u32() { clients[client] = Client(uid: uid, gid: gid) }
+            guard clients[client] == nil, let uid = try? r.u32(), let gid = try? r.u32() else {
+                Log.warning("control: ignored repeated or malformed credentials for client \(client)")
+                return
+            }
+            clients[client] = Client(uid: uid, gid: gid)
             return
         }
         if type == .ctlClientClosed {
@@ -146,10 +153,11 @@ final class VMTable {
             return
         }
         guard let c = clients[client] else { return }
-        let userAllowed: Set<MessageType> = [.vmdStartVMRequest, .vmdStopVMRequest, .vmdWaitVM,
-                                             .vmdGetInfoVMRequest, .vmdPauseVM, .vmdUnpauseVM,
-                                             .vmdConsoleRequest]
-        if c.uid != 0 && !userAllowed.contains(type) {
+        guard MessagePolicy.clientRequests.contains(type) else {
+            Log.warning("control: dropped message type \(m.type): not a client request")
+            return
+        }
+        if c.uid != 0 && !MessagePolicy.unprivilegedRequests.contains(type) {
             fail(client, EPERM, "permission denied: only root may do that")
             return
         }
@@ -225,7 +233,15 @@ final class VMTable {
             guard existing.state == .stopped else {
                 fail(client, EBUSY, "start \(req.name): vm already running"); return
             }
-            if req.hasOverrides { apply(req, to: existing) }
+            if req.hasOverrides {
+                // Overrides hold for this start only if it goes ahead: a
+                // refused start leaves the configured VM as it was.
+                let saved = existing.config
+                apply(req, to: existing)
+                start(existing, requester: client)
+                if existing.state == .stopped { existing.config = saved }
+                return
+            }
         } else {
             guard req.hasOverrides || req.name.isEmpty == false else {
                 fail(client, ENOENT, "start \(req.name): vm not found"); return
@@ -339,6 +355,7 @@ final class VMTable {
             e.state = .stopped
             for f in e.launchFDs { FD.close(f) }
             e.launchFDs = []
+            forgetIfAdHoc(e)
         }
         let unsupported = unsupportedFeatures(of: e.config)
         if let first = unsupported.first {
@@ -437,6 +454,13 @@ final class VMTable {
         }
     }
 
+    /// A VM made from vmctl flags exists only while it runs: one whose
+    /// start failed leaves nothing behind (no ghost a reload would boot).
+    func forgetIfAdHoc(_ e: Entry) {
+        guard !e.fromConfigFile, e.state == .stopped else { return }
+        entries.removeAll { $0 === e }
+    }
+
     func fromPriv(_ m: Imsg) {
         guard MessageType(rawValue: m.type) == .privTapOpened, let e = entry(id: m.peerID),
               e.state == .starting, e.pendingTaps > 0, var spec = e.launch else {
@@ -451,6 +475,8 @@ final class VMTable {
             e.state = .stopped
             Log.warning("start \(e.config.name): tap: \(reason)")
             if let r = e.startRequester { fail(r, EIO, "start \(e.config.name): tap: \(reason)") }
+            e.startRequester = nil
+            forgetIfAdHoc(e)
             return
         }
         // Taps arrive in the order they were asked for: the next network
@@ -496,15 +522,26 @@ final class VMTable {
         guard let e = entry(id: m.peerID) else { return }
         switch MessageType(rawValue: m.type) {
         case .vmmVMStarted:
+            // Once per start, and the tty must be a pty: the VM process
+            // (guest-facing) writes the tty name that clients then open.
+            guard e.state == .starting || e.state == .stopping, e.pid == 0 else {
+                Log.warning("vm \(e.config.name): ignored a repeated start report")
+                return
+            }
             guard let started = try? VMStartedReport(decoding: m.data) else { return }
             e.pid = started.pid
-            e.tty = started.tty
+            e.tty = Self.isPTY(started.tty) ? started.tty : ""
+            if !started.tty.isEmpty && e.tty.isEmpty {
+                Log.warning("vm \(e.config.name): ignored console \(started.tty): not a pty")
+            }
             if e.state == .starting { e.state = .running }
             Log.info("vm \(e.config.name): running, pid \(e.pid), console \(e.tty)")
             if let c = e.startRequester { reply(c, .vmdStartVMResponse, info(e).encoded()) }
             e.startRequester = nil
             if e.stopRequested { stop(e, force: true) }
         case .vmmPaused, .vmmUnpaused:
+            // Only as the answer to a pause/unpause the parent asked for.
+            guard pendingReplies[e.id] != nil, e.state == .running || e.state == .paused else { return }
             e.state = MessageType(rawValue: m.type) == .vmmPaused ? .paused : .running
             Log.info("vm \(e.config.name): \(e.state == .paused ? "paused" : "unpaused")")
             for c in pendingReplies.removeValue(forKey: e.id) ?? [] { ok(c) }
@@ -528,6 +565,13 @@ final class VMTable {
         default:
             break
         }
+    }
+
+    /// `/dev/pts/N`: the only console names the daemon passes on.
+    static func isPTY(_ path: String) -> Bool {
+        guard path.hasPrefix("/dev/pts/") else { return false }
+        let n = path.dropFirst(9)
+        return !n.isEmpty && n.count <= 10 && n.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
     }
 
     func exited(_ e: Entry, reason: VMStopReason, detail: String) {
@@ -567,9 +611,7 @@ final class VMTable {
             ok(g.client, g.names.map { "vm \($0) stopped" }.joined(separator: "\n"))
         }
         groupWaits.removeAll { $0.pending.isEmpty }
-        if !e.fromConfigFile {
-            // VMs made from vmctl flags live until they stop, like vmd's.
-            entries.removeAll { $0 === e }
-        }
+        // VMs made from vmctl flags live until they stop, like vmd's.
+        forgetIfAdHoc(e)
     }
 }

@@ -194,7 +194,7 @@ final class VirtioProxy: PCIFunction {
                     outcome = receive(until: deadline)
                     guard case .message(let m) = outcome else { break }
                     if let f = m.fd { FD.close(f) }
-                    guard let r = ViodevMsg(bytes: m.data) else { continue }
+                    guard MessagePolicy.permits(m.type, on: .deviceToVMSync), let r = ViodevMsg(bytes: m.data) else { continue }
                     if r.kind == .ioRead && r.dataValid { return r }
                 }
             }
