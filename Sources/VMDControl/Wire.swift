@@ -48,9 +48,4 @@ public struct WireReader {
         offset += n
         return s
     }
-    public mutating func rest() -> [UInt8] {
-        let r = Array(bytes[offset...])
-        offset = bytes.count
-        return r
-    }
 }

@@ -131,12 +131,11 @@ final class VMTable {
         // MessagePolicy.clientToControl). Credentials are set once per
         // connection and never replaced.
         if type == .ctlClientConnected {
-            var r = WireReader(m.data)
-            guard clients[client] == nil, let uid = try? r.u32(), let gid = try? r.u32() else {
+            guard clients[client] == nil, let connected = try? ClientConnected(decoding: m.data) else {
                 Log.warning("control: ignored repeated or malformed credentials for client \(client)")
                 return
             }
-            clients[client] = ClientCredentials(uid: uid, gid: gid)
+            clients[client] = ClientCredentials(uid: connected.uid, gid: connected.gid)
             return
         }
         if type == .ctlClientClosed {
@@ -156,7 +155,7 @@ final class VMTable {
         }
         do {
             switch type {
-            case .vmdGetInfoVMRequest: status(client, m.data)
+            case .vmdGetInfoVMRequest: try status(client, m.data)
             case .vmdStartVMRequest: try startRequest(client, c, StartRequest(decoding: m.data))
             case .vmdStopVMRequest: try stopRequest(client, c, VMRequest(decoding: m.data))
             case .vmdPauseVM, .vmdUnpauseVM, .vmdWaitVM, .vmdConsoleRequest:
@@ -169,15 +168,12 @@ final class VMTable {
                     fail(client, EINVAL, errs.errors.map(\.description).joined(separator: "\n"))
                 }
             case .ctlReset:
-                var r = WireReader(m.data)
-                let what = (try? r.u32()) ?? 0
-                if what == 0 || what == 1 {
+                if try ResetRequest(decoding: m.data).resetsVMs {
                     for e in entries where e.state != .stopped { stop(e, force: true) }
                 }
                 ok(client)
             case .ctlVerbose:
-                var r = WireReader(m.data)
-                let level = (try? r.u32()) ?? 0
+                let level = try VerbosityRequest(decoding: m.data).level
                 Log.setVerbosity(Int(level))
                 Log.info("log level set to \(level == 0 ? "brief" : "verbose")")
                 ok(client)
@@ -202,9 +198,8 @@ final class VMTable {
                       name: e.config.name)
     }
 
-    func status(_ client: UInt32, _ data: [UInt8]) {
-        var r = WireReader(data)
-        let wanted = (try? r.string(max: 256)) ?? ""
+    func status(_ client: UInt32, _ data: [UInt8]) throws {
+        let wanted = try InfoRequest(decoding: data).name
         for e in entries where wanted.isEmpty || e.config.name == wanted || String(e.id) == wanted {
             reply(client, .vmdInfoVMData, info(e).encoded())
         }
