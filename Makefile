@@ -84,6 +84,12 @@ static: deps
 	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(DEB_SCRATCH) $(SWIFTFLAGS)
 
 deb: static
+	@$(MAKE) --no-print-directory $(DEB)
+
+# Remade only when a binary or a packaged file changed; in place only once
+# lintian passed.
+$(DEB): $(DEB_SCRATCH)/release/vmd $(DEB_SCRATCH)/release/vmctl $(wildcard debian/* debian/source/*) \
+		man/vmd.8 man/vmctl.8 man/vm.conf.5 etc/vm.conf etc/systemd/vmd.service
 	rm -rf build/deb && mkdir -p $(DEB_STAGE)/usr/sbin $(DEB_STAGE)/etc $(DEB_STAGE)/man
 	cp -r debian $(DEB_STAGE)/
 	install -m 755 $(DEB_SCRATCH)/release/vmd $(DEB_SCRATCH)/release/vmctl $(DEB_STAGE)/usr/sbin/
@@ -91,5 +97,5 @@ deb: static
 	install -m 644 etc/vm.conf $(DEB_STAGE)/etc/vm.conf
 	sed 's,@PREFIX@,/usr,g' etc/systemd/vmd.service > $(DEB_STAGE)/debian/vmd.service
 	cd $(DEB_STAGE) && dpkg-buildpackage -b -us -uc --no-sign
-	cp build/deb/$(DEB) .
-	lintian --fail-on error $(DEB)
+	lintian --fail-on error build/deb/$(DEB)
+	cp build/deb/$(DEB) $(DEB)
