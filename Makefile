@@ -80,8 +80,10 @@ DEB_STAGE = build/deb/vmd-$(DEB_VERSION)
 DEB = vmd_$(DEB_VERSION)_amd64.deb
 
 .PHONY: static deb
+# -z now: full RELRO (no lazy binding), as Debian's hardening flags ask.
 static: deps
-	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(DEB_SCRATCH) $(SWIFTFLAGS)
+	$(SWIFT) build -c release --static-swift-stdlib -Xlinker -z -Xlinker now \
+		--scratch-path $(DEB_SCRATCH) $(SWIFTFLAGS)
 
 deb: static
 	@$(MAKE) --no-print-directory $(DEB)
