@@ -22,6 +22,13 @@ final class DebianPackageTests: XCTestCase {
         }
         guard access("/dev/net/tun", R_OK | W_OK) == 0 else { throw XCTSkip("no /dev/net/tun to bind into the container") }
 
+        // Without the archive and without any cached root, say so before
+        // spending a release build on it.
+        let cached = ((try? FileManager.default.contentsOfDirectory(atPath: Self.cacheDir)) ?? []).contains {
+            $0.hasPrefix(Self.suite + "-") && FileManager.default.fileExists(atPath: Self.cacheDir + "/" + $0 + "/.debootstrap-complete")
+        }
+        if !cached { try Self.requireArchive() }
+
         var t = Date()
         func phase(_ what: String) {
             print("DebianPackageTests: \(what) took \(String(format: "%.1f", Date().timeIntervalSince(t))) s")
@@ -164,6 +171,17 @@ final class DebianPackageTests: XCTestCase {
         XCTAssertEqual(conffiles, "/etc/vm.conf\n")
     }
 
+    static func requireArchive() throws {
+        let probe = NSTemporaryDirectory() + "vmd-release-\(getpid())"
+        defer { unlink(probe) }
+        let reach = try runCommand("/usr/lib/apt/apt-helper",
+                                   ["download-file", mirror + "/dists/\(suite)/Release", probe], timeout: 60)
+        guard reach.status == 0 else {
+            throw XCTSkip("Debian's archive (\(mirror)) cannot be reached to make the \(suite) root "
+                          + "with debootstrap, and \(cacheDir) has none: \(reach.out)")
+        }
+    }
+
     /// The package names a root needs: systemd, and what the package depends
     /// on (first alternatives), so that it installs without the archive.
     static func rootPackages(for deb: String) throws -> [String] {
@@ -189,13 +207,7 @@ final class DebianPackageTests: XCTestCase {
         let dir = Self.cacheDir + "/" + name
         if FileManager.default.fileExists(atPath: dir + "/.debootstrap-complete") { return dir }
 
-        let probe = NSTemporaryDirectory() + "vmd-release-\(getpid())"
-        defer { unlink(probe) }
-        let reach = try runCommand("/usr/lib/apt/apt-helper",
-                                   ["download-file", Self.mirror + "/dists/\(Self.suite)/Release", probe], timeout: 60)
-        guard reach.status == 0 else {
-            throw XCTSkip("Debian's archive (\(Self.mirror)) cannot be reached to make the \(Self.suite) root: \(reach.out)")
-        }
+        try Self.requireArchive()
         try FileManager.default.createDirectory(atPath: Self.cacheDir, withIntermediateDirectories: true)
         let tmp = dir + ".tmp-\(getpid())"
         try? FileManager.default.removeItem(atPath: tmp)
