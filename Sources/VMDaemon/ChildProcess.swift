@@ -72,7 +72,8 @@ func restrict(_ role: String, user: Credentials?, denyFileSystem: Bool,
             if Sandbox.landlockABI > 0 {
                 try Sandbox.denyFileSystem()
             } else {
-                Log.warning("Landlock is not available: file system access is not restricted")
+                // The parent said so once at start-up (Parent.start).
+                Log.debug("Landlock is not available: file system access is not restricted")
             }
         }
         try policy.apply()

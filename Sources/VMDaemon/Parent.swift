@@ -74,6 +74,13 @@ public final class Parent {
 
     func start() throws {
         Spawn.ignoreSignal(SIGPIPE)
+        // One warning for all the processes that would use Landlock (control,
+        // VMs, devices): they carry on with seccomp and the unprivileged user.
+        if Sandbox.landlockABI == 0 {
+            Log.warning("Landlock is not available (an old kernel, or a seccomp filter such as "
+                        + "systemd-nspawn's hides it): file system access of the sandboxed "
+                        + "processes is not restricted")
+        }
         // Before any child exists: a child that dies at once (a sandbox
         // violation at start-up) must still be noticed.
         loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
