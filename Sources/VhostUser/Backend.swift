@@ -58,8 +58,13 @@ public final class VhostUserBackend: VirtioDeviceHost {
     public private(set) var inflight: InflightRegion?
     private var logBudget = LogBudget()
 
+    /// Whether frontends read the device configuration from us (blk,
+    /// scsi); QEMU warns when a device without it is offered CONFIG.
+    public let offersConfig: Bool
+
     public var supportedProtocolFeatures: UInt64 {
-        VhostUserProtocolFeature.mq | VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
+        VhostUserProtocolFeature.mq | VhostUserProtocolFeature.replyAck
+            | (offersConfig ? VhostUserProtocolFeature.config : 0)
             | VhostUserProtocolFeature.inflightShmfd | VhostUserProtocolFeature.resetDevice
             | VhostUserProtocolFeature.status
     }
@@ -69,8 +74,9 @@ public final class VhostUserBackend: VirtioDeviceHost {
             | VirtioFeature.eventIndex | VhostUserLimits.protocolFeaturesBit
     }
 
-    public init(device: VirtioDevice) {
+    public init(device: VirtioDevice, offersConfig: Bool = true) {
         self.device = device
+        self.offersConfig = offersConfig
         let memory = switchableMemory
         queues = device.queueMaxSizes.map { _ in Virtqueue(maxSize: Self.maxQueueSize, memory: memory) }
         for (q, size) in zip(queues, device.queueMaxSizes) { q.size = min(size, Self.maxQueueSize) }

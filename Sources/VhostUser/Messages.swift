@@ -343,7 +343,8 @@ public struct ConfigPayload: Equatable, Sendable {
     }
 }
 
-/// GET/SET_INFLIGHT_FD: u64 mmap_size, u64 mmap_offset, u16 num_queues, u16 queue_size.
+/// GET/SET_INFLIGHT_FD: u64 mmap_size, u64 mmap_offset, u16 num_queues,
+/// u16 queue_size, padded to 24 bytes as QEMU's struct is (20 accepted).
 public struct InflightDescription: Equatable, Sendable {
     public var mmapSize: UInt64
     public var mmapOffset: UInt64
@@ -356,30 +357,39 @@ public struct InflightDescription: Equatable, Sendable {
     }
 
     public init(decoding payload: [UInt8]) throws {
-        try expectSize(payload, 20, "inflight description")
+        guard payload.count == 24 || payload.count == 20 else {
+            throw VhostUserDecodeError("inflight description: payload of \(payload.count) bytes, expected 24")
+        }
         var r = PayloadReader(payload)
         mmapSize = try r.u64(); mmapOffset = try r.u64(); queueCount = try r.u16(); queueSize = try r.u16()
     }
 
     public func encoded() -> [UInt8] {
         var w = PayloadWriter()
-        w.u64(mmapSize); w.u64(mmapOffset); w.u16(queueCount); w.u16(queueSize)
+        w.u64(mmapSize); w.u64(mmapOffset); w.u16(queueCount); w.u16(queueSize); w.u32(0)
         return w.bytes
     }
 }
 
-/// Splits a byte stream into messages. Descriptors received since the last
-/// complete message belong to the next one (QEMU sends each message, with
-/// its descriptors, in one sendmsg).
+/// Splits a byte stream into messages and gives each the descriptors
+/// sent with it. A unix stream socket hands descriptors to the read that
+/// takes the last byte of their sendmsg (it may also carry earlier messages
+/// that had none): so a batch of descriptors belongs to the message that
+/// contains the last byte of the read that delivered it.
 public struct VhostUserFramer {
     public private(set) var buffer: [UInt8] = []
-    public private(set) var pendingFDs: [Int32] = []
+    /// Stream offset of buffer[0].
+    private var consumed: UInt64 = 0
+    /// (stream offset of the last byte of the read, its descriptors)
+    private var batches: [(end: UInt64, fds: [Int32])] = []
 
     public init() {}
 
+    public var pendingFDs: [Int32] { batches.flatMap { $0.fds } }
+
     public mutating func append(_ bytes: ArraySlice<UInt8>, fds: [Int32]) {
         buffer += bytes
-        pendingFDs += fds
+        if !fds.isEmpty { batches.append((consumed + UInt64(buffer.count) - 1, fds)) }
     }
 
     /// The next complete message, nil when more bytes are needed; throws on
@@ -389,16 +399,22 @@ public struct VhostUserFramer {
         let header = try VhostUserHeader(decoding: buffer[0..<VhostUserHeader.size])
         let total = VhostUserHeader.size + Int(header.size)
         guard buffer.count >= total else { return nil }
+        let end = consumed + UInt64(total)   // one past the message's last byte
+        var fds: [Int32] = []
+        while let first = batches.first, first.end < end {
+            fds += first.fds
+            batches.removeFirst()
+        }
         let message = VhostUserMessage(request: header.request, flags: header.flags,
-                                       payload: Array(buffer[VhostUserHeader.size..<total]), fds: pendingFDs)
+                                       payload: Array(buffer[VhostUserHeader.size..<total]), fds: fds)
         buffer.removeFirst(total)
-        pendingFDs = []
+        consumed = end
         return message
     }
 
     /// Descriptors received but not handed out (to close on disconnect).
     public mutating func takePendingFDs() -> [Int32] {
-        defer { pendingFDs = [] }
+        defer { batches = [] }
         return pendingFDs
     }
 }

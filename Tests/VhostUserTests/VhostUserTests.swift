@@ -150,13 +150,19 @@ final class MessageCodecTests: XCTestCase {
         let stream = m1 + m2
         f.append(stream[0..<5], fds: [])
         XCTAssertNil(try f.next())
-        f.append(stream[5..<20], fds: [42])
-        XCTAssertEqual(try f.next()?.request, 1)
+        f.append(stream[5..<20], fds: [])
+        XCTAssertEqual(try f.next()?.fds, [])
         XCTAssertNil(try f.next())
-        f.append(stream[20...], fds: [])
+        // The descriptors came with the read that ended the second message.
+        f.append(stream[20...], fds: [42])
         let second = try f.next()
         XCTAssertEqual(second?.payload, U64Payload.encode(7))
-        XCTAssertEqual(second?.fds, [])
+        XCTAssertEqual(second?.fds, [42])
+        // Two messages in one read, the descriptors with the second.
+        var g = VhostUserFramer()
+        g.append((m1 + m2)[...], fds: [7])
+        XCTAssertEqual(try g.next()?.fds, [])
+        XCTAssertEqual(try g.next()?.fds, [7])
         var bad = VhostUserFramer()
         bad.append(VhostUserHeader(request: 1, flags: 1, size: 100_000).encoded()[...], fds: [])
         XCTAssertThrowsError(try bad.next())
