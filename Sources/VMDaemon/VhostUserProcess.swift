@@ -187,7 +187,7 @@ final class VhostUserProcess: VhostUserBackendDelegate {
         } catch {
             Self.exitWith("\(name): \(error)")
         }
-        backend = VhostUserBackend(device: device, offersConfig: options.kind == "blk" || options.kind == "scsi")
+        backend = VhostUserBackend(device: device, offersConfig: options.kind == "blk")
     }
 
     static func exitWith(_ message: String) -> Never {

@@ -195,9 +195,12 @@ public final class VhostUserBackend: VirtioDeviceHost {
                 reply = U64Payload.encode(offeredFeatures)
             case .setFeatures:
                 try noFDs()
-                let features = try U64Payload.decode(payload, "SET_FEATURES")
-                guard features & ~offeredFeatures == 0 else {
-                    throw Failure(message: "features 0x\(hex(features)) not offered (0x\(hex(offeredFeatures)))")
+                var features = try U64Payload.decode(payload, "SET_FEATURES")
+                // QEMU's vhost-user-scsi acks VIRTIO_SCSI_F_CHANGE whatever we
+                // offer: bits we never offered are ignored, not refused.
+                if features & ~offeredFeatures != 0 {
+                    logBudget.log("\(device.name): ignoring features 0x\(hex(features & ~offeredFeatures)) the frontend acked but we did not offer")
+                    features &= offeredFeatures
                 }
                 ackedFeatures = features
                 featuresSet = true

@@ -18,18 +18,20 @@ for t in $tests; do
 	blk)
 		wait_for /dev/vda || { say blk FAIL no /dev/vda; continue; }
 		size=$(blockdev --getsize64 /dev/vda)
+		mib=$(arg fiomib)
 		say blk size $size
-		fio --name=verify --filename=/dev/vda --direct=1 --ioengine=psync --rw=randwrite --bs=4k \
-			--size=$(arg fiosize) --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0 \
-			--numjobs=1 --iodepth=1 --minimal > /tmp/fio.out 2>&1
+		say blk fio start
+		fio --name=vh --filename=/dev/vda --direct=1 --ioengine=psync --rw=randwrite --bs=4k \
+			--size=${mib}M --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0 \
+			--minimal > /tmp/fio.out 2>&1
 		rc=$?
-		say blk fio rc $rc errors $(grep -ci 'verify\|error' /tmp/fio.out)
+		say blk fio rc $rc error $(grep '^3;' /tmp/fio.out | cut -d';' -f5) at $(cut -d' ' -f1 /proc/uptime)
 		[ $rc -eq 0 ] || sed 's/^/VHTEST fio: /' /tmp/fio.out | head -20
 		# Discard the last MiB (the host checks it reads as zeroes), then flush.
 		blkdiscard -o $((size - 1048576)) -l 1048576 /dev/vda && say blk discard ok || say blk discard FAIL
 		sync
 		blockdev --flushbufs /dev/vda
-		say blk sha256 $(dd if=/dev/vda bs=1M count=$((size / 1048576 - 1)) 2>/dev/null | sha256sum | cut -d' ' -f1)
+		say blk sha256 $(dd if=/dev/vda bs=1M count=$mib 2>/dev/null | sha256sum | cut -d' ' -f1)
 		;;
 	scsi)
 		wait_for /dev/sr0 || { say scsi FAIL no /dev/sr0; continue; }
