@@ -13,7 +13,7 @@ final class VhostUserLinuxTests: XCTestCase {
         process.arguments = ["python3", script, Repo.vmd, scenario]
         process.currentDirectoryURL = Repo.root
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("vhost-user-\(scenario)-\(getpid()).log")
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: log) }
         let handle = try FileHandle(forWritingTo: log)
         process.standardOutput = handle

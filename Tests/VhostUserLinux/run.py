@@ -278,10 +278,24 @@ def scenario_restart(vmd, kernel, initrd, work, log):
         b.stop()
 
 
+def check_sandboxed(pid):
+    """The backend runs as _vmd, with no new privileges and a seccomp filter."""
+    for _ in range(100):
+        status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status") if ":" in l)
+        if status["Seccomp"].strip() == "2":
+            break
+        time.sleep(0.05)
+    uid = int(status["Uid"].split()[0])
+    if uid == 0 or status["NoNewPrivs"].strip() != "1" or status["Seccomp"].strip() != "2":
+        fail(f"backend {pid} is not sandboxed: uid {uid}, NoNewPrivs {status['NoNewPrivs'].strip()}, Seccomp {status['Seccomp'].strip()}")
+    print(f"backend {pid}: uid {uid}, no new privileges, seccomp filter")
+
+
 def scenario_badfrontend(vmd, kernel, initrd, work, log):
     sock = os.path.join(work, "rng.sock")
     b = Backend(vmd, ["-t", "rnd"], sock, log)
     try:
+        check_sandboxed(b.proc.pid)
         import badfrontend
         badfrontend.run(sock, b.proc)
     finally:
@@ -305,6 +319,10 @@ def main():
     else:
         kernel, initrd = prerequisites()
     sys.path.insert(0, HERE)
+    # Backends drop to _vmd, as vmd's own device processes do.
+    if subprocess.run(["getent", "passwd", "_vmd"], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", "--comment", "vmd unprivileged user", "_vmd"], check=True)
     work = tempfile.mkdtemp(prefix="vhost-user-")
     os.chmod(work, 0o755)
     logpath = os.path.join(work, "backends.log")
