@@ -198,6 +198,20 @@ final class VhostUserProcess: VhostUserBackendDelegate {
     func run() -> Never {
         virtioLogHook = { Log.warning($0) }
         backend.delegate = self
+        // Test hook (like VMD_SANDBOX_SELFTEST): `kill-inflight:N` makes the
+        // process SIGKILL itself once it has taken N requests, the last one
+        // recorded in flight and not completed.
+        if let spec = getenv("VMD_VHOST_USER_SELFTEST").map({ String(cString: $0) }),
+           spec.hasPrefix("kill-inflight:"), let n = Int(spec.dropFirst("kill-inflight:".count)), n > 0 {
+            var taken = 0
+            backend.afterTaking = { [name] queue in
+                taken += 1
+                if taken == n {
+                    Log.info("\(name): self-test: SIGKILL with a request of queue \(queue) in flight")
+                    raise(SIGKILL)
+                }
+            }
+        }
         FD.closeAll(from: 3, except: [listenFD] + (backendFD.map { [$0] } ?? []))
         _ = loop
         let user = getuid() == 0 ? Users.lookup(Users.daemonUser) : nil

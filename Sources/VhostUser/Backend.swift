@@ -17,6 +17,16 @@ public protocol VhostUserBackendDelegate: AnyObject {
     func watchKick(queue index: Int, fd: Int32?)
 }
 
+/// An inflight log that calls a hook once a request is recorded as taken.
+final class HookedInflightLog: VirtqueueInflightLog {
+    let inner: InflightQueue
+    let hook: () -> Void
+    init(inner: InflightQueue, hook: @escaping () -> Void) { self.inner = inner; self.hook = hook }
+    func taken(head: UInt16) { inner.taken(head: head); hook() }
+    func returning(head: UInt16) { inner.returning(head: head) }
+    func returned(head: UInt16, usedIndex: UInt16) { inner.returned(head: head, usedIndex: usedIndex) }
+}
+
 /// What the process does after a message.
 public struct VhostUserOutcome {
     public var reply: VhostUserMessage?
@@ -56,6 +66,11 @@ public final class VhostUserBackend: VirtioDeviceHost {
     public private(set) var protocolFeatures: UInt64 = 0
     public private(set) var status: UInt8 = 0
     public private(set) var inflight: InflightRegion?
+    /// Test hook: called after each request is recorded as taken in the
+    /// inflight region (before the device serves it). The restart tests
+    /// use it to die with a request in flight.
+    public var afterTaking: ((Int) -> Void)?
+    private var hookedLogs: [Int: HookedInflightLog] = [:]
     private var logBudget = LogBudget()
 
     /// Whether frontends read the device configuration from us (blk,
@@ -427,7 +442,13 @@ public final class VhostUserBackend: VirtioDeviceHost {
         }
         queue.restoreIndices(lastAvailIndex: lastAvail, usedIndex: usedIndex)
         queue.resubmit(resubmit)
-        queue.inflightLog = log
+        if let log, let hook = afterTaking {
+            let hooked = HookedInflightLog(inner: log) { hook(i) }
+            hookedLogs[i] = hooked
+            queue.inflightLog = hooked
+        } else {
+            queue.inflightLog = log
+        }
         queueState[i].started = true
         queueState[i].failed = false
         if protocolFeatures == 0 && ackedFeatures & VhostUserLimits.protocolFeaturesBit == 0 {

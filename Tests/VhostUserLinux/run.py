@@ -72,13 +72,13 @@ class Backend:
         self.proc = None
         self.start()
 
-    def start(self):
+    def start(self, env=None):
         if os.path.exists(self.sock):
             os.unlink(self.sock)
         cmd = [self.vmd, "-P", "vhost-user", "-d", "-S", self.sock] + self.args
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns] + cmd
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=env)
         for _ in range(200):
             if os.path.exists(self.sock):
                 return
@@ -247,34 +247,59 @@ print(n, h.hexdigest())
 
 
 def scenario_restart(vmd, kernel, initrd, work, log):
+    """Five SIGKILLs during fio verify, each with a request in flight: the
+    backend kills itself (VMD_VHOST_USER_SELFTEST=kill-inflight:N, N random)
+    right after recording a request as taken, before serving it. The test
+    respawns it on the same socket; QEMU reconnects and hands back the
+    inflight region; the new instance must serve that request again."""
     image = os.path.join(work, "disk.img")
     with open(image, "wb") as f:
         f.truncate(256 << 20)
     sock = os.path.join(work, "blk.sock")
+    rng = random.Random(7)
+
+    def hooked_env():
+        return dict(os.environ, VMD_VHOST_USER_SELFTEST=f"kill-inflight:{rng.randrange(100, 600)}")
+
     b = Backend(vmd, ["-t", "blk", "-i", image], sock, log)
     kills = []
+    stop = threading.Event()
 
-    def killer():
-        for _ in range(5):
-            time.sleep(1.5)
-            b.kill()
-            kills.append(time.time())
-            time.sleep(0.3)
-            b.start()
+    def supervisor():
+        # Like vmd's parent would: respawn the backend whenever it dies.
+        while not stop.is_set():
+            if b.proc.poll() is not None:
+                if b.proc.returncode == -signal.SIGKILL:
+                    kills.append(time.time())
+                b.start(env=hooked_env() if len(kills) < 5 else None)
+            time.sleep(0.05)
 
     def on_line(words):
-        if words[:3] == ["blk", "fio", "start"]:
-            threading.Thread(target=killer, daemon=True).start()
+        if words[:3] == ["blk", "fio", "start"] and not kills:
+            # From now on each instance dies with a request in flight.
+            b.kill()
+            kills.append(None)   # this one is not an in-flight kill
+            kills.clear()
+            b.start(env=hooked_env())
+            threading.Thread(target=supervisor, daemon=True).start()
 
     mib = 16
     try:
         devices = [["-chardev", f"socket,id=c0,path={sock},reconnect=1", "-device", "vhost-user-blk-pci,chardev=c0"]]
         lines, _ = run_guest(qemu_command(kernel, initrd, devices, f"vhtest=blk fiomib={mib}"), timeout=170, on_line=on_line)
-        if len(kills) != 5:
+        stop.set()
+        if len(kills) < 5:
             fail(f"fio finished after {len(kills)} of 5 kills; the test proves nothing")
         check_blk(lines, image, mib)
-        print("restart: 5 SIGKILLs of the blk backend during fio verify, no error")
+        log.flush()
+        text = open(log.name).read()
+        resubmitted = len(re.findall(r"resubmitting 1 requests in flight", text))
+        if resubmitted < 5:
+            fail(f"only {resubmitted} of {len(kills)} restarts resubmitted the request in flight")
+        print(f"restart: {len(kills)} SIGKILLs with a request in flight during fio verify; "
+              f"{resubmitted} resubmitted; no error")
     finally:
+        stop.set()
         b.stop()
 
 
