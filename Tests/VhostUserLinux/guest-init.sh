@@ -57,6 +57,21 @@ for t in $tests; do
 		nc "$host" 5000 < /tmp/d && say net sent || say net send FAIL
 		rm -f /tmp/d
 		;;
+	bench)
+		# bench/vhost-user.py: fio jobs on /dev/vda, JSON between markers.
+		wait_for /dev/vda || { say bench FAIL no /dev/vda; continue; }
+		secs=$(arg benchsecs)
+		for job in randread4k-qd1:randread:4k:1 randread4k-qd32:randread:4k:32 write64k-seq:write:64k:1; do
+			IFS=: read -r name rw bs qd <<JOB
+$job
+JOB
+			echo "VHBENCH-BEGIN $name"
+			fio --name=$name --filename=/dev/vda --direct=1 --ioengine=libaio --rw=$rw --bs=$bs \
+				--iodepth=$qd --size=200M --runtime=$secs --time_based --ramp_time=1 \
+				--output-format=json 2>&1
+			echo "VHBENCH-END $name"
+		done
+		;;
 	esac
 done
 say done

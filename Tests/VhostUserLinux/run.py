@@ -106,7 +106,7 @@ def qemu_command(kernel, initrd, devices, append):
     cmd = [QEMU, "-M", "q35", "-accel", "tcg", "-m", "512", "-smp", "1",
            "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
            "-kernel", kernel, "-initrd", initrd,
-           "-append", "console=ttyS0 quiet panic=-1 " + append,
+           "-append", "console=ttyS0 quiet panic=-1 no_timer_check " + append,
            "-display", "none", "-serial", "stdio", "-no-reboot", "-nodefaults"]
     for d in devices:
         cmd += d
