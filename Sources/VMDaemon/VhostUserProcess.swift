@@ -101,6 +101,8 @@ final class VhostUserProcess: VhostUserBackendDelegate {
     var kickWatches: [Int: EventHandle] = [:]
     var tapWatch: EventHandle?
     var framer = VhostUserFramer()
+    /// A frontend sending bad requests with REPLY_ACK could flood the log.
+    var logBudget = LogBudget()
     var receiveBuffer = [UInt8](repeating: 0, count: 65536)
 
     static func main(_ args: [String]) -> Never {
@@ -284,7 +286,7 @@ final class VhostUserProcess: VhostUserBackendDelegate {
                 let request = VhostUserRequest(rawValue: message.request).map { "\($0)" } ?? "request \(message.request)"
                 if Log.verbosity > 1 { Log.debug("\(name): \(request) (\(message.payload.count) bytes, \(message.fds.count) fds)") }
                 let outcome = backend.handle(message)
-                if let error = outcome.error { Log.warning("\(name): \(error)") }
+                if let error = outcome.error { logBudget.log("\(name): \(error)") }
                 if let reply = outcome.reply {
                     let bytes = reply.encoded()
                     let sent = bytes.withUnsafeBytes { cvhost_send(connection, $0.baseAddress, $0.count, outcome.replyFD ?? -1) }
