@@ -305,6 +305,11 @@ public final class VhostUserBackend: VirtioDeviceHost {
                     throw Failure(message: "queue \(i): \(fds.count) descriptors with \(request)")
                 }
                 let fd = file.hasFD ? fds.removeFirst() : -1
+                // A frontend could pass a pipe: never let a signal block us.
+                if fd >= 0 {
+                    let flags = fcntl(fd, F_GETFL)
+                    if flags >= 0 { _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+                }
                 switch request {
                 case .setVringCall:
                     closeFD(&queueState[i].callFD)
