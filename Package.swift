@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "VMConfig"),
         .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
         .target(name: "Virtio"),
-        .target(name: "VirtioDevices", dependencies: ["Virtio"]),
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem"]),
         // vhost-user: the same devices as backends of QEMU (and others).
         .target(name: "CVhostUser"),
         .target(name: "VhostUser", dependencies: ["CVhostUser", "Virtio"]),
@@ -54,10 +54,10 @@ let package = Package(
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
                     resources: [.copy("Golden")]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices"]),
-        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser", "Virtio", "VirtioDevices"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices", "VMDSystem"]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser", "Virtio", "VirtioDevices", "VMDSystem"]),
         .testTarget(name: "VMCtlTests", dependencies: ["vmctl", "VMDControl", "Imsg", "VMDSystem"]),
-        .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl"]),
+        .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl", "VirtioDevices"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
     ],
     swiftLanguageModes: [.v5]

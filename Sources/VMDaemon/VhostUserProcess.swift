@@ -94,7 +94,8 @@ final class VhostUserProcess: VhostUserBackendDelegate {
     let listenFD: Int32
     let backend: VhostUserBackend
     let backendFD: Int32?
-    var vionet: VioNet?
+    var input: BackendInputDevice?
+    let model: DeviceModel
     var connection: Int32 = -1
     var connectionWatch: EventHandle?
     var listenWatch: EventHandle?
@@ -167,28 +168,21 @@ final class VhostUserProcess: VhostUserBackendDelegate {
             }
         }
         backendFD = fd
+        // The same construction as a VM's device process: the device table.
+        guard let kind = DeviceKind(rawValue: options.kind) else { Self.exitWith("\(name): no device kind \(options.kind)") }
+        let model = kind.model
+        var parameters = DeviceParameters(readOnly: options.readOnly)
+        parameters.identifier = options.imagePath.map { String($0.split(separator: "/").last ?? "") } ?? name
+        parameters.mac = options.mac.isEmpty ? VioNet.randomMAC(index: 0) : options.mac
+        let backends: [(role: BackendRole, fd: Int32)] = model.backends.compactMap { role in fd.map { (role, $0) } }
         let device: VirtioDevice
         do {
-            switch options.kind {
-            case "blk":
-                device = VioBlk(name: name, backend: try RawImageBackend(fd: fd!, readOnly: options.readOnly),
-                                identifier: options.imagePath.map { String($0.split(separator: "/").last ?? "") } ?? name)
-            case "scsi":
-                device = VioSCSI(name: name, backend: try RawImageBackend(fd: fd!, readOnly: true))
-            case "net":
-                try TapBackend.prepareTap(fd: fd!)
-                let mac = options.mac.isEmpty ? VioNet.randomMAC(index: 0) : options.mac
-                guard let n = VioNet(name: name, backend: TapBackend(fd: fd!), mac: mac, lockedLinkAddress: false) else {
-                    Self.exitWith("\(name): bad lladdr")
-                }
-                vionet = n
-                device = n
-            default:
-                device = VioRnd(name: name)
-            }
+            device = try model.make(DeviceConstruction(name: name, parameters: parameters, backends: backends))
         } catch {
             Self.exitWith("\(name): \(error)")
         }
+        input = device as? BackendInputDevice
+        self.model = model
         backend = VhostUserBackend(device: device, offersConfig: options.kind == "blk")
     }
 
@@ -218,10 +212,8 @@ final class VhostUserProcess: VhostUserBackendDelegate {
         _ = loop
         let user = getuid() == 0 ? Users.lookup(Users.daemonUser) : nil
         if getuid() == 0 && user == nil { fail("user \(Users.daemonUser) does not exist") }
-        restrict(name, user: user, denyFileSystem: true, policy: SandboxPolicies.vhostUser(options.kind))
-        if let vionet {
-            vionet.onReceiveBuffersAvailable = { [unowned self] in self.watchTap() }
-        }
+        restrict(name, user: user, denyFileSystem: true, policy: SandboxPolicies.vhostUser(model))
+        input?.onInputWanted = { [unowned self] in self.watchTap() }
         loop.onSignal(SIGTERM) { [unowned self] in self.loop.exit() }
         watchListener()
         Log.info("\(name): listening for a vhost-user frontend")
@@ -302,7 +294,7 @@ final class VhostUserProcess: VhostUserBackendDelegate {
                     disconnect(outcome.error ?? "closed")
                     return
                 }
-                if vionet != nil, backend.isDriverReady { watchTap() }
+                if input != nil, backend.isDriverReady { watchTap() }
             }
         } catch {
             disconnect("\(error)")
@@ -318,9 +310,9 @@ final class VhostUserProcess: VhostUserBackendDelegate {
     }
 
     func watchTap() {
-        guard tapWatch == nil, let fd = backendFD, connection >= 0 else { return }
-        tapWatch = loop.onReadable(fd) { [unowned self] in
-            if self.vionet?.tapReadable() != true { self.unwatchTap() }
+        guard tapWatch == nil, let input, connection >= 0 else { return }
+        tapWatch = loop.onReadable(input.inputDescriptor) { [unowned self] in
+            if !input.backendReadable() { self.unwatchTap() }
         }
     }
 
@@ -333,10 +325,10 @@ final class VhostUserProcess: VhostUserBackendDelegate {
 extension SandboxPolicies {
     /// A vhost-user backend: its device's calls, plus accepting frontends,
     /// mapping their memory (mmap, in every policy) and the inflight memfd.
-    static func vhostUser(_ kind: String) -> SeccompPolicy {
-        let device = SandboxPolicies.device(DeviceSetup.Kind(rawValue: kind) ?? .rnd)
+    static func vhostUser(_ model: DeviceModel) -> SeccompPolicy {
+        let device = SandboxPolicies.device(model)
         let extra: [SeccompPolicy.Rule] = ["accept4", "accept", "getsockopt", "fstat", "newfstatat",
                                            "memfd_create", "ftruncate"].map { .allow($0) }
-        return SeccompPolicy(name: "vhost-user-\(kind)", rules: device.rules + extra)
+        return SeccompPolicy(name: "vhost-user-\(model.kind.rawValue)", rules: device.rules + extra)
     }
 }

@@ -44,7 +44,7 @@ public final class VioBlk: VirtioDevice {
     public let backend: BlockBackend
     /// GET_ID answer: the image's name, at most 20 bytes, NUL-padded.
     public let identifier: [UInt8]
-    public let queueMaxSizes: [UInt16] = [VioBlk.queueSize]
+    public let queueMaxSizes = VioBlk.model.queueSizes
     private weak var host: VirtioDeviceHost?
 
     public init(name: String, backend: BlockBackend, identifier: String) {
@@ -237,4 +237,17 @@ public final class VioBlk: VirtioDevice {
             return VirtioBlockStatus.ioError
         }
     }
+}
+
+extension VioBlk {
+    public static let model = DeviceModel(
+        kind: .blk, baseName: "vioblk", single: false, presentation: .modern(.block),
+        queueSizes: [queueSize], backends: [.disk],
+        syscalls: ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate",
+                   "lseek", "fstat", "newfstatat"],
+        make: { c in
+            VioBlk(name: c.name,
+                   backend: try RawImageBackend(fd: try c.backend(.disk), readOnly: c.parameters.readOnly),
+                   identifier: c.parameters.identifier)
+        })
 }
