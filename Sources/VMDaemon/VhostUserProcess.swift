@@ -12,6 +12,9 @@ import CVhostUser
 /// restricts itself like a device process (no file system, `_vmd`,
 /// seccomp) and serves one frontend at a time, accepting the next when
 /// one disconnects.
+/// The device kinds a vhost-user backend can be.
+let vhostUserKinds = DeviceKind.allCases.filter { !$0.model.takesHostCommands }.map(\.rawValue)
+
 struct VhostUserOptions: Equatable {
     var kind = ""
     var socketPath: String?
@@ -68,20 +71,22 @@ struct VhostUserOptions: Equatable {
             }
             i += 1
         }
-        guard ["blk", "scsi", "rnd", "net"].contains(o.kind) else {
-            throw ParseError(description: "-t must be blk, scsi, rnd or net\n\(usage)")
+        // Any row of the device table whose device the guest drives alone
+        // (vmmci takes commands from a vmd parent: not a vhost-user device).
+        guard let kind = DeviceKind(rawValue: o.kind), !kind.model.takesHostCommands else {
+            throw ParseError(description: "-t must be one of \(vhostUserKinds.joined(separator: ", "))\n\(usage)")
         }
         guard (o.socketPath == nil) != (o.listenFD == nil) else {
             throw ParseError(description: "give exactly one of -S socket and -L fd\n\(usage)")
         }
         let sources = [o.imagePath != nil, o.tapName != nil, o.backendFD != nil].filter { $0 }.count
-        switch o.kind {
-        case "blk", "scsi":
+        switch kind.model.backends.first {
+        case .disk?, .readOnlyImage?:
             guard sources == 1, o.tapName == nil else { throw ParseError(description: "\(o.kind) needs -i image or -B fd") }
-        case "net":
-            guard sources == 1, o.imagePath == nil else { throw ParseError(description: "net needs -n tap or -B fd") }
-        default:
-            guard sources == 0 else { throw ParseError(description: "rnd takes no backend") }
+        case .tap?:
+            guard sources == 1, o.imagePath == nil else { throw ParseError(description: "\(o.kind) needs -n tap or -B fd") }
+        case nil:
+            guard sources == 0 else { throw ParseError(description: "\(o.kind) takes no backend") }
         }
         return o
     }

@@ -27,6 +27,7 @@ final class VhostUserOptionsTests: XCTestCase {
             ["-t", "rnd", "-S", "s", "-i", "x"],                   // rnd has no backend
             ["-t", "net", "-S", "s", "-i", "x"],                   // net needs a tap
             ["-t", "cdrom", "-S", "s"],                            // unknown kind
+            ["-t", "vmmci", "-S", "s"],                            // needs a vmd parent
             ["-t", "rnd"],                                         // no socket
             ["-t", "rnd", "-S", "s", "-L", "3"],                   // both
             ["-t", "rnd", "-L", "1"],                              // stdio is not a socket we own
