@@ -114,8 +114,6 @@ int cvmd_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 
 int cvmd_set_dumpable(int on) { return prctl(PR_SET_DUMPABLE, on, 0, 0, 0); }
 int cvmd_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
 
-int cvmd_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
-int cvmd_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
 
 int cvmd_landlock_abi(void)
 {
@@ -158,7 +156,6 @@ int cvmd_landlock_deny_all_fs(void)
 
 uint32_t cvmd_scmp_act_errno(uint16_t err) { return SCMP_ACT_ERRNO(err); }
 
-int cvmd_wifexited(int s) { return WIFEXITED(s); }
 int cvmd_wexitstatus(int s) { return WEXITSTATUS(s); }
 int cvmd_wifsignaled(int s) { return WIFSIGNALED(s); }
 int cvmd_wtermsig(int s) { return WTERMSIG(s); }
@@ -268,7 +265,6 @@ int cvmd_tap_open(char *name, size_t namelen, int vnet_hdr)
 }
 
 int cvmd_errno(void) { return errno; }
-void cvmd_set_errno(int e) { errno = e; }
 
 void cvmd_close_fds_from(int lowfd, const int *keep, int nkeep)
 {

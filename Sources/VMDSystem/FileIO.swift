@@ -75,3 +75,16 @@ extension Tap {
         try FD.setNonBlocking(fd)
     }
 }
+
+/// Advisory locks on whole files (flock(2)), held as long as the open file
+/// description lives, so a descriptor passed to another process keeps it.
+public enum FileLock {
+    /// Takes a shared or exclusive lock without waiting; false if another
+    /// holder conflicts.
+    public static func tryLock(_ fd: Int32, shared: Bool) -> Bool {
+        while flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
+            if cvmd_errno() != EINTR { return false }
+        }
+        return true
+    }
+}

@@ -182,6 +182,11 @@ extension Sockets {
         return fd
     }
 
+    /// Removes a socket's name from the file system.
+    public static func remove(_ path: String) {
+        _ = unlink(path)
+    }
+
     /// One datagram to a unix datagram socket (sd_notify); errors ignored.
     public static func sendDatagram(path: String, _ bytes: [UInt8]) {
         guard let fd = try? socket(Int32(SOCK_DGRAM.rawValue)) else { return }

@@ -87,9 +87,9 @@ func restrict(_ role: String, user: Credentials?, denyFileSystem: Bool,
 /// to be told (SIGTERM, or their parent's channel closing).
 func becomeChild() {
     Spawn.dieWithParent()
-    signal(SIGINT, SIG_IGN)
-    signal(SIGHUP, SIG_IGN)
-    signal(SIGPIPE, SIG_IGN)
+    Spawn.ignoreSignal(SIGINT)
+    Spawn.ignoreSignal(SIGHUP)
+    Spawn.ignoreSignal(SIGPIPE)
 }
 
 /// For processes whose parent speaks first (a VM, a device): reads the one

@@ -64,10 +64,8 @@ final class ControlProcess {
         ch.pauseReadingAbove = limits.pauseReadingAbove
         ch.maxQueuedBytes = limits.maxQueuedBytes
         clients[id] = Client(uid: cred.uid, channel: ch)
-        var payload: [UInt8] = []
-        withUnsafeBytes(of: UInt32(cred.uid)) { payload += $0 }
-        withUnsafeBytes(of: UInt32(cred.gid)) { payload += $0 }
-        child.parent.send(type: MessageType.ctlClientConnected.rawValue, peerID: id, data: payload)
+        child.parent.send(type: MessageType.ctlClientConnected.rawValue, peerID: id,
+                          data: ClientConnected(uid: UInt32(cred.uid), gid: UInt32(cred.gid)).encoded())
     }
 
     func fromClient(_ id: UInt32, _ m: Imsg) {

@@ -73,7 +73,7 @@ public final class Parent {
     }
 
     func start() throws {
-        signal(SIGPIPE, SIG_IGN)
+        Spawn.ignoreSignal(SIGPIPE)
         // Before any child exists: a child that dies at once (a sandbox
         // violation at start-up) must still be noticed.
         loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
@@ -159,28 +159,25 @@ public final class Parent {
         shuttingDown = true
         notifySystemd("STOPPING=1")
         for child in children.values {
-            kill(child.pid, SIGTERM)
+            Spawn.signal(child.pid, SIGTERM)
         }
         // vmm stops its VMs gracefully before exiting; give it time, then insist.
         let deadline = Clock.now() + 15
         while !children.isEmpty && Clock.now() < deadline {
-            var st: Int32 = 0
-            let pid = waitpid(-1, &st, WNOHANG)
-            if pid > 0 {
+            if let (pid, _) = Spawn.reapAny() {
                 if let c = children.values.first(where: { $0.pid == pid }) { children[c.role] = nil }
                 continue
             }
-            if pid < 0 && cvmdErrno() == ECHILD { break }
-            usleep(20_000)
+            Clock.sleep(seconds: 0.02)
         }
         for child in children.values {
             Log.warning("\(child.role.rawValue) did not exit; killing it")
-            kill(child.pid, SIGKILL)
+            Spawn.signal(child.pid, SIGKILL)
             _ = try? Spawn.wait(child.pid)
         }
         children.removeAll()
         if let mine = socketIdentity, let now = Sockets.identity(options.socketPath), mine == now {
-            unlink(options.socketPath)
+            Sockets.remove(options.socketPath)
         }
         Log.info("exiting")
         exit(status)

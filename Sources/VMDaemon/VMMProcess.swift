@@ -142,7 +142,7 @@ final class VMMProcess {
             Log.warning("vm \(vmid): \(why)")
             vm.killedBecause = why
             self.vms[vmid] = vm
-            kill(vm.pid, SIGKILL)
+            Spawn.signal(vm.pid, SIGKILL)
         }
         vms[vmid] = vm
     }
@@ -177,12 +177,12 @@ final class VMMProcess {
             self.stopping = true
             if self.vms.isEmpty { exit(0) }
             for (vmid, vm) in self.vms {
-                kill(vm.pid, SIGTERM)
+                Spawn.signal(vm.pid, SIGTERM)
                 self.armDeadline(vmid, seconds: Self.gracefulStopDeadline)
             }
             // A guest that acknowledged gets until then, not its 120 s.
             self.child.loop.after(seconds: 10) { [unowned self] in
-                for vm in self.vms.values { kill(vm.pid, SIGKILL) }
+                for vm in self.vms.values { Spawn.signal(vm.pid, SIGKILL) }
                 self.child.loop.after(seconds: 1) { exit(0) }
             }
         }

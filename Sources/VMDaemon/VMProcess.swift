@@ -78,7 +78,7 @@ final class VMProcess {
     func die(_ detail: String) -> Never {
         Log.error(detail)
         report(.failed, detail)
-        for pid in devicePIDs.keys { kill(pid, SIGKILL) }
+        for pid in devicePIDs.keys { Spawn.signal(pid, SIGKILL) }
         exit(1)
     }
 
@@ -203,7 +203,7 @@ final class VMProcess {
             die("cannot start vCPUs: \(error)")
         }
         vmm.send(type: MessageType.vmmVMStarted.rawValue,
-                 data: VMStartedReport(pid: getpid(), tty: vm.consoleName).encoded())
+                 data: VMStartedReport(pid: Spawn.currentPID, tty: vm.consoleName).encoded())
         Log.info("started: \(spec.cpus) vCPU(s), \(spec.memoryBytes >> 20) MiB, console \(vm.consoleName), \(devices.count) device process(es)")
     }
 
@@ -270,9 +270,9 @@ final class VMProcess {
 
     func consoleInput() {
         let space = max(1, vm.consoleReceiveSpace)
-        var buf = [UInt8](repeating: 0, count: min(space, 256))
-        let n = read(vm.consoleMasterFD, &buf, buf.count)
-        if n > 0 { vm.consoleReceive(Array(buf[0..<n])) }
+        if let bytes = try? FD.read(vm.consoleMasterFD, count: min(space, 256)), !bytes.isEmpty {
+            vm.consoleReceive(bytes)
+        }
     }
 
     func guestExited() {
@@ -362,14 +362,14 @@ final class VMProcess {
         for d in devices where devicePIDs[d.pid] != nil {
             if d.isStuck {
                 Log.info("\(d.name): not answering: killed")
-                kill(d.pid, SIGKILL)
+                Spawn.signal(d.pid, SIGKILL)
             } else {
                 d.shutdown()
             }
         }
         let grace = forced ? Self.forcedDeviceExitGrace : Self.deviceExitGrace
         if !reapDevices(until: Clock.now() + grace) {
-            for pid in devicePIDs.keys { kill(pid, SIGKILL) }
+            for pid in devicePIDs.keys { Spawn.signal(pid, SIGKILL) }
             // SIGKILL ends even a stopped process; one in an uninterruptible
             // wait (a dead NFS server) ends when the wait does: not waited for.
             if !reapDevices(until: Clock.now() + 1) {

@@ -120,10 +120,10 @@ public final class VioBlk: VirtioDevice {
             let sector = UInt64(readLittleEndian(header, offset: 8, size: 4))
                 | UInt64(readLittleEndian(header, offset: 12, size: 4)) << 32
             switch type {
-            case VioBlk.readType:
+            case VirtioBlockRequestType.read:
                 status = readData(sector: sector, into: request.writable, length: dataLength, memory: memory)
                 if status == VirtioBlockStatus.ok { dataWritten = dataLength }
-            case VioBlk.writeType:
+            case VirtioBlockRequestType.write:
                 status = writeData(sector: sector, from: &readable)
             case VirtioBlockRequestType.flush:
                 status = perform("flush") { try backend.flush() }
@@ -143,9 +143,6 @@ public final class VioBlk: VirtioDevice {
         statusCursor.write([status])
         return UInt32(truncatingIfNeeded: min(dataWritten + 1, UInt64(UInt32.max)))
     }
-
-    private static let readType = VirtioBlockRequestType.read
-    private static let writeType = VirtioBlockRequestType.write
 
     /// Byte offset of a sector range, if it lies within the image.
     private func byteRange(sector: UInt64, length: UInt64) -> UInt64? {

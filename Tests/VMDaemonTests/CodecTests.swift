@@ -106,6 +106,23 @@ final class CodecTests: XCTestCase {
         XCTAssertEqual(try Failure(decoding: f.encoded()), f)
     }
 
+    func testInternalAndControlPayloadsRoundTripAndRefuseJunk() throws {
+        XCTAssertEqual(try VMExitReport(decoding: VMExitReport(reason: .reboot, detail: "x").encoded()).reason, .reboot)
+        XCTAssertEqual(try VMStartedReport(decoding: VMStartedReport(pid: 7, tty: "/dev/pts/3").encoded()).tty, "/dev/pts/3")
+        XCTAssertTrue(try VMStopCommand(decoding: VMStopCommand(force: true).encoded()).force)
+        XCTAssertEqual(try VMMCIMessage(decoding: VMMCIMessage(command: .reboot).encoded()).command, .reboot)
+        XCTAssertEqual(try VerbosityRequest(decoding: VerbosityRequest(level: 1).encoded()).level, 1)
+        XCTAssertEqual(try ResetRequest(decoding: ResetRequest(what: 2).encoded()).resetsVMs, false)
+        XCTAssertEqual(try InfoRequest(decoding: []).name, "", "no payload: all VMs, as vmd's vmctl sends it")
+        XCTAssertEqual(try ClientConnected(decoding: ClientConnected(uid: 5, gid: 6).encoded()).gid, 6)
+        // Trailing bytes, unknown values and short payloads are refused.
+        XCTAssertThrowsError(try VMStopCommand(decoding: VMStopCommand(force: false).encoded() + [0]))
+        XCTAssertThrowsError(try VMMCIMessage(decoding: [9, 0, 0, 0]))
+        XCTAssertThrowsError(try VMExitReport(decoding: [1, 0]))
+        XCTAssertThrowsError(try VerbosityRequest(decoding: [7, 0, 0, 0]))
+        XCTAssertThrowsError(try ClientConnected(decoding: [0, 0, 0, 0]))
+    }
+
     func testPCIHeaderComesFromTheDeviceTable() {
         let blk = VirtioProxy.configHeader(for: DeviceKind.blk.model.presentation)
         XCTAssertEqual(blk.deviceID, 0x1042)

@@ -27,10 +27,6 @@ int cvmd_set_parent_death_signal(int sig);
 int cvmd_set_child_subreaper(void);
 int cvmd_set_dumpable(int on);
 
-/* ioctl (variadic). */
-int cvmd_ioctl_ptr(int fd, unsigned long request, void *arg);
-int cvmd_ioctl_int(int fd, unsigned long request, unsigned long arg);
-
 /* Landlock: forbid every file system access this kernel's ABI knows about. */
 int cvmd_landlock_abi(void);
 int cvmd_landlock_deny_all_fs(void);
@@ -39,7 +35,6 @@ int cvmd_landlock_deny_all_fs(void);
 uint32_t cvmd_scmp_act_errno(uint16_t err);
 
 /* wait(2) status macros. */
-int cvmd_wifexited(int status);
 int cvmd_wexitstatus(int status);
 int cvmd_wifsignaled(int status);
 int cvmd_wtermsig(int status);
@@ -60,7 +55,6 @@ int cvmd_tap_open(char *name, size_t namelen, int vnet_hdr);
 
 /* errno as a thread-local lvalue is a macro in glibc. */
 int cvmd_errno(void);
-void cvmd_set_errno(int e);
 
 /* syslog(3) is variadic. */
 void cvmd_openlog(const char *ident, int facility);
