@@ -121,7 +121,7 @@ final class VhostUserProcess: VhostUserBackendDelegate {
         }
         let name = options.name ?? "vhost-user-\(options.kind)"
         Log.setup(foreground: options.foreground, verbosity: options.verbosity, process: "vhost-user")
-        signal(SIGPIPE, SIG_IGN)
+        Spawn.ignoreSignal(SIGPIPE)
         ProcessTitle.set("vmd: vhost-user \(name)")
         let p = VhostUserProcess(options: options, name: name)
         p.run()
@@ -162,9 +162,11 @@ final class VhostUserProcess: VhostUserBackendDelegate {
         var fd = options.backendFD
         if let path = options.imagePath {
             let readOnly = options.readOnly || options.kind == "scsi"
-            let f = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
-            if f < 0 { Self.exitWith("\(name): \(path): \(String(cString: strerror(errno)))") }
-            fd = f
+            do {
+                fd = try FD.open(path, flags: (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+            } catch {
+                Self.exitWith("\(name): \(error)")
+            }
         } else if let tap = options.tapName {
             do {
                 fd = try Tap.open(name: tap).fd
