@@ -52,9 +52,11 @@ def main():
     try:
         sock = os.path.join(work, "ours.sock")
         b = harness.Backend(vmd, ["-t", "blk", "-i", image], sock, log)
-        rows["ours (vmd vhost-user-blk)"] = guest(kernel, initrd, [["-chardev", f"socket,id=c0,path={sock}",
-                                                                  "-device", "vhost-user-blk-pci,chardev=c0"]], secs)
-        b.stop()
+        try:
+            rows["ours (vmd vhost-user-blk)"] = guest(kernel, initrd, [["-chardev", f"socket,id=c0,path={sock}",
+                                                                      "-device", "vhost-user-blk-pci,chardev=c0"]], secs)
+        finally:
+            b.stop()
         if shutil.which("qemu-storage-daemon"):
             qsock = os.path.join(work, "qsd.sock")
             qsd = subprocess.Popen(["qemu-storage-daemon",
@@ -66,10 +68,12 @@ def main():
                 if os.path.exists(qsock):
                     break
                 time.sleep(0.05)
-            rows["qemu-storage-daemon"] = guest(kernel, initrd, [["-chardev", f"socket,id=c0,path={qsock}",
-                                                                   "-device", "vhost-user-blk-pci,chardev=c0"]], secs)
-            qsd.terminate()
-            qsd.wait()
+            try:
+                rows["qemu-storage-daemon"] = guest(kernel, initrd, [["-chardev", f"socket,id=c0,path={qsock}",
+                                                                       "-device", "vhost-user-blk-pci,chardev=c0"]], secs)
+            finally:
+                qsd.terminate()
+                qsd.wait()
         rows["QEMU built-in virtio-blk"] = guest(kernel, initrd, [["-drive", f"file={image},if=none,id=d0,format=raw,cache=none,aio=threads",
                                                                    "-device", "virtio-blk-pci,drive=d0"]], secs)
     finally:
