@@ -34,10 +34,13 @@ let package = Package(
         .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
         .target(name: "Virtio"),
         .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem"]),
+        // vhost-user: the same devices as backends of QEMU (and others).
+        .target(name: "CVhostUser"),
+        .target(name: "VhostUser", dependencies: ["CVhostUser", "Virtio"]),
         // The control protocol vmctl and the daemon share (message types, payloads).
         .target(name: "VMDControl"),
         .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMDControl", "VMConfig", "VMM",
-                                            "Virtio", "VirtioDevices"]),
+                                            "Virtio", "VirtioDevices", "VhostUser"]),
 
         // Thin executables.
         .executableTarget(name: "vmd", dependencies: ["VMDaemon"]),
@@ -52,6 +55,7 @@ let package = Package(
                     resources: [.copy("Golden")]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices", "VMDSystem"]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser", "Virtio", "VirtioDevices", "VMDSystem"]),
         .testTarget(name: "VMCtlTests", dependencies: ["vmctl", "VMDControl", "Imsg", "VMDSystem"]),
         .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl", "VirtioDevices"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),

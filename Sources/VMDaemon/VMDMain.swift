@@ -8,6 +8,8 @@ import VMConfig
 public enum VMDMain {
     public static func main() -> Never {
         ProcessTitle.initialize()
+        let args = Array(CommandLine.arguments.dropFirst())
+        if args.starts(with: ["-P", "vhost-user"]) { VhostUserProcess.main(Array(args.dropFirst(2))) }
         let options: DaemonOptions
         do {
             options = try DaemonOptions.parse(Array(CommandLine.arguments.dropFirst()))

@@ -180,6 +180,16 @@ public struct VirtqueueRequest {
     public var writableLength: UInt64 { writable.reduce(0) { $0 + UInt64($1.length) } }
 }
 
+/// Records which requests a device has taken off a queue and not yet
+/// returned, outside the process (vhost-user's inflight region), so that a
+/// restarted device can serve them again. Told of every head as it is taken
+/// and as it is returned; `returned` comes after the used index store.
+public protocol VirtqueueInflightLog: AnyObject {
+    func taken(head: UInt16)
+    func returning(head: UInt16)
+    func returned(head: UInt16, usedIndex: UInt16)
+}
+
 /// One split virtqueue: its guest-chosen layout and the device's indices.
 public final class Virtqueue {
     /// The largest indirect table followed; larger ones are a guest error.
@@ -205,6 +215,12 @@ public final class Virtqueue {
     public private(set) var usedIndex: UInt16 = 0
     private var lastSignalledUsed: UInt16 = 0
 
+    /// Told of every request taken and returned (vhost-user inflight tracking).
+    public weak var inflightLog: VirtqueueInflightLog?
+    /// Heads a previous instance of the device had taken and not returned:
+    /// served, in order, before anything new on the available ring.
+    public private(set) var resubmissions: [UInt16] = []
+
     public init(maxSize: UInt16, memory: GuestMemory) {
         precondition(maxSize > 0 && maxSize <= Virtqueue.largestQueueSize && maxSize & (maxSize - 1) == 0,
                      "virtqueue max size must be a power of two up to 32768")
@@ -225,6 +241,22 @@ public final class Virtqueue {
         lastAvailIndex = 0
         usedIndex = 0
         lastSignalledUsed = 0
+        resubmissions = []
+    }
+
+    /// Continue a queue another device instance ran: the next available
+    /// entry to take and the used index the driver has seen.
+    public func restoreIndices(lastAvailIndex: UInt16, usedIndex: UInt16) {
+        self.lastAvailIndex = lastAvailIndex
+        self.usedIndex = usedIndex
+        self.lastSignalledUsed = usedIndex
+    }
+
+    /// Serve these heads (taken but never returned by a previous instance)
+    /// before new requests. A head outside the queue is a guest error when
+    /// it is popped, like one on the available ring.
+    public func resubmit(_ heads: [UInt16]) {
+        resubmissions = heads
     }
 
     /// Whether `value` is a size the guest may choose for this queue.
@@ -282,6 +314,7 @@ public final class Virtqueue {
     /// this also asks the driver (avail_event) to notify on the next one and
     /// re-checks, closing the race with a driver that just added one.
     public func hasAvailable() throws -> Bool {
+        if isEnabled && !resubmissions.isEmpty { return true }
         if try pendingCount() > 0 { return true }
         guard eventIndex else { return false }
         guard memory.store16(lastAvailIndex, at: availEventAddress) else {
@@ -294,6 +327,13 @@ public final class Virtqueue {
     /// Take the next available chain, or nil when the ring is empty.
     public func popChain() throws -> DescriptorChain? {
         guard try hasAvailable() else { return nil }
+        if !resubmissions.isEmpty {
+            // Already in the inflight log: not logged again.
+            let head = resubmissions.removeFirst()
+            guard head < size else { throw VirtqueueError.headIndexOutOfRange(index: head, queueSize: size) }
+            return DescriptorChain(memory: memory, descriptorTable: descriptorTable, queueSize: size,
+                                   head: head, indirectAllowed: indirectAllowed)
+        }
         // Read the ring entry only after the index that published it.
         atomicMemoryFence(ordering: .acquiring)
         let slot = UInt64(lastAvailIndex % size)
@@ -302,6 +342,7 @@ public final class Virtqueue {
         }
         guard head < size else { throw VirtqueueError.headIndexOutOfRange(index: head, queueSize: size) }
         lastAvailIndex &+= 1
+        inflightLog?.taken(head: head)
         return DescriptorChain(memory: memory, descriptorTable: descriptorTable, queueSize: size,
                                head: head, indirectAllowed: indirectAllowed)
     }
@@ -319,6 +360,7 @@ public final class Virtqueue {
     public func pushUsed(head: UInt16, length: UInt32) throws {
         guard isEnabled else { throw VirtqueueError.queueNotReady }
         guard head < size else { throw VirtqueueError.usedHeadOutOfRange(head) }
+        inflightLog?.returning(head: head)
         let element = usedRing &+ 4 &+ 8 &* UInt64(usedIndex % size)
         guard memory.store32(UInt32(head), at: element), memory.store32(length, at: element &+ 4) else {
             throw VirtqueueError.ringOutsideMemory(ring: "used", address: usedRing, length: 8)
@@ -329,6 +371,7 @@ public final class Virtqueue {
         guard memory.store16(usedIndex, at: usedRing &+ 2) else {
             throw VirtqueueError.ringOutsideMemory(ring: "used", address: usedRing, length: 4)
         }
+        inflightLog?.returned(head: head, usedIndex: usedIndex)
     }
 
     /// Whether the driver wants an interrupt for what was added to the used

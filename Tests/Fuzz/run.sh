@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build the fuzz targets (virtqueue, viodev_msg, imsg, control payloads) with libFuzzer + AddressSanitizer and run
+# Build the fuzz targets (virtqueue, viodev_msg, vhost-user, imsg, control payloads) with libFuzzer + AddressSanitizer and run
 # each for N seconds (default 60). Usage: Tests/Fuzz/run.sh [seconds]
 # Findings (crash-*, leak-*, timeout-*) land in $FUZZ_BUILD_DIR/findings/
 # (default /tmp/vmd-virtio-fuzz); the corpus is kept there between runs.
@@ -40,12 +40,26 @@ build -wmo -c -module-name VirtioDevices -I "$BUILD" -I "$BUILD/CVMDSys" -I "$RO
 build -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" "$HERE/FuzzVirtqueue.swift" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" \
     $SYSTEM_OBJS -o "$BUILD/fuzz-virtqueue"
 build -I "$BUILD" "$HERE/FuzzViodevMsg.swift" "$BUILD/Virtio.o" -o "$BUILD/fuzz-viodevmsg"
+# vhost-user: the backend state machine over a fuzzed stream and guest memory.
+mkdir -p "$BUILD/cvhostuser"
+printf 'module CVhostUser {\n  header "%s"\n  export *\n}\n' "$ROOT/Sources/CVhostUser/include/cvhostuser.h" \
+    >"$BUILD/cvhostuser/module.modulemap"
+clang -O1 -fsanitize=fuzzer-no-link,address -I "$ROOT/Sources/CVhostUser/include" -c "$ROOT/Sources/CVhostUser/cvhostuser.c" -o "$BUILD/cvhostuser.o" \
+    >>"$BUILD/build.log" 2>&1 || { tail -5 "$BUILD/build.log" >&2; exit 2; }
+build -wmo -c -module-name VhostUser -I "$BUILD" -I "$BUILD/cvhostuser" -emit-module \
+    -emit-module-path "$BUILD/VhostUser.swiftmodule" -o "$BUILD/VhostUser.o" "$ROOT"/Sources/VhostUser/*.swift
+# shellcheck disable=SC2086
+build -I "$BUILD" -I "$BUILD/cvhostuser" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" "$HERE/FuzzVhostUser.swift" \
+    "$BUILD/VhostUser.o" "$BUILD/cvhostuser.o" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" $SYSTEM_OBJS -o "$BUILD/fuzz-vhostuser"
 # imsg framing and the control payloads are pure Swift: compiled with the harness.
 build "$HERE/FuzzImsg.swift" "$ROOT/Sources/Imsg/ImsgFraming.swift" -o "$BUILD/fuzz-imsg"
 build "$HERE/FuzzControl.swift" "$ROOT"/Sources/VMDControl/*.swift -o "$BUILD/fuzz-control"
 
+mkdir -p "$BUILD/corpus-fuzz-vhostuser"
+python3 "$HERE/vhostuser-seed.py" "$BUILD/corpus-fuzz-vhostuser/seed-start-sequence"
+
 status=0
-for target in fuzz-virtqueue fuzz-viodevmsg fuzz-imsg fuzz-control; do
+for target in fuzz-virtqueue fuzz-viodevmsg fuzz-vhostuser fuzz-imsg fuzz-control; do
     corpus="$BUILD/corpus-$target"
     mkdir -p "$corpus"
     echo "== $target: $SECONDS_EACH s"
