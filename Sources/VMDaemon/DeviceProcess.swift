@@ -63,6 +63,7 @@ final class DeviceProcess: InterruptSink {
             fail("cannot map guest memory: \(error)")
         }
         virtioLogHook = { Log.warning($0) }
+        virtioErrnoDescription = { errnoDescription($0) }
 
         let device: VirtioDevice
         let type: VirtioDeviceType?
@@ -121,6 +122,7 @@ final class DeviceProcess: InterruptSink {
         // no file system, no new privileges and no root.
         FD.close(Self.memoryFD)
         restrict(setup.name, user: user, denyFileSystem: true, policy: SandboxPolicies.device(setup.kind))
+        sandboxSelfTest(role: setup.name)
 
         async = ImsgChannel(fd: Self.asyncFD, name: "\(setup.name): async", loop: loop,
                             onMessage: { [unowned self] _, m in self.asyncMessage(m) },

@@ -157,6 +157,7 @@ final class VMProcess {
         // The privileged part is over.
         guard let user = Users.lookup(Users.daemonUser) else { die("user \(Users.daemonUser) does not exist") }
         restrict("vm", user: user, denyFileSystem: true, policy: SandboxPolicies.vm)
+        sandboxSelfTest(role: "vm")
 
         loop.onSignal(SIGCHLD) { [unowned self] in self.reapDevices() }
         reapDevices()   // a device that died before the handler existed

@@ -1,5 +1,6 @@
 import CKVM
 import Glibc
+import VMDSystem
 
 // The KVM ioctl layer: every ioctl this project issues goes through here.
 
@@ -109,7 +110,7 @@ final class KVMVirtualMachine: InterruptController {
 
     func setIRQ(_ irq: UInt32, level: Bool) {
         let e = ckvm_irq_line(fd, irq, level ? 1 : 0)
-        if e != 0 { log("KVM_IRQ_LINE \(irq): \(String(cString: strerror(e)))") }
+        if e != 0 { log("KVM_IRQ_LINE \(irq): \(errnoDescription(e))") }
     }
 
     func createVCPU(id: Int, mmapSize: Int) throws -> KVMVCPU {

@@ -1,5 +1,6 @@
 import CKVM
 import Glibc
+import VMDSystem
 
 /// What a vCPU thread asks of the VM between two KVM_RUNs.
 protocol VCPUControl: AnyObject {
@@ -32,7 +33,7 @@ final class VCPU {
             let error = kvm.runOnce()
             if error == EINTR || error == EAGAIN { continue }  // kicked, or immediate_exit
             if error != 0 {
-                control.requestExit(.failed("vCPU \(id): KVM_RUN: \(String(cString: strerror(error)))"))
+                control.requestExit(.failed("vCPU \(id): KVM_RUN: \(errnoDescription(error))"))
                 continue
             }
             dispatch(kvm.exitReason)

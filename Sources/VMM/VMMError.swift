@@ -1,4 +1,5 @@
 import Glibc
+import VMDSystem
 
 /// An error of the VM core, in words a user can act on
 /// (`/var/vm/a.elf: no Multiboot header and no bzImage "HdrS" magic`).
@@ -9,6 +10,6 @@ public struct VMMError: Error, CustomStringConvertible, Equatable {
 
     /// `what: strerror(errno)`.
     static func system(_ what: String, errno code: Int32) -> VMMError {
-        VMMError("\(what): \(String(cString: strerror(code)))")
+        VMMError("\(what): \(errnoDescription(code))")
     }
 }

@@ -98,7 +98,7 @@ public enum GuestMemoryLayoutError: Error, Equatable, CustomStringConvertible {
         case .regionWrapsAddressSpace(let r):
             return "guest memory region at 0x\(String(r.guestPhysicalAddress, radix: 16)) wraps the address space"
         case .mappingFailed(let code):
-            return "cannot map guest memory: \(String(cString: strerror(code)))"
+            return "cannot map guest memory: \(virtioErrnoDescription(code))"
         case .regionsOverlap(let a, let b):
             return "guest memory regions at 0x\(String(a.guestPhysicalAddress, radix: 16)) and 0x\(String(b.guestPhysicalAddress, radix: 16)) overlap"
         }

@@ -219,6 +219,7 @@ void vmtest_main(void)
            blk ? "yes" : "no", rng ? "yes" : "no", net ? "yes" : "no", vmmci ? "yes" : "no");
 
     cpus_check();
+    rtc_check();
     if (vmmci) vmmci_check(vmmci); else check_skip("vmmci", "no device");
     if (rng) rng_check(rng); else check_skip("rng", "no device");
     if (blk) blk_check(blk); else check_skip("blk", "no device");

@@ -179,5 +179,8 @@ void vmmci_check(struct pci_dev *p);
 bool vmmci_present(void);
 void vmmci_wait(void) __attribute__((noreturn));
 void cpus_check(void);
+u8 cmos_read(u8 index);
+void cmos_write(u8 index, u8 v);
+void rtc_check(void);
 
 #endif

@@ -60,9 +60,13 @@ int cvmd_tap_open(char *name, size_t namelen, int vnet_hdr);
 int cvmd_errno(void);
 void cvmd_set_errno(int e);
 
-/* syslog(3) is variadic. */
-void cvmd_openlog(const char *ident, int facility);
-void cvmd_syslog(int priority, const char *msg);
+/* A connected syslog socket (datagram, else stream) at path; *stream says which. */
+int cvmd_syslog_connect(const char *path, int *stream);
+
+/* strerrordesc_np/strerrorname_np (GNU): untranslated, no locale or file access; NULL if unknown. */
+const char *cvmd_strerror(int e);
+const char *cvmd_strerrorname(int e);
+
 
 /* Close every fd >= lowfd except those listed. */
 void cvmd_close_fds_from(int lowfd, const int *keep, int nkeep);

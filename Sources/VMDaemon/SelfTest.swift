@@ -1,0 +1,26 @@
+import Glibc
+import VMDSystem
+
+/// Test hook: after a process restricted itself, do something the tests
+/// want to watch under the real sandbox. `VMD_SANDBOX_SELFTEST` holds
+/// `role:action` pairs separated by commas; the role is `control`, `priv`,
+/// `vmm`, `vm` or a device name (`vioblk0`, `viornd`, ...). Actions:
+///   openat, socket, execve   a forbidden call: the sandbox must kill
+///   errno                    log errno texts (no locale, no file access)
+func sandboxSelfTest(role: String) {
+    guard let spec = getenv("VMD_SANDBOX_SELFTEST").map({ String(cString: $0) }) else { return }
+    for pair in spec.split(separator: ",") {
+        let parts = pair.split(separator: ":").map(String.init)
+        guard parts.count == 2, parts[0] == role else { continue }
+        Log.info("self-test: calling \(parts[1]) inside the sandbox")
+        switch parts[1] {
+        case "openat": _ = open("/etc/hostname", O_RDONLY)
+        case "socket": _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        case "execve": _ = execv("/bin/true", [strdup("true"), nil])
+        case "errno":
+            Log.warning("self-test: errno: \(SystemError("read", code: EBADF)); \(errnoDescription(EIO)); \(errnoDescription(9999))")
+        default: break
+        }
+        Log.info("self-test: \(parts[1]) returned")
+    }
+}
