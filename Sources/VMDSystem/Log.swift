@@ -41,12 +41,17 @@ public enum Log {
             if let p = getenv("VMD_SYSLOG_SOCKET"), p.pointee != 0 { syslogPath = String(cString: p) }
             connect()
         }
+        Crash.installHandler()
     }
 
     public static func setVerbosity(_ v: Int) { verbosity = v }
     public static func setProcessName(_ name: String) {
         processName = name
+        Crash.updateOutput()
     }
+
+    /// After daemon(3): the crash line names the new pid.
+    public static func forked() { Crash.updateOutput() }
 
     /// Called once the process is sandboxed: no new sockets from here on.
     public static func sandboxed() { mayReconnect = false }
@@ -62,6 +67,7 @@ public enum Log {
         let fd = cvmd_syslog_connect(syslogPath, &stream)
         syslogFD = fd
         syslogStream = stream != 0
+        Crash.updateOutput()
     }
 
     /// What precedes a message on the syslog socket (RFC 3164 without the

@@ -148,6 +148,7 @@ final class DeviceProcess: InterruptSink {
         send(sync: ViodevMsg(kind: .ready))
         async.send(type: MessageType.devopMsg.rawValue, data: ViodevMsg(kind: .ready).encoded())
         Log.debug("\(setup.name): ready")
+        loop.after(seconds: 0.5) { [name = setup.name] in sandboxSelfTest(role: name + "@running") }
         loop.run()
         exit(0)
     }

@@ -4,8 +4,10 @@ import VMDSystem
 /// Test hook: after a process restricted itself, do something the tests
 /// want to watch under the real sandbox. `VMD_SANDBOX_SELFTEST` holds
 /// `role:action` pairs separated by commas; the role is `control`, `priv`,
-/// `vmm`, `vm` or a device name (`vioblk0`, `viornd`, ...). Actions:
+/// `vmm`, `vm` or a device name (`vioblk0`, `viornd`, ...); `viornd@running`
+/// acts half a second after the device reported ready. Actions:
 ///   openat, socket, execve   a forbidden call: the sandbox must kill
+///   segv                     a write to an unmapped address: a real trap
 ///   errno                    log errno texts (no locale, no file access)
 func sandboxSelfTest(role: String) {
     guard let spec = getenv("VMD_SANDBOX_SELFTEST").map({ String(cString: $0) }) else { return }
@@ -17,6 +19,9 @@ func sandboxSelfTest(role: String) {
         case "openat": _ = open("/etc/hostname", O_RDONLY)
         case "socket": _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         case "execve": _ = execv("/bin/true", [strdup("true"), nil])
+        case "segv":
+            let p = UnsafeMutablePointer<UInt64>(bitPattern: 0xdead0000)!
+            p.pointee = 1
         case "errno":
             Log.warning("self-test: errno: \(SystemError("read", code: EBADF)); \(errnoDescription(EIO)); \(errnoDescription(9999))")
         default: break

@@ -69,6 +69,7 @@ public enum VMDMain {
                 printError("vmd: daemon: \(errnoDescription(errno))")
                 exit(1)
             }
+            Log.forked()
         }
         let user: Credentials
         do {

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cvmd_crash.h"
+
 /* setproctitle(3) from libbsd (variadic in libbsd). */
 void cvmd_setproctitle_init(int argc, char **argv);
 void cvmd_setproctitle(const char *title);
