@@ -124,6 +124,8 @@ static void parse_options(const char *s)
             opt.bench = true;
         } else if (word_is(w, len, "cpus_from=mptable")) {
             opt.cpus_mptable_only = true;
+        } else if (word_is(w, len, "hostile")) {
+            opt.hostile = true;
         } else if (word_is(w, len, "pci_reassign")) {
             opt.pci_reassign = true;
         } else if (len > 12 && memcmp(w, "bench_scale=", 12) == 0) {
@@ -229,6 +231,8 @@ void vmtest_main(void)
         blk_bench();
         net_bench();
     }
+    if (opt.hostile)
+        hostile_run(blk, devs, n);
     printf("vmtest: checks took %lu ms since entry\n", tsc_to_us(rdtsc() - boot_tsc) / 1000);
     printf("vmtest summary: passed=%u failed=%u\n", passed, failed);
     if (opt.reboot) {

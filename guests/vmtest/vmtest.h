@@ -87,6 +87,7 @@ struct options {
     u32 bench_scale;            /* percent of the default bench op counts */
     bool cpus_mptable_only;     /* cpus_from=mptable: skip the MADT (tests the MP table path) */
     bool pci_reassign;          /* pci_reassign: clear virtio BARs first (tests BAR assignment) */
+    bool hostile;               /* hostile: after the checks, act as a broken/malicious driver */
 };
 extern struct options opt;
 
@@ -182,5 +183,6 @@ void cpus_check(void);
 u8 cmos_read(u8 index);
 void cmos_write(u8 index, u8 v);
 void rtc_check(void);
+void hostile_run(struct pci_dev *blk, struct pci_dev *devs, int n);
 
 #endif
