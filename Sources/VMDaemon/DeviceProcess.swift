@@ -138,6 +138,7 @@ final class DeviceProcess: InterruptSink {
                 self.registers.write(offset: VirtioPCILayout.notify, size: 2, value: UInt32(queue))
             }
         }
+        watchForMissedKicks(queues: notifyFDs.count)
         if let vionet {
             // Frames wait in the kernel while the guest has no buffers: the
             // tap is watched only while there is somewhere to put them.
@@ -154,6 +155,43 @@ final class DeviceProcess: InterruptSink {
     }
 
     var tapWatch: EventHandle?
+    var missedKicks = 0
+
+    /// Liveness backstop for queue notifications: every 100 ms, a queue
+    /// whose available ring holds requests the device has not taken since
+    /// the previous look is served as if kicked, and the event is logged.
+    /// Whatever loses a notification (a kick or eventfd wake-up that never
+    /// arrives, a driver that forgets to kick), the guest then waits at
+    /// most ~200 ms instead of forever; the log line says it happened.
+    /// Queues where the driver parks buffers for the device to fill later
+    /// (vionet receive, vioscsi events) are not watched.
+    func watchForMissedKicks(queues count: Int) {
+        guard count > 0, let t = registers as? VirtioPCITransport else { return }
+        let parked: Set<Int> = setup.kind == .net ? [VioNet.receiveQueue]
+            : setup.kind == .scsi ? [VioSCSI.eventQueue] : []
+        var lastTaken = t.queues.map(\.lastAvailIndex)
+        var suspect = [Bool](repeating: false, count: t.queues.count)
+        loop.every(seconds: 0.1) { [unowned self] in
+            guard !self.paused else { return }    // a paused VM's requests wait for it
+            for (i, q) in t.queues.enumerated() where i < count && !parked.contains(i) {
+                defer { lastTaken[i] = q.lastAvailIndex }
+                guard q.isEnabled, t.isDriverReady, q.lastAvailIndex == lastTaken[i],
+                      let pending = try? q.pendingCount(), pending > 0 else {
+                    suspect[i] = false
+                    continue
+                }
+                // Two looks in a row (100-200 ms): a wake-up merely late
+                // because this process was not running is not counted.
+                guard suspect[i] else { suspect[i] = true; continue }
+                suspect[i] = false
+                self.missedKicks += 1
+                if self.missedKicks <= 5 || self.missedKicks % 1000 == 0 {
+                    Log.warning("\(self.setup.name): queue \(i): \(pending) request(s) waited over 100 ms without a notification; serving them (\(self.missedKicks) so far)")
+                }
+                self.registers.write(offset: VirtioPCILayout.notify, size: 2, value: UInt32(i))
+            }
+        }
+    }
 
     func watchTap() {
         guard tapWatch == nil, !paused else { return }

@@ -87,7 +87,8 @@ struct options {
     u32 bench_scale;            /* percent of the default bench op counts */
     bool cpus_mptable_only;     /* cpus_from=mptable: skip the MADT (tests the MP table path) */
     bool pci_reassign;          /* pci_reassign: clear virtio BARs first (tests BAR assignment) */
-    bool hostile;               /* hostile: after the checks, act as a broken/malicious driver */
+    bool hostile;
+    u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */               /* hostile: after the checks, act as a broken/malicious driver */
 };
 extern struct options opt;
 
@@ -173,6 +174,7 @@ void irq_service(void);       /* reads ISR of devices whose line fired, unmasks 
 /* ---- devices ---- */
 void blk_check(struct pci_dev *p);
 void blk_bench(void);
+void blk_qd1_bench(void);
 void rng_check(struct pci_dev *p);
 void net_check(struct pci_dev *p);
 void net_bench(void);
