@@ -56,9 +56,11 @@ final class KickStressTests: XCTestCase {
         // The device's backstop (a queue with requests and no notification
         // for 100-200 ms is served anyway) is reported, not asserted: a guest
         // descheduled in the middle of a transmit batch can trigger it.
-        let backstop = log.split(separator: "\n").filter { $0.contains("without a notification") }
+        let backstop = log.split(separator: "\n").filter {
+            $0.contains("without a notification") || $0.contains("vmtest: note ")
+        }
         print("kick stress: \(rounds) rounds of each workload in \(Int(Date().timeIntervalSince(start))) s; "
-              + "device backstop used: \(backstop.isEmpty ? "never" : backstop.joined(separator: " | "))")
+              + "device backstop or late completions: \(backstop.isEmpty ? "none" : backstop.joined(separator: " | "))")
         XCTAssertEqual(d.stop(), 0)
     }
 }

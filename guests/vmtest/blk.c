@@ -303,6 +303,8 @@ static bool randread(int depth, u32 total, u64 *iops, char *why, size_t whysz)
             volatile u16 *used_idx = (volatile u16 *)(q->used + 2);
             u16 seen = *used_idx;
             if (seen != q->last_used) {
+                printf("vmtest: note vioblk0: a completion was found only after the 5 s deadline "
+                       "(this vCPU was away up to %lu us)\n", tsc_to_us(longest_gap));
                 last_progress = now;
                 continue;
             }
