@@ -8,6 +8,7 @@ import VMDSystem
 /// acts half a second after the device reported ready. Actions:
 ///   openat, socket, execve   a forbidden call: the sandbox must kill
 ///   segv                     a write to an unmapped address: a real trap
+///   trap                     a failed Swift precondition
 ///   errno                    log errno texts (no locale, no file access)
 func sandboxSelfTest(role: String) {
     guard let spec = getenv("VMD_SANDBOX_SELFTEST").map({ String(cString: $0) }) else { return }
@@ -22,6 +23,9 @@ func sandboxSelfTest(role: String) {
         case "segv":
             let p = UnsafeMutablePointer<UInt64>(bitPattern: 0xdead0000)!
             p.pointee = 1
+        case "trap":
+            // A Swift runtime trap (here a failed precondition) is SIGILL/SIGTRAP.
+            precondition(parts.count == 3, "self-test: Swift trap inside the sandbox")
         case "errno":
             Log.warning("self-test: errno: \(SystemError("read", code: EBADF)); \(errnoDescription(EIO)); \(errnoDescription(9999))")
         default: break

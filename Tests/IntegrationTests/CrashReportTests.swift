@@ -28,6 +28,25 @@ final class CrashReportTests: XCTestCase {
         XCTAssertEqual(d.stop(), 0)
     }
 
+    /// A Swift runtime trap (failed precondition) in a device: its message,
+    /// then SIGILL with the trapping address, not SIGSYS.
+    func testSwiftTrapInADeviceProcessIsReportedAsSIGILL() throws {
+        let d = try Daemon(config: """
+            vm "trap" {
+                memory 64M
+                boot "\(Repo.vmtestELF)"
+                cmdline "stay"
+            }
+            """, env: ["VMD_SANDBOX_SELFTEST": "viornd@running:trap"])
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("vmd: vm trap: stopped", timeout: 60), d.log)
+        XCTAssertTrue(d.log.contains("Precondition failed: self-test: Swift trap inside the sandbox"), d.log)
+        XCTAssertTrue(d.log.contains("vm trap viornd: crashed: SIGILL at address 0x"), d.log)
+        XCTAssertTrue(d.log.contains("viornd process killed by SIGILL"), d.log)
+        XCTAssertFalse(d.log.contains("SIGSYS"), d.log)
+        XCTAssertEqual(d.stop(), 0)
+    }
+
     /// The same through syslog (vmd without -d): the handler writes to the
     /// syslog socket the process already holds.
     func testSegfaultIsReportedThroughSyslog() throws {
