@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "VMConfig"),
         .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
         .target(name: "Virtio"),
-        .target(name: "VirtioDevices", dependencies: ["Virtio"]),
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem"]),
         // The control protocol vmctl and the daemon share (message types, payloads).
         .target(name: "VMDControl"),
         .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMDControl", "VMConfig", "VMM",
@@ -51,9 +51,9 @@ let package = Package(
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
                     resources: [.copy("Golden")]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices", "VMDSystem"]),
         .testTarget(name: "VMCtlTests", dependencies: ["vmctl", "VMDControl", "Imsg", "VMDSystem"]),
-        .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl"]),
+        .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl", "VirtioDevices"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
     ],
     swiftLanguageModes: [.v5]

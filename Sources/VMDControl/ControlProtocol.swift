@@ -113,3 +113,45 @@ public struct Failure: Equatable, Sendable, Error, CustomStringConvertible {
         var r = WireReader(bytes); code = try r.i32(); message = try r.string()
     }
 }
+
+/// ctlVerbose: the log level `vmctl log` sets (0 brief, 1 verbose).
+public struct VerbosityRequest: Equatable, Sendable, WirePayload {
+    public var level: UInt32
+    public init(level: UInt32) { self.level = level }
+    public func encode(to w: inout WireWriter) { w.u32(level) }
+    public init(from r: inout WireReader) throws {
+        level = try r.u32()
+        guard level <= 1 else { throw WireReader.Truncated() }
+    }
+}
+
+/// ctlReset: what `vmctl reset` resets (0 all, 1 vms, 2 switches).
+public struct ResetRequest: Equatable, Sendable, WirePayload {
+    public var what: UInt32
+    public init(what: UInt32) { self.what = what }
+    public var resetsVMs: Bool { what == 0 || what == 1 }
+    public func encode(to w: inout WireWriter) { w.u32(what) }
+    public init(from r: inout WireReader) throws {
+        what = try r.u32()
+        guard what <= 2 else { throw WireReader.Truncated() }
+    }
+}
+
+/// vmdGetInfoVMRequest: one VM by name or id, or all ("", or no payload
+/// at all as vmd's own vmctl sends it).
+public struct InfoRequest: Equatable, Sendable, WirePayload {
+    public var name: String
+    public init(name: String) { self.name = name }
+    public func encode(to w: inout WireWriter) { w.string(name) }
+    public init(from r: inout WireReader) throws { name = r.remaining == 0 ? "" : try r.string(max: 256) }
+}
+
+/// ctlClientConnected (control -> parent only): the peer credentials of a
+/// new client, as SO_PEERCRED gave them to control.
+public struct ClientConnected: Equatable, Sendable, WirePayload {
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(uid: UInt32, gid: UInt32) { self.uid = uid; self.gid = gid }
+    public func encode(to w: inout WireWriter) { w.u32(uid); w.u32(gid) }
+    public init(from r: inout WireReader) throws { uid = try r.u32(); gid = try r.u32() }
+}

@@ -1,52 +1,54 @@
 /// Every imsg type the daemon's processes exchange, in one place, like
-/// vmd.h's `enum imsg_type`. Payload layouts are documented at each case and
-/// size-checked by the receiver before use.
+/// vmd.h's `enum imsg_type`. Each payload is a type with one encoder and one
+/// decoder (named at each case) that checks sizes before use; which peer may
+/// send which type is MessagePolicy.swift.
 public enum MessageType: UInt32, CaseIterable {
     case none = 0
 
-    // vmctl <-> control <-> parent (payloads: ControlMessages.swift)
-    case ctlOK = 1                   // text: optional message
-    case ctlFail                     // u32 errno + text
-    case ctlVerbose                  // u32 level
-    case ctlReload                   // text: optional path (vmctl load)
-    case ctlReset                    // u32 what
+    // vmctl <-> control <-> parent (payloads: VMDControl/ControlProtocol.swift)
+    case ctlOK = 1                   // UTF-8 text: optional message
+    case ctlFail                     // Failure
+    case ctlVerbose                  // VerbosityRequest
+    case ctlReload                   // UTF-8 text: optional path (vmctl load)
+    case ctlReset                    // ResetRequest
     case vmdStartVMRequest           // StartRequest
     case vmdStartVMResponse          // VMInfo
-    case vmdStopVMRequest            // StopRequest
-    case vmdTerminateVMResponse      // text
-    case vmdGetInfoVMRequest         // u32 id (0 = all)
+    case vmdStopVMRequest            // VMRequest
+    case vmdTerminateVMResponse      // UTF-8 text
+    case vmdGetInfoVMRequest         // InfoRequest
     case vmdInfoVMData               // VMInfo
-    case vmdInfoVMEnd
-    case vmdPauseVM                  // u32 id or name
-    case vmdUnpauseVM
-    case vmdWaitVM
-    case vmdConsoleRequest           // name -> replay of the console ring
+    case vmdInfoVMEnd                // empty
+    case vmdPauseVM                  // VMRequest
+    case vmdUnpauseVM                // VMRequest
+    case vmdWaitVM                   // VMRequest
+    case vmdConsoleRequest           // VMRequest -> VMInfo, then the console ring in vmdConsoleData chunks
     case vmdConsoleData
-    case ctlClientConnected          // control -> parent: u32 uid, u32 gid (peerID = client)
-    case ctlClientClosed             // control -> parent (peerID = client)
+    case ctlClientConnected          // control -> parent only: ClientConnected (peerID = client)
+    case ctlClientClosed             // control -> parent only: empty (peerID = client)
 
-    // parent <-> vmm <-> vm
-    case vmmStartVM = 100            // VMLaunch (+ fds in following messages)
-    case vmmStartVMFD                // one descriptor (kernel, disk, tap, ...)
-    case vmmStartVMEnd
-    case vmmVMStarted                // u32 vmid, i32 pid, text tty
-    case vmmVMExited                 // u32 vmid, u32 reason, text
-    case vmmStopVM                   // u32 vmid, u32 flags
-    case vmmPauseVM
-    case vmmUnpauseVM
-    case vmmPaused
-    case vmmUnpaused
-    case vmmConsoleReplay            // u32 vmid -> bytes
+    // parent <-> vmm <-> vm (payloads: VMDaemon/InternalMessages.swift,
+    // LaunchSpec.swift; the imsg peerID is the vmid)
+    case vmmStartVM = 100            // LaunchSpec (the descriptors follow)
+    case vmmStartVMFD                // one descriptor the LaunchSpec names by index
+    case vmmStartVMEnd               // empty
+    case vmmVMStarted                // VMStartedReport
+    case vmmVMExited                 // VMExitReport
+    case vmmStopVM                   // VMStopCommand
+    case vmmPauseVM                  // empty
+    case vmmUnpauseVM                // empty
+    case vmmPaused                   // empty
+    case vmmUnpaused                 // empty
+    case vmmConsoleReplay            // empty -> the console ring's bytes
 
     // priv
-    case privOpenTap = 200           // text ifname -> fd
-    case privTapOpened
+    case privOpenTap = 200           // UTF-8 text: the tap's name, "" for the kernel's choice
+    case privTapOpened               // the tap's name with its fd, or the error text without one
 
     // VM process <-> device process (viodev_msg inside)
-    case devopMsg = 300
-    case devopVMInfo                 // device start-up parameters (DeviceSetup)
-    case vmmciCommand                // VM -> vmmci device: u32 command
-    case vmmciAck                    // vmmci device -> VM: u32 command the guest acknowledged
+    case devopMsg = 300              // ViodevMsg
+    case devopVMInfo                 // DeviceSetup
+    case vmmciCommand                // VM -> vmmci device: VMMCIMessage
+    case vmmciAck                    // vmmci device -> VM (-> vmm): VMMCIMessage
 
     // test hooks
     case ping = 900

@@ -48,9 +48,25 @@ public struct WireReader {
         offset += n
         return s
     }
-    public mutating func rest() -> [UInt8] {
-        let r = Array(bytes[offset...])
-        offset = bytes.count
-        return r
+}
+
+/// A message payload with one encoder and one decoder. The decoder refuses
+/// a payload with bytes left over (vmd's IMSG_SIZE_CHECK, both ways).
+public protocol WirePayload {
+    func encode(to w: inout WireWriter)
+    init(from r: inout WireReader) throws
+}
+
+extension WirePayload {
+    public func encoded() -> [UInt8] {
+        var w = WireWriter()
+        encode(to: &w)
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws {
+        var r = WireReader(bytes)
+        try self.init(from: &r)
+        guard r.remaining == 0 else { throw WireReader.Truncated() }
     }
 }

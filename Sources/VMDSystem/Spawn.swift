@@ -58,6 +58,25 @@ public enum Spawn {
         return ExitStatus(waitStatus: status)
     }
 
+    /// Makes orphaned descendants this process's children (to be reaped
+    /// here) instead of init's.
+    /// Sends `signal` to `pid`; a process already gone is not an error.
+    public static func signal(_ pid: pid_t, _ signal: Int32) {
+        _ = Glibc.kill(pid, signal)
+    }
+
+    /// This process's pid.
+    public static var currentPID: pid_t { getpid() }
+
+    /// The signal is ignored (SIGPIPE: a peer gone is an error return, not a death).
+    public static func ignoreSignal(_ signal: Int32) {
+        _ = Glibc.signal(signal, SIG_IGN)
+    }
+
+    public static func becomeSubreaper() {
+        _ = cvmd_set_child_subreaper()
+    }
+
     /// Makes the kernel kill this process when its parent dies, so a crashed
     /// parent leaves no orphans; exits at once if the parent is already gone.
     public static func dieWithParent() {

@@ -58,7 +58,8 @@ func restrict(_ role: String, user: Credentials?, denyFileSystem: Bool,
             if Sandbox.landlockABI > 0 {
                 try Sandbox.denyFileSystem()
             } else {
-                Log.warning("Landlock is not available: file system access is not restricted")
+                // The parent said so once at start-up (Parent.start).
+                Log.debug("Landlock is not available: file system access is not restricted")
             }
         }
         try policy.apply()
@@ -73,14 +74,15 @@ func restrict(_ role: String, user: Credentials?, denyFileSystem: Bool,
 /// to be told (SIGTERM, or their parent's channel closing).
 func becomeChild() {
     Spawn.dieWithParent()
-    signal(SIGINT, SIG_IGN)
-    signal(SIGHUP, SIG_IGN)
-    signal(SIGPIPE, SIG_IGN)
+    Spawn.ignoreSignal(SIGINT)
+    Spawn.ignoreSignal(SIGHUP)
+    Spawn.ignoreSignal(SIGPIPE)
 }
 
 /// For processes whose parent speaks first (a VM, a device): reads the one
 /// message that says what to be, or exits with a log line naming `what`.
-func readStartMessage(fd: Int32, expecting type: MessageType, what: String) -> (ImsgBuffer, [UInt8]) {
+func readStartMessage<Payload>(fd: Int32, expecting type: MessageType, what: String,
+                                decode: ([UInt8]) throws -> Payload) -> (ImsgBuffer, Payload) {
     becomeChild()
     let buffer = ImsgBuffer(fd: fd)
     do {
@@ -90,9 +92,20 @@ func readStartMessage(fd: Int32, expecting type: MessageType, what: String) -> (
             Log.error("expected \(what), got message type \(m.type)")
             exit(1)
         }
-        return (buffer, m.data)
+        do {
+            return (buffer, try decode(m.data))
+        } catch {
+            Log.error("bad \(what): \(error)")
+            exit(1)
+        }
     } catch {
         Log.error("no \(what): \(error)")
         exit(1)
     }
+}
+
+/// What `ps` shows (`vmd: vm web vioblk0`) and what log lines start with.
+func nameThisProcess(_ name: String) {
+    ProcessTitle.set("vmd: \(name)")
+    Log.setProcessName(name)
 }

@@ -8,7 +8,18 @@ import VMConfig
 /// three children (priv, control, vmm) and relays between them. It never
 /// runs guest code or parses guest data.
 public final class Parent {
-    public enum Role: String, CaseIterable { case priv, control, vmm }
+    public enum Role: String, CaseIterable {
+        case priv, control, vmm
+
+        /// What the parent accepts from this child (MessagePolicy).
+        var route: MessageRoute {
+            switch self {
+            case .priv: return .privToParent
+            case .control: return .controlToParent
+            case .vmm: return .vmmToParent
+            }
+        }
+    }
 
     struct Child {
         let role: Role
@@ -24,6 +35,9 @@ public final class Parent {
     let user: Credentials
     /// VMs, stable ids for the daemon's lifetime.
     var vms: VMTable!
+    /// The control socket this daemon bound (device, inode): on exit it is
+    /// removed only if it is still that file, never another daemon's.
+    var socketIdentity: (dev: UInt64, ino: UInt64)?
 
     init(options: DaemonOptions, config: VMDConfiguration, user: Credentials) {
         self.options = options
@@ -33,10 +47,20 @@ public final class Parent {
 
     /// Reads and checks the configuration: `file:line: message` for each
     /// error, all of them, nothing applied.
-    static func loadConfiguration(_ options: DaemonOptions) -> Result<VMDConfiguration, ConfigErrors> {
+    /// `missingIsEmpty`: the configured file (start-up, reload) may be
+    /// absent; a file named by `vmctl load` must exist.
+    static func loadConfiguration(_ options: DaemonOptions,
+                                  missingIsEmpty: Bool = true) -> Result<VMDConfiguration, ConfigErrors> {
         var macros: [String: String] = [:]
         for (k, v) in options.macros { macros[k] = v }
-        return ConfigParser.parse(file: options.configPath, macros: macros)
+        // No vm.conf at all: warn and run with no VMs, as vmd does.
+        switch ConfigParser.parse(file: options.configPath, macros: macros, missingIsEmpty: missingIsEmpty) {
+        case .failure(let errors):
+            return .failure(errors)
+        case .success(let config):
+            let unsupported = unsupportedStatements(of: config)
+            return unsupported.isEmpty ? .success(config) : .failure(ConfigErrors(unsupported))
+        }
     }
 
     func socketOwner() -> (uid: uid_t, gid: gid_t) {
@@ -49,11 +73,19 @@ public final class Parent {
     }
 
     func start() throws {
-        signal(SIGPIPE, SIG_IGN)
+        Spawn.ignoreSignal(SIGPIPE)
+        // One warning for all the processes that would use Landlock (control,
+        // VMs, devices): they carry on with seccomp and the unprivileged user.
+        if Sandbox.landlockABI == 0 {
+            Log.warning("Landlock is not available (an old kernel, or a seccomp filter such as "
+                        + "systemd-nspawn's hides it): file system access of the sandboxed "
+                        + "processes is not restricted")
+        }
         // Before any child exists: a child that dies at once (a sandbox
         // violation at start-up) must still be noticed.
         loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
         let listenFD = try ControlProcess.bind(path: options.socketPath, owner: socketOwner())
+        socketIdentity = Sockets.identity(options.socketPath)
         defer { FD.close(listenFD) }
         for role in Role.allCases {
             let (mine, theirs) = try FD.socketPair()
@@ -68,6 +100,11 @@ public final class Parent {
                                          Log.debug("\(role.rawValue) channel closed\(reason.map { ": \($0)" } ?? "")")
                                      }
                                  })
+            ch.allowedTypes = MessagePolicy.rawTypes(role.route)
+            // Control relays clients' requests: if it stops taking the
+            // replies, stop taking requests (it always drains, being bounded
+            // per client, so this only guards against a stuck control).
+            if role == .control { ch.pauseReadingAbove = 4 << 20 }
             children[role] = Child(role: role, pid: pid, channel: ch)
             Log.debug("started \(role.rawValue) process, pid \(pid)")
         }
@@ -129,27 +166,26 @@ public final class Parent {
         shuttingDown = true
         notifySystemd("STOPPING=1")
         for child in children.values {
-            kill(child.pid, SIGTERM)
+            Spawn.signal(child.pid, SIGTERM)
         }
         // vmm stops its VMs gracefully before exiting; give it time, then insist.
         let deadline = Clock.now() + 15
         while !children.isEmpty && Clock.now() < deadline {
-            var st: Int32 = 0
-            let pid = waitpid(-1, &st, WNOHANG)
-            if pid > 0 {
+            if let (pid, _) = Spawn.reapAny() {
                 if let c = children.values.first(where: { $0.pid == pid }) { children[c.role] = nil }
                 continue
             }
-            if pid < 0 && cvmdErrno() == ECHILD { break }
-            usleep(20_000)
+            Clock.sleep(seconds: 0.02)
         }
         for child in children.values {
             Log.warning("\(child.role.rawValue) did not exit; killing it")
-            kill(child.pid, SIGKILL)
+            Spawn.signal(child.pid, SIGKILL)
             _ = try? Spawn.wait(child.pid)
         }
         children.removeAll()
-        unlink(options.socketPath)
+        if let mine = socketIdentity, let now = Sockets.identity(options.socketPath), mine == now {
+            Sockets.remove(options.socketPath)
+        }
         Log.info("exiting")
         exit(status)
     }
@@ -158,9 +194,10 @@ public final class Parent {
     func reload(path: String?) -> Result<Void, ConfigErrors> {
         var o = options
         if let path { o.configPath = path }
-        switch Parent.loadConfiguration(o) {
+        switch Parent.loadConfiguration(o, missingIsEmpty: path == nil) {
         case .failure(let e): return .failure(e)
         case .success(let c):
+            for w in c.warnings { Log.warning("\(w.description)") }
             config = c
             vms.applyConfiguration()
             return .success(())

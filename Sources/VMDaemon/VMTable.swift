@@ -3,27 +3,27 @@ import Glibc
 import VMDSystem
 import Imsg
 import VMConfig
+import VirtioDevices
 
-/// The parent's table of VMs: configured and running, with stable ids, the
-/// permission checks for control requests, and the start/stop state machine.
+/// The parent's table of VMs, configured and made with vmctl, with stable
+/// ids: it dispatches control requests (ControlAuthorization decides who
+/// may), starts VMs (LaunchBuilder opens their files) and follows their
+/// lives (VMLifecycle) from what vmm reports.
 final class VMTable {
     final class Entry {
         let id: UInt32
         var config: VMConfiguration
-        var state: VMState = .stopped
+        var lifecycle = VMLifecycle()
+        var state: VMState { lifecycle.state }
         var pid: Int32 = 0
         var tty = ""
-        var ownerUID: uid_t = 0
-        var ownerGID: gid_t?
+        var ownership = VMOwnership.rootOnly
         var fromConfigFile: Bool
-        var restarts: [Double] = []
         /// Clients waiting for this VM to stop (`vmctl wait`, `stop -w`).
         var waiters: [UInt32] = []
         var startRequester: UInt32?
-        var pendingTaps: Int = 0
-        var launch: LaunchSpec?
-        var launchFDs: [Int32] = []
-        var stopRequested = false
+        /// The launch being assembled (waiting for taps from priv).
+        var launch: PreparedLaunch?
 
         init(id: UInt32, config: VMConfiguration, fromConfigFile: Bool) {
             self.id = id
@@ -32,14 +32,10 @@ final class VMTable {
         }
     }
 
-    struct Client { let uid: uid_t; let gid: gid_t }
-
     unowned let parent: Parent
     var entries: [Entry] = []
     var nextID: UInt32 = 1
-    var clients: [UInt32: Client] = [:]
-    static let restartLimit = 3
-    static let restartWindow = 6.0
+    var clients: [UInt32: ClientCredentials] = [:]
 
     init(parent: Parent) {
         self.parent = parent
@@ -55,12 +51,14 @@ final class VMTable {
         return e
     }
 
+    /// `owner user[:group]` as ids, looked up when the VM is added (the
+    /// parent is not sandboxed; names were checked when the file was read).
     func resolveOwner(_ e: Entry) {
-        e.ownerUID = 0
-        e.ownerGID = nil
+        e.ownership = .rootOnly
         guard let o = e.config.owner else { return }
-        if let u = o.user { e.ownerUID = UInt32(u).map { uid_t($0) } ?? Users.lookup(u)?.uid ?? 0 }
-        if let g = o.group { e.ownerGID = UInt32(g).map { gid_t($0) } ?? Users.lookupGroup(g) }
+        e.ownership.configured = true
+        if let u = o.user { e.ownership.uid = UInt32(u).map { uid_t($0) } ?? Users.lookup(u)?.uid ?? 0 }
+        if let g = o.group { e.ownership.gid = UInt32(g).map { gid_t($0) } ?? Users.lookupGroup(g) }
     }
 
     func find(_ nameOrID: String) -> Entry? {
@@ -74,7 +72,7 @@ final class VMTable {
 
     /// Starts every VM without `disable`, honouring `staggered start`.
     func startConfigured() {
-        let toStart = entries.filter { $0.config.enabled && $0.state == .stopped }
+        let toStart = entries.filter { $0.fromConfigFile && $0.config.enabled && $0.state == .stopped }
         guard let stagger = parent.config.staggeredStart, stagger.parallel > 0 else {
             for e in toStart { start(e, requester: nil) }
             return
@@ -118,12 +116,8 @@ final class VMTable {
         reply(client, .ctlOK, Array(message.utf8))
     }
 
-    func isOwner(_ c: Client, _ e: Entry) -> Bool {
-        if c.uid == 0 { return true }
-        if e.config.owner == nil { return false }
-        if e.ownerUID != 0 && e.ownerUID == c.uid { return true }
-        if let g = e.ownerGID, g == c.gid { return true }
-        return false
+    func isOwner(_ c: ClientCredentials, _ e: Entry) -> Bool {
+        ControlAuthorization.mayControl(e.ownership, c)
     }
 
     func fromControl(_ m: Imsg) {
@@ -133,9 +127,15 @@ final class VMTable {
             fail(client, EINVAL, "unknown request type \(m.type)")
             return
         }
+        // Control's own bookkeeping (clients cannot get these relayed:
+        // MessagePolicy.clientToControl). Credentials are set once per
+        // connection and never replaced.
         if type == .ctlClientConnected {
-            var r = WireReader(m.data)
-            if let uid = try? r.u32(), let gid = try? r.u32() { clients[client] = Client(uid: uid, gid: gid) }
+            guard clients[client] == nil, let connected = try? ClientConnected(decoding: m.data) else {
+                Log.warning("control: ignored repeated or malformed credentials for client \(client)")
+                return
+            }
+            clients[client] = ClientCredentials(uid: connected.uid, gid: connected.gid)
             return
         }
         if type == .ctlClientClosed {
@@ -145,16 +145,17 @@ final class VMTable {
             return
         }
         guard let c = clients[client] else { return }
-        let userAllowed: Set<MessageType> = [.vmdStartVMRequest, .vmdStopVMRequest, .vmdWaitVM,
-                                             .vmdGetInfoVMRequest, .vmdPauseVM, .vmdUnpauseVM,
-                                             .vmdConsoleRequest]
-        if c.uid != 0 && !userAllowed.contains(type) {
-            fail(client, EPERM, "permission denied: only root may do that")
+        guard MessagePolicy.clientRequests.contains(type) else {
+            Log.warning("control: dropped message type \(m.type): not a client request")
+            return
+        }
+        if case .denied(let why) = ControlAuthorization.mayRequest(type, c) {
+            fail(client, EPERM, why)
             return
         }
         do {
             switch type {
-            case .vmdGetInfoVMRequest: status(client, m.data)
+            case .vmdGetInfoVMRequest: try status(client, m.data)
             case .vmdStartVMRequest: try startRequest(client, c, StartRequest(decoding: m.data))
             case .vmdStopVMRequest: try stopRequest(client, c, VMRequest(decoding: m.data))
             case .vmdPauseVM, .vmdUnpauseVM, .vmdWaitVM, .vmdConsoleRequest:
@@ -167,15 +168,12 @@ final class VMTable {
                     fail(client, EINVAL, errs.errors.map(\.description).joined(separator: "\n"))
                 }
             case .ctlReset:
-                var r = WireReader(m.data)
-                let what = (try? r.u32()) ?? 0
-                if what == 0 || what == 1 {
+                if try ResetRequest(decoding: m.data).resetsVMs {
                     for e in entries where e.state != .stopped { stop(e, force: true) }
                 }
                 ok(client)
             case .ctlVerbose:
-                var r = WireReader(m.data)
-                let level = (try? r.u32()) ?? 0
+                let level = try VerbosityRequest(decoding: m.data).level
                 Log.setVerbosity(Int(level))
                 Log.info("log level set to \(level == 0 ? "brief" : "verbose")")
                 ok(client)
@@ -200,20 +198,19 @@ final class VMTable {
                       name: e.config.name)
     }
 
-    func status(_ client: UInt32, _ data: [UInt8]) {
-        var r = WireReader(data)
-        let wanted = (try? r.string(max: 256)) ?? ""
+    func status(_ client: UInt32, _ data: [UInt8]) throws {
+        let wanted = try InfoRequest(decoding: data).name
         for e in entries where wanted.isEmpty || e.config.name == wanted || String(e.id) == wanted {
             reply(client, .vmdInfoVMData, info(e).encoded())
         }
         reply(client, .vmdInfoVMEnd)
     }
 
-    func startRequest(_ client: UInt32, _ c: Client, _ req: StartRequest) throws {
+    func startRequest(_ client: UInt32, _ c: ClientCredentials, _ req: StartRequest) throws {
         // Paths in a request are opened by the daemon as root: only root may
         // give them (or create VMs); other users start the VMs they own.
-        if c.uid != 0 && req.hasOverrides {
-            fail(client, EPERM, "start \(req.name): permission denied: only root may give -b, -d, -r, -t, -m, -i, -n, -L or -B")
+        if case .denied(let why) = ControlAuthorization.mayStart(with: req, c) {
+            fail(client, EPERM, "start \(req.name): \(why)")
             return
         }
         var e = find(req.name)
@@ -224,7 +221,15 @@ final class VMTable {
             guard existing.state == .stopped else {
                 fail(client, EBUSY, "start \(req.name): vm already running"); return
             }
-            if req.hasOverrides { apply(req, to: existing) }
+            if req.hasOverrides {
+                // Overrides hold for this start only if it goes ahead: a
+                // refused start leaves the configured VM as it was.
+                let saved = existing.config
+                apply(req, to: existing)
+                start(existing, requester: client)
+                if existing.state == .stopped { existing.config = saved }
+                return
+            }
         } else {
             guard req.hasOverrides || req.name.isEmpty == false else {
                 fail(client, ENOENT, "start \(req.name): vm not found"); return
@@ -270,7 +275,7 @@ final class VMTable {
         if let d = BootDevice(rawValue: req.bootDevice) { e.config.bootDevice = d }
     }
 
-    func stopRequest(_ client: UInt32, _ c: Client, _ req: VMRequest) throws {
+    func stopRequest(_ client: UInt32, _ c: ClientCredentials, _ req: VMRequest) throws {
         let targets: [Entry]
         if req.flags & VMRequest.all != 0 {
             targets = entries.filter { $0.state != .stopped && isOwner(c, $0) }
@@ -296,7 +301,7 @@ final class VMTable {
     /// `stop -w`: (client, VMs still running, their names).
     var groupWaits: [(client: UInt32, pending: Set<UInt32>, names: [String])] = []
 
-    func vmRequest(_ type: MessageType, _ client: UInt32, _ c: Client, _ req: VMRequest) throws {
+    func vmRequest(_ type: MessageType, _ client: UInt32, _ c: ClientCredentials, _ req: VMRequest) throws {
         let verb: String
         switch type {
         case .vmdPauseVM: verb = "pause"
@@ -332,156 +337,72 @@ final class VMTable {
 
     func start(_ e: Entry, requester: UInt32?) {
         let name = e.config.name
-        func refuse(_ code: Int32, _ msg: String) {
-            Log.warning("start \(name): \(msg)")
-            if let r = requester { fail(r, code, "start \(name): \(msg)") }
-            e.state = .stopped
-            for f in e.launchFDs { FD.close(f) }
-            e.launchFDs = []
-        }
-        let unsupported = unsupportedFeatures(of: e.config)
-        if let first = unsupported.first {
-            refuse(ENOTSUP, "not supported yet: \(first)")
-            return
-        }
-        guard let boot = e.config.bootPath else {
-            refuse(ENOTSUP, "no boot kernel given (`boot path`): BIOS boot is not supported yet")
-            return
-        }
-        var fds: [Int32] = []
-        func openFile(_ what: String, _ path: String, writable: Bool) -> (Int32, Bool)? {
-            if writable {
-                let fd = open(path, O_RDWR | O_CLOEXEC)
-                if fd >= 0 { return (fd, false) }
-                let err = errno
-                if err != EACCES && err != EROFS && err != EPERM {
-                    refuse(err, "\(what) \(path): \(String(cString: strerror(err)))")
-                    return nil
+        switch LaunchBuilder.prepare(vmid: e.id, config: e.config, ownerUID: e.ownership.uid) {
+        case .failure(let refusal):
+            Log.warning("start \(name): \(refusal.message)")
+            if let r = requester { fail(r, refusal.code, "start \(name): \(refusal.message)") }
+            e.lifecycle.refused()
+            forgetIfAdHoc(e)
+        case .success(let launch):
+            e.launch = launch
+            e.lifecycle.launching()
+            e.startRequester = requester
+            if launch.isComplete {
+                sendLaunch(e)
+            } else {
+                for n in launch.tapNames {
+                    parent.send(.priv, Imsg(type: MessageType.privOpenTap.rawValue, peerID: e.id, data: Array(n.utf8)))
                 }
-            }
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            if fd < 0 {
-                let err = errno
-                refuse(err, "\(what) \(path): \(String(cString: strerror(err)))")
-                return nil
-            }
-            return (fd, true)
-        }
-        guard let (kernel, _) = openFile("kernel", boot, writable: false) else { return }
-        fds.append(kernel)
-        var hasInitrd = false
-        if let initrd = e.config.initrd {
-            guard let (fd, _) = openFile("initrd", initrd, writable: false) else { fds.forEach(FD.close); return }
-            fds.append(fd)
-            hasInitrd = true
-        }
-        var disks: [LaunchSpec.DiskSpec] = []
-        for d in e.config.disks {
-            guard let (fd, ro) = openFile("disk", d.path, writable: true) else { fds.forEach(FD.close); return }
-            fds.append(fd)
-            // One writer per image: a second VM gets a clear error, not a corrupt disk.
-            if flock(fd, (ro ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
-                fds.forEach(FD.close)
-                refuse(EBUSY, "disk \(d.path): in use by another VM")
-                return
-            }
-            var magic = [UInt8](repeating: 0, count: 4)
-            if pread(fd, &magic, 4, 0) == 4 && magic == [0x51, 0x46, 0x49, 0xfb] || d.format == .qcow2 {
-                fds.forEach(FD.close)
-                refuse(ENOTSUP, "disk \(d.path): not supported yet: qcow2 disk")
-                return
-            }
-            let base = d.path.split(separator: "/").last.map(String.init) ?? d.path
-            disks.append(.init(name: base, readOnly: ro))
-        }
-        var hasCDROM = false
-        if let cd = e.config.cdrom {
-            guard let (fd, _) = openFile("cdrom", cd, writable: false) else { fds.forEach(FD.close); return }
-            fds.append(fd)
-            hasCDROM = true
-        }
-        var nics: [LaunchSpec.NICSpec] = []
-        let count = e.config.effectiveInterfaceCount
-        for i in 0..<count {
-            let iface = i < e.config.interfaces.count ? e.config.interfaces[i] : nil
-            var mac = iface?.lladdr?.bytes ?? []
-            if mac.isEmpty {
-                // vmd's scheme: fe:e1:bb:d<n>:xx:xx, random low bytes.
-                let rnd = Random.bytes(2)
-                mac = [0xfe, 0xe1, 0xbb, 0xd0 | UInt8(i + 1), rnd[0], rnd[1]]
-            }
-            let ifname = (iface?.name == "tap") ? "" : (iface?.name ?? "")
-            nics.append(.init(mac: mac, lockedLladdr: iface?.lockedLladdr ?? false, ifname: ifname))
-        }
-        e.launch = LaunchSpec(vmid: e.id, name: name, memoryBytes: e.config.effectiveMemoryBytes,
-                              cpus: UInt32(e.config.effectiveCPUs), cmdline: e.config.cmdline ?? "",
-                              hasInitrd: hasInitrd, disks: disks, hasCDROM: hasCDROM, nics: nics,
-                              verbosity: UInt32(Log.verbosity))
-        e.launch?.kernelName = boot
-        e.launch?.initrdName = e.config.initrd ?? ""
-        e.launch?.ownerUID = UInt32(e.ownerUID)
-        e.launchFDs = fds
-        e.state = .starting
-        e.startRequester = requester
-        e.stopRequested = false
-        e.pendingTaps = nics.count
-        if nics.isEmpty {
-            sendLaunch(e)
-        } else {
-            for n in nics {
-                parent.send(.priv, Imsg(type: MessageType.privOpenTap.rawValue, peerID: e.id,
-                                        data: Array(n.ifname.utf8)))
             }
         }
     }
 
+    /// A VM made from vmctl flags exists only while it runs: one whose
+    /// start failed leaves nothing behind (no ghost a reload would boot).
+    func forgetIfAdHoc(_ e: Entry) {
+        guard !e.fromConfigFile, e.state == .stopped else { return }
+        entries.removeAll { $0 === e }
+    }
+
     func fromPriv(_ m: Imsg) {
         guard MessageType(rawValue: m.type) == .privTapOpened, let e = entry(id: m.peerID),
-              e.state == .starting, e.pendingTaps > 0, var spec = e.launch else {
+              e.state == .starting, var launch = e.launch, !launch.isComplete else {
             if let f = m.fd { FD.close(f) }
             return
         }
         guard let fd = m.fd else {
             let reason = String(decoding: m.data, as: UTF8.self)
-            e.pendingTaps = 0
-            for f in e.launchFDs { FD.close(f) }
-            e.launchFDs = []
-            e.state = .stopped
+            launch.closeDescriptors()
+            e.launch = nil
+            e.lifecycle.refused()
             Log.warning("start \(e.config.name): tap: \(reason)")
             if let r = e.startRequester { fail(r, EIO, "start \(e.config.name): tap: \(reason)") }
+            e.startRequester = nil
+            forgetIfAdHoc(e)
             return
         }
-        let index = spec.nics.count - e.pendingTaps
-        spec.nics[index].ifname = String(decoding: m.data, as: UTF8.self)
-        e.launch = spec
-        e.launchFDs.append(fd)
-        e.pendingTaps -= 1
-        if e.pendingTaps == 0 { sendLaunch(e) }
+        Log.debug("vm \(e.config.name): tap \(String(decoding: m.data, as: UTF8.self))")
+        launch.attachTap(fd)
+        e.launch = launch
+        if launch.isComplete { sendLaunch(e) }
     }
 
     func sendLaunch(_ e: Entry) {
-        guard let spec = e.launch else { return }
-        parent.send(.vmm, Imsg(type: MessageType.vmmStartVM.rawValue, peerID: e.id, data: spec.encoded()))
-        for fd in e.launchFDs {
+        guard let launch = e.launch else { return }
+        parent.send(.vmm, Imsg(type: MessageType.vmmStartVM.rawValue, peerID: e.id, data: launch.spec.encoded()))
+        for fd in launch.descriptors {
             parent.send(.vmm, Imsg(type: MessageType.vmmStartVMFD.rawValue, peerID: e.id, fd: fd))
         }
-        e.launchFDs = []
+        e.launch = nil
         parent.send(.vmm, Imsg(type: MessageType.vmmStartVMEnd.rawValue, peerID: e.id))
         Log.info("vm \(e.config.name): starting (id \(e.id))")
     }
 
     func stop(_ e: Entry, force: Bool) {
-        switch e.state {
-        case .starting where e.pid == 0, .stopped:
-            return
-        default:
-            e.stopRequested = true
-            e.state = .stopping
-            var w = WireWriter()
-            w.u32(force ? VMRequest.force : 0)
-            parent.send(.vmm, Imsg(type: MessageType.vmmStopVM.rawValue, peerID: e.id, data: w.bytes))
-            Log.info("vm \(e.config.name): stopping\(force ? " (forced)" : "")")
-        }
+        guard e.lifecycle.stop(processExists: e.pid != 0) == .send else { return }
+        parent.send(.vmm, Imsg(type: MessageType.vmmStopVM.rawValue, peerID: e.id,
+                               data: VMStopCommand(force: force).encoded()))
+        Log.info("vm \(e.config.name): stopping\(force ? " (forced)" : "")")
     }
 
     // MARK: messages from vmm
@@ -489,18 +410,29 @@ final class VMTable {
     func fromVMM(_ m: Imsg) {
         if let f = m.fd { FD.close(f) }
         guard let e = entry(id: m.peerID) else { return }
-        var r = WireReader(m.data)
         switch MessageType(rawValue: m.type) {
         case .vmmVMStarted:
-            e.pid = (try? r.i32()) ?? 0
-            e.tty = (try? r.string()) ?? ""
-            if e.state == .starting { e.state = .running }
+            // Once per start, and the tty must be a pty: the VM process
+            // (guest-facing) writes the tty name that clients then open.
+            guard e.state == .starting || e.state == .stopping, e.pid == 0 else {
+                Log.warning("vm \(e.config.name): ignored a repeated start report")
+                return
+            }
+            guard let started = try? VMStartedReport(decoding: m.data) else { return }
+            e.pid = started.pid
+            e.tty = Self.isPTY(started.tty) ? started.tty : ""
+            if !started.tty.isEmpty && e.tty.isEmpty {
+                Log.warning("vm \(e.config.name): ignored console \(started.tty): not a pty")
+            }
+            let stopNow = e.lifecycle.started()
             Log.info("vm \(e.config.name): running, pid \(e.pid), console \(e.tty)")
             if let c = e.startRequester { reply(c, .vmdStartVMResponse, info(e).encoded()) }
             e.startRequester = nil
-            if e.stopRequested { stop(e, force: true) }
+            if stopNow { stop(e, force: true) }
         case .vmmPaused, .vmmUnpaused:
-            e.state = MessageType(rawValue: m.type) == .vmmPaused ? .paused : .running
+            // Only as the answer to a pause/unpause the parent asked for.
+            guard pendingReplies[e.id] != nil, e.state == .running || e.state == .paused else { return }
+            e.lifecycle.paused(MessageType(rawValue: m.type) == .vmmPaused)
             Log.info("vm \(e.config.name): \(e.state == .paused ? "paused" : "unpaused")")
             for c in pendingReplies.removeValue(forKey: e.id) ?? [] { ok(c) }
         case .vmmConsoleReplay:
@@ -517,12 +449,19 @@ final class VMTable {
                 reply(c, .vmdInfoVMEnd)
             }
         case .vmmVMExited:
-            let reason = VMStopReason(rawValue: (try? r.u32()) ?? 0) ?? .failed
-            let detail = (try? r.string()) ?? ""
-            exited(e, reason: reason, detail: detail)
+            let report = (try? VMExitReport(decoding: m.data))
+                ?? VMExitReport(reason: .failed, detail: "malformed exit report")
+            exited(e, reason: report.reason, detail: report.detail)
         default:
             break
         }
+    }
+
+    /// `/dev/pts/N`: the only console names the daemon passes on.
+    static func isPTY(_ path: String) -> Bool {
+        guard path.hasPrefix("/dev/pts/") else { return false }
+        let n = path.dropFirst(9)
+        return !n.isEmpty && n.count <= 10 && n.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
     }
 
     func exited(_ e: Entry, reason: VMStopReason, detail: String) {
@@ -530,31 +469,24 @@ final class VMTable {
         let wasStarting = e.state == .starting
         e.pid = 0
         e.tty = ""
-        e.state = .stopped
         for c in pendingReplies.removeValue(forKey: e.id) ?? [] { fail(c, EINVAL, "vm \(name) stopped") }
         for c in pendingConsole.removeValue(forKey: e.id) ?? [] { fail(c, EINVAL, "console \(name): vm stopped") }
         if let c = e.startRequester {
             fail(c, EIO, "start \(name): \(detail.isEmpty ? "vm exited" : detail)")
             e.startRequester = nil
         }
-        switch reason {
-        case .reboot where !e.stopRequested:
-            let now = Clock.now()
-            e.restarts = e.restarts.filter { now - $0 < Self.restartWindow } + [now]
-            if e.restarts.count >= Self.restartLimit {
-                Log.warning("vm \(name): restarted \(Self.restartLimit) times in \(Int(Self.restartWindow)) s: stopped")
-                e.restarts = []
-                break
-            }
+        switch e.lifecycle.exited(reason, now: Clock.now()) {
+        case .restart:
             Log.info("vm \(name): rebooting")
             start(e, requester: nil)
             return
-        case .failed:
+        case .restartLimitReached:
+            Log.warning("vm \(name): restarted \(VMLifecycle.restartLimit) times in \(Int(VMLifecycle.restartWindow)) s: stopped")
+        case .stopped where reason == .failed:
             Log.warning("vm \(name): \(wasStarting ? "failed to start" : "stopped"): \(detail)")
-        default:
+        case .stopped:
             Log.info("vm \(name): stopped\(detail.isEmpty ? "" : " (\(detail))")")
         }
-        e.stopRequested = false
         for c in e.waiters { ok(c, "vm \(name) stopped") }
         e.waiters = []
         for i in groupWaits.indices { groupWaits[i].pending.remove(e.id) }
@@ -562,9 +494,7 @@ final class VMTable {
             ok(g.client, g.names.map { "vm \($0) stopped" }.joined(separator: "\n"))
         }
         groupWaits.removeAll { $0.pending.isEmpty }
-        if !e.fromConfigFile {
-            // VMs made from vmctl flags live until they stop, like vmd's.
-            entries.removeAll { $0 === e }
-        }
+        // VMs made from vmctl flags live until they stop, like vmd's.
+        forgetIfAdHoc(e)
     }
 }

@@ -18,46 +18,19 @@ public enum VirtioLegacyLayout {
     public static let pageSize: UInt64 = 4096
 }
 
-public final class VirtioLegacyPCITransport: VirtioDeviceHost {
+public final class VirtioLegacyPCITransport: TransportCore {
     /// OpenBSD's ids for its VMM control interface (vmmci): the virtio
     /// device type travels in the subsystem id, as legacy virtio does.
     public static let vmmciIdentity = VirtioPCIIdentity(
         vendorID: 0x0b5d, deviceID: 0x0777, revision: 0, classCode: 0x07, subclass: 0x80,
         programmingInterface: 0, subsystemVendorID: 0x0b5d, subsystemID: 0xffff)
 
-    public let device: VirtioDevice
-    public let memory: GuestMemory
-    public let queues: [Virtqueue]
-    private let interrupts: InterruptState
-    public var interruptSink: InterruptSink? {
-        get { interrupts.sink }
-        set { interrupts.sink = newValue }
-    }
-
-    public private(set) var status: UInt8 = 0
-    public var isr: UInt8 { interrupts.isr }
-    public private(set) var negotiatedFeatures: UInt64 = 0
-    private var queueSelect: UInt16 = 0
-    private var logBudget = LogBudget()
-
-    public var isDriverReady: Bool {
-        status & VirtioStatus.driverOK != 0 && status & VirtioStatus.deviceNeedsReset == 0
-    }
-
-    public init(device: VirtioDevice, memory: GuestMemory, interruptSink: InterruptSink?) {
-        self.device = device
-        self.memory = memory
-        self.interrupts = InterruptState(sink: interruptSink)
-        self.queues = device.queueMaxSizes.map { Virtqueue(maxSize: $0, memory: memory) }
-        device.attach(to: self)
+    public override init(device: VirtioDevice, memory: GuestMemory, interruptSink: InterruptSink?) {
+        super.init(device: device, memory: memory, interruptSink: interruptSink)
     }
 
     /// Legacy devices have 32 feature bits and no VERSION_1.
     public var offeredFeatures: UInt32 { UInt32(truncatingIfNeeded: device.deviceFeatures) }
-
-    private var selectedQueue: Virtqueue? {
-        Int(queueSelect) < queues.count ? queues[Int(queueSelect)] : nil
-    }
 
     public func read(offset: UInt16, size: Int) -> UInt32 {
         guard size == 1 || size == 2 || size == 4 else { return 0xffff_ffff }
@@ -140,35 +113,4 @@ public final class VirtioLegacyPCITransport: VirtioDeviceHost {
             deviceFailed("queue \(queueSelect): \(error)")
         }
     }
-
-    public func reset() {
-        device.reset()
-        for queue in queues { queue.reset() }
-        status = 0
-        negotiatedFeatures = 0
-        queueSelect = 0
-        _ = interrupts.readAndClear()
-    }
-
-    /// runQueue checks the index and the driver state.
-    public func notify(queue index: Int) {
-        withQueue(index) { queue in try device.process(queue: queue, index: index) }
-    }
-
-    public func withQueue(_ index: Int, _ body: (Virtqueue) throws -> Void) {
-        runQueue(queues, index, ready: isDriverReady, interrupts: interrupts, fail: deviceFailed, body)
-    }
-
-    public func configurationChanged() {
-        interrupts.raise(VirtioISR.configChange)
-    }
-
-    public func deviceFailed(_ reason: String) {
-        guard status & VirtioStatus.deviceNeedsReset == 0 else { return }
-        logBudget.log("\(device.name): \(reason); device needs reset")
-        status |= VirtioStatus.deviceNeedsReset
-        interrupts.raise(VirtioISR.configChange)
-    }
-
-    public var isInterruptAsserted: Bool { interrupts.asserted }
 }

@@ -50,28 +50,14 @@ public struct VirtioPCIIdentity: Equatable, Sendable {
     public var subsystemID: UInt16
 }
 
-public final class VirtioPCITransport: VirtioDeviceHost {
+public final class VirtioPCITransport: TransportCore {
     public static let noVector: UInt16 = 0xffff
 
-    public let device: VirtioDevice
     public let deviceType: VirtioDeviceType
-    public let memory: GuestMemory
-    public let queues: [Virtqueue]
-    private let interrupts: InterruptState
-    public var interruptSink: InterruptSink? {
-        get { interrupts.sink }
-        set { interrupts.sink = newValue }
-    }
-
-    public private(set) var status: UInt8 = 0
-    public var isr: UInt8 { interrupts.isr }
     public private(set) var configGeneration: UInt8 = 0
     public private(set) var driverFeatures: UInt64 = 0
-    public private(set) var negotiatedFeatures: UInt64 = 0
     private var deviceFeatureSelect: UInt32 = 0
     private var driverFeatureSelect: UInt32 = 0
-    private var queueSelect: UInt16 = 0
-    private var logBudget = LogBudget()
 
     /// Everything the device offers: its own bits plus what this transport
     /// and the virtqueue implement.
@@ -80,20 +66,10 @@ public final class VirtioPCITransport: VirtioDeviceHost {
             | VirtioFeature.eventIndex
     }
 
-    public var isDriverReady: Bool {
-        status & VirtioStatus.driverOK != 0 && status & VirtioStatus.deviceNeedsReset == 0
-    }
-
-    public var needsReset: Bool { status & VirtioStatus.deviceNeedsReset != 0 }
-
     public init(device: VirtioDevice, type: VirtioDeviceType, memory: GuestMemory,
                 interruptSink: InterruptSink?) {
-        self.device = device
         self.deviceType = type
-        self.memory = memory
-        self.interrupts = InterruptState(sink: interruptSink)
-        self.queues = device.queueMaxSizes.map { Virtqueue(maxSize: $0, memory: memory) }
-        device.attach(to: self)
+        super.init(device: device, memory: memory, interruptSink: interruptSink)
     }
 
     // MARK: PCI identity and capabilities
@@ -111,12 +87,9 @@ public final class VirtioPCITransport: VirtioDeviceHost {
     }
 
     /// The vendor-specific capabilities (struct virtio_pci_cap, spec 4.1.4)
-    /// describing this BAR layout, to be placed at `firstOffset` in the PCI
-    /// configuration space (point the capabilities pointer at 0x34 there and
-    /// set the status register's capabilities-list bit). The last
-    /// capability's next pointer is `nextAfterLast`.
-    public static func capabilityList(firstOffset: UInt8 = 0x40, bar: UInt8 = 0,
-                                      nextAfterLast: UInt8 = 0) -> [UInt8] {
+    /// describing this BAR layout, one structure each with its next pointer
+    /// left 0: the PCI bus places and links them.
+    public static func capabilities(bar: UInt8 = 0) -> [[UInt8]] {
         // (cfg_type, offset, length)
         let caps: [(UInt8, UInt32, UInt32)] = [
             (1, UInt32(VirtioPCILayout.commonConfig), UInt32(VirtioPCILayout.commonConfigLength)),
@@ -124,17 +97,14 @@ public final class VirtioPCITransport: VirtioDeviceHost {
             (3, UInt32(VirtioPCILayout.isr), 1),
             (4, UInt32(VirtioPCILayout.deviceConfig), UInt32(VirtioPCILayout.deviceConfigLength)),
         ]
-        var bytes: [UInt8] = []
-        for (i, cap) in caps.enumerated() {
+        return caps.map { cap in
             let length: UInt8 = cap.0 == 2 ? 20 : 16
-            let last = i == caps.count - 1
-            let next = last ? nextAfterLast : firstOffset &+ UInt8(bytes.count) &+ length
-            bytes += [0x09, next, length, cap.0, bar, 0, 0, 0]
+            var bytes: [UInt8] = [0x09, 0, length, cap.0, bar, 0, 0, 0]
             appendLittleEndian(cap.1, to: &bytes)
             appendLittleEndian(cap.2, to: &bytes)
             if cap.0 == 2 { appendLittleEndian(VirtioPCILayout.notifyOffsetMultiplier, to: &bytes) }
+            return bytes
         }
-        return bytes
     }
 
     // MARK: register access
@@ -169,10 +139,6 @@ public final class VirtioPCITransport: VirtioDeviceHost {
         default:
             break   // ISR is read-only; the rest of the BAR is unused.
         }
-    }
-
-    private var selectedQueue: Virtqueue? {
-        Int(queueSelect) < queues.count ? queues[Int(queueSelect)] : nil
     }
 
     /// The common configuration as bytes, so reads of any width and offset
@@ -289,41 +255,22 @@ public final class VirtioPCITransport: VirtioDeviceHost {
     }
 
     /// Device reset (status 0): back to the power-on state.
-    public func reset() {
-        device.reset()
-        for queue in queues { queue.reset() }
-        status = 0
+    public override func reset() {
+        super.reset()
         driverFeatures = 0
-        negotiatedFeatures = 0
         deviceFeatureSelect = 0
         driverFeatureSelect = 0
-        queueSelect = 0
-        _ = interrupts.readAndClear()
     }
 
-    // MARK: queues and interrupts
+    // MARK: interrupts
 
-    /// runQueue checks the index and the driver state.
-    public func notify(queue index: Int) {
-        withQueue(index) { queue in try device.process(queue: queue, index: index) }
-    }
-
-    public func withQueue(_ index: Int, _ body: (Virtqueue) throws -> Void) {
-        runQueue(queues, index, ready: isDriverReady, interrupts: interrupts, fail: deviceFailed, body)
-    }
-
-    public func configurationChanged() {
+    public override func configurationChanged() {
         configGeneration &+= 1
         if status & VirtioStatus.driverOK != 0 { interrupts.raise(VirtioISR.configChange) }
     }
 
-    /// The guest broke the protocol: stop serving until it resets us.
-    public func deviceFailed(_ reason: String) {
-        guard !needsReset else { return }
-        logBudget.log("\(device.name): \(reason); device needs reset")
-        status |= VirtioStatus.deviceNeedsReset
+    override func configurationChangedByFailure() {
         configGeneration &+= 1
-        interrupts.raise(VirtioISR.configChange)
     }
 
     /// Reading ISR returns the pending causes, clears them, and lowers the line.
@@ -331,5 +278,4 @@ public final class VirtioPCITransport: VirtioDeviceHost {
         interrupts.readAndClear()
     }
 
-    public var isInterruptAsserted: Bool { interrupts.asserted }
 }

@@ -44,7 +44,7 @@ public final class VioBlk: VirtioDevice {
     public let backend: BlockBackend
     /// GET_ID answer: the image's name, at most 20 bytes, NUL-padded.
     public let identifier: [UInt8]
-    public let queueMaxSizes: [UInt16] = [VioBlk.queueSize]
+    public let queueMaxSizes = VioBlk.model.queueSizes
     private weak var host: VirtioDeviceHost?
 
     public init(name: String, backend: BlockBackend, identifier: String) {
@@ -120,10 +120,10 @@ public final class VioBlk: VirtioDevice {
             let sector = UInt64(readLittleEndian(header, offset: 8, size: 4))
                 | UInt64(readLittleEndian(header, offset: 12, size: 4)) << 32
             switch type {
-            case VioBlk.readType:
+            case VirtioBlockRequestType.read:
                 status = readData(sector: sector, into: request.writable, length: dataLength, memory: memory)
                 if status == VirtioBlockStatus.ok { dataWritten = dataLength }
-            case VioBlk.writeType:
+            case VirtioBlockRequestType.write:
                 status = writeData(sector: sector, from: &readable)
             case VirtioBlockRequestType.flush:
                 status = perform("flush") { try backend.flush() }
@@ -143,9 +143,6 @@ public final class VioBlk: VirtioDevice {
         statusCursor.write([status])
         return UInt32(truncatingIfNeeded: min(dataWritten + 1, UInt64(UInt32.max)))
     }
-
-    private static let readType = VirtioBlockRequestType.read
-    private static let writeType = VirtioBlockRequestType.write
 
     /// Byte offset of a sector range, if it lies within the image.
     private func byteRange(sector: UInt64, length: UInt64) -> UInt64? {
@@ -237,4 +234,17 @@ public final class VioBlk: VirtioDevice {
             return VirtioBlockStatus.ioError
         }
     }
+}
+
+extension VioBlk {
+    public static let model = DeviceModel(
+        kind: .blk, baseName: "vioblk", single: false, presentation: .modern(.block),
+        queueSizes: [queueSize], backends: [.disk],
+        syscalls: ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate",
+                   "lseek", "fstat", "newfstatat"],
+        make: { c in
+            VioBlk(name: c.name,
+                   backend: try RawImageBackend(fd: try c.backend(.disk), readOnly: c.parameters.readOnly),
+                   identifier: c.parameters.identifier)
+        })
 }

@@ -27,9 +27,7 @@ extension VMCtl {
             }
             let connection = global.connect()
             try reportingFailures(verb: "log") {
-                var payload = WireWriter()
-                payload.u32(code)
-                try connection.send(.ctlVerbose, payload.bytes)
+                try connection.send(.ctlVerbose, VerbosityRequest(level: code).encoded())
                 Output.debug(try connection.expectOK())
             }
         }

@@ -21,9 +21,7 @@ extension VMCtl {
             }
             let connection = global.connect()
             try reportingFailures(verb: "reset") {
-                var payload = WireWriter()
-                payload.u32(code)
-                try connection.send(.ctlReset, payload.bytes)
+                try connection.send(.ctlReset, ResetRequest(what: code).encoded())
                 Output.debug(try connection.expectOK())
             }
         }

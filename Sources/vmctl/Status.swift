@@ -49,9 +49,7 @@ extension VMCtl {
         /// vmdGetInfoVMRequest with the name ("" for all), then one
         /// vmdInfoVMData per VM until vmdInfoVMEnd.
         static func fetch(_ connection: ControlConnection, name: String) throws -> [VMInfo] {
-            var request = WireWriter()
-            request.string(name)
-            try connection.send(.vmdGetInfoVMRequest, request.bytes)
+            try connection.send(.vmdGetInfoVMRequest, InfoRequest(name: name).encoded())
             var vms: [VMInfo] = []
             while true {
                 let reply = try connection.receive()

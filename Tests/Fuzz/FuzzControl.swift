@@ -18,9 +18,12 @@ public func fuzzControl(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     if let f = try? Failure(decoding: bytes) {
         precondition((try? Failure(decoding: f.encoded())) == f, "Failure round trip")
     }
-    var reader = WireReader(bytes)
-    while reader.remaining > 0 {
-        if (try? reader.string(max: 64)) == nil { _ = reader.rest() }
+    for decode in [{ _ = try VerbosityRequest(decoding: $0) }, { _ = try ResetRequest(decoding: $0) },
+                   { _ = try InfoRequest(decoding: $0) }, { _ = try ClientConnected(decoding: $0) }]
+        as [([UInt8]) throws -> Void] {
+        try? decode(bytes)
     }
+    var reader = WireReader(bytes)
+    while reader.remaining > 0, (try? reader.string(max: 64)) != nil {}
     return 0
 }

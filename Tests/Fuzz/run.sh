@@ -20,11 +20,25 @@ build() {
     fi
 }
 : >"$BUILD/build.log"
+# VMDSystem (the libc wrapper layer the devices' backends use) and its C shim.
+mkdir -p "$BUILD/CVMDSys"
+printf 'module CVMDSys {\n    header "%s"\n    export *\n}\n' "$ROOT/Sources/CVMDSys/include/cvmdsys.h" \
+    >"$BUILD/CVMDSys/module.modulemap"
+if ! clang -c -O1 -I "$ROOT/Sources/CVMDSys/include" "$ROOT/Sources/CVMDSys/cvmdsys.c" \
+        -o "$BUILD/cvmdsys.o" >>"$BUILD/build.log" 2>&1; then
+    tail -20 "$BUILD/build.log" >&2
+    exit 2
+fi
+build -wmo -c -module-name VMDSystem -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -emit-module \
+    -emit-module-path "$BUILD/VMDSystem.swiftmodule" -o "$BUILD/VMDSystem.o" "$ROOT"/Sources/VMDSystem/*.swift
+SYSTEM_OBJS="$BUILD/VMDSystem.o $BUILD/cvmdsys.o -lbsd -lseccomp -levent_core"
 build -wmo -c -module-name Virtio -emit-module -emit-module-path "$BUILD/Virtio.swiftmodule" \
     -o "$BUILD/Virtio.o" "$ROOT"/Sources/Virtio/*.swift
-build -wmo -c -module-name VirtioDevices -I "$BUILD" -emit-module \
+build -wmo -c -module-name VirtioDevices -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -emit-module \
     -emit-module-path "$BUILD/VirtioDevices.swiftmodule" -o "$BUILD/VirtioDevices.o" "$ROOT"/Sources/VirtioDevices/*.swift
-build -I "$BUILD" "$HERE/FuzzVirtqueue.swift" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" -o "$BUILD/fuzz-virtqueue"
+# shellcheck disable=SC2086
+build -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" "$HERE/FuzzVirtqueue.swift" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" \
+    $SYSTEM_OBJS -o "$BUILD/fuzz-virtqueue"
 build -I "$BUILD" "$HERE/FuzzViodevMsg.swift" "$BUILD/Virtio.o" -o "$BUILD/fuzz-viodevmsg"
 # imsg framing and the control payloads are pure Swift: compiled with the harness.
 build "$HERE/FuzzImsg.swift" "$ROOT/Sources/Imsg/ImsgFraming.swift" -o "$BUILD/fuzz-imsg"

@@ -23,6 +23,7 @@ final class PackagingTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: tmp + "/sbin", withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: tmp) }
         try FileManager.default.createSymbolicLink(atPath: tmp + "/sbin/vmd", withDestinationPath: Repo.vmd)
+        try FileManager.default.createSymbolicLink(atPath: tmp + "/sbin/vmctl", withDestinationPath: Repo.vmctl)
         let unit = try String(contentsOf: Repo.root.appendingPathComponent("etc/systemd/vmd.service"), encoding: .utf8)
         XCTAssertTrue(unit.contains("Type=notify"))
         XCTAssertTrue(unit.contains("ExecReload="))

@@ -87,8 +87,9 @@ struct options {
     u32 bench_scale;            /* percent of the default bench op counts */
     bool cpus_mptable_only;     /* cpus_from=mptable: skip the MADT (tests the MP table path) */
     bool pci_reassign;          /* pci_reassign: clear virtio BARs first (tests BAR assignment) */
-    bool hostile;
-    u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */               /* hostile: after the checks, act as a broken/malicious driver */
+    bool hostile;               /* hostile: after the checks, act as a broken/malicious driver */
+    u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */
+    bool regloop;               /* regloop: read a vioblk register forever after the checks */
 };
 extern struct options opt;
 
@@ -186,5 +187,6 @@ u8 cmos_read(u8 index);
 void cmos_write(u8 index, u8 v);
 void rtc_check(void);
 void hostile_run(struct pci_dev *blk, struct pci_dev *devs, int n);
+void regloop(const struct pci_dev *blk);   /* regloop.c; returns only if it cannot run */
 
 #endif

@@ -1,0 +1,134 @@
+import Glibc
+import VMDSystem
+import VMDControl
+import VMConfig
+import VirtioDevices
+
+/// A VM's launch as the parent assembles it: the spec for the VM process
+/// and the descriptors it names, in order. Taps come later from priv.
+struct PreparedLaunch {
+    var spec: LaunchSpec
+    var descriptors: [Int32]
+    /// Tap names to ask priv for ("" lets the kernel choose), one per
+    /// network device, in device order.
+    var tapNames: [String]
+
+    /// A tap priv opened: it belongs to the first network device that has
+    /// no descriptor yet (taps arrive in the order they were asked for).
+    mutating func attachTap(_ fd: Int32) {
+        if let i = spec.devices.firstIndex(where: { $0.kind.model.backends == [.tap] && $0.descriptors.isEmpty }) {
+            spec.devices[i].descriptors = [descriptors.count]
+        }
+        descriptors.append(fd)
+    }
+
+    var isComplete: Bool {
+        spec.devices.allSatisfy { $0.descriptors.count == $0.kind.model.backends.count }
+    }
+
+    func closeDescriptors() { descriptors.forEach(FD.close) }
+}
+
+/// Why a VM cannot start: an errno for vmctl and the words for the user.
+struct LaunchRefusal: Error, Equatable, CustomStringConvertible {
+    var code: Int32
+    var message: String
+    var description: String { message }
+}
+
+/// The only place that opens a VM's files and probes image formats. Every
+/// file is opened here, in the parent, as root; the VM and device
+/// processes get descriptors. On a refusal nothing stays open.
+enum LaunchBuilder {
+    static let qcow2Magic: [UInt8] = [0x51, 0x46, 0x49, 0xfb]
+
+    static func prepare(vmid: UInt32, config: VMConfiguration, ownerUID: uid_t) -> Result<PreparedLaunch, LaunchRefusal> {
+        var opened: [Int32] = []
+        do {
+            let launch = try build(vmid: vmid, config: config, ownerUID: ownerUID, opened: &opened)
+            return .success(launch)
+        } catch let refusal as LaunchRefusal {
+            opened.forEach(FD.close)
+            return .failure(refusal)
+        } catch {
+            opened.forEach(FD.close)
+            return .failure(LaunchRefusal(code: EIO, message: "\(error)"))
+        }
+    }
+
+    private static func build(vmid: UInt32, config: VMConfiguration, ownerUID: uid_t,
+                              opened: inout [Int32]) throws -> PreparedLaunch {
+        if let first = unsupportedFeatures(of: config).first {
+            throw LaunchRefusal(code: ENOTSUP, message: "not supported yet: \(first)")
+        }
+        guard let boot = config.bootPath else {
+            throw LaunchRefusal(code: ENOTSUP, message: "no boot kernel given (`boot path`): BIOS boot is not supported yet")
+        }
+        var spec = LaunchSpec(vmid: vmid, name: config.name, memoryBytes: config.effectiveMemoryBytes,
+                              cpus: UInt32(config.effectiveCPUs), cmdline: config.cmdline ?? "",
+                              kernelDescriptor: opened.count)
+        opened.append(try open("kernel", boot, writable: false).fd)
+        if let initrd = config.initrd {
+            spec.initrdDescriptor = opened.count
+            opened.append(try open("initrd", initrd, writable: false).fd)
+        }
+        // PCI slot order: disks, interfaces, rng, CD-ROM, vmmci.
+        for disk in config.disks {
+            let (fd, readOnly) = try open("disk", disk.path, writable: true)
+            opened.append(fd)
+            try checkDisk(disk, fd: fd, readOnly: readOnly)
+            let name = disk.path.split(separator: "/").last.map(String.init) ?? disk.path
+            spec.devices.append(.init(kind: .blk, parameters: .init(readOnly: readOnly, identifier: name),
+                                      descriptors: [opened.count - 1]))
+        }
+        var tapNames: [String] = []
+        for i in 0..<config.effectiveInterfaceCount {
+            let iface = i < config.interfaces.count ? config.interfaces[i] : nil
+            let mac = iface?.lladdr?.bytes ?? VioNet.randomMAC(index: i)
+            // Its descriptor index is known when priv has opened the tap.
+            spec.devices.append(.init(kind: .net, parameters: .init(mac: mac, lockedLladdr: iface?.lockedLladdr ?? false)))
+            tapNames.append((iface?.name == "tap") ? "" : (iface?.name ?? ""))
+        }
+        spec.devices.append(.init(kind: .rnd))
+        if let cd = config.cdrom {
+            opened.append(try open("cdrom", cd, writable: false).fd)
+            spec.devices.append(.init(kind: .scsi, descriptors: [opened.count - 1]))
+        }
+        spec.devices.append(.init(kind: .vmmci))
+        spec.kernelName = boot
+        spec.initrdName = config.initrd ?? ""
+        spec.ownerUID = UInt32(ownerUID)
+        return PreparedLaunch(spec: spec, descriptors: opened, tapNames: tapNames)
+    }
+
+    /// Read-write when it may be, read-only when the file allows no more.
+    private static func open(_ what: String, _ path: String, writable: Bool) throws -> (fd: Int32, readOnly: Bool) {
+        if writable {
+            do {
+                return (try FD.open(path, flags: O_RDWR), false)
+            } catch let e as SystemError where e.code == EACCES || e.code == EROFS || e.code == EPERM {
+                // fall through to read-only
+            } catch let e as SystemError {
+                throw LaunchRefusal(code: e.code, message: "\(what) \(path): \(e.message)")
+            }
+        }
+        do {
+            return (try FD.open(path, flags: O_RDONLY), true)
+        } catch let e as SystemError {
+            throw LaunchRefusal(code: e.code, message: "\(what) \(path): \(e.message)")
+        }
+    }
+
+    /// One writer per image (a second VM gets a clear error, not a corrupt
+    /// disk), and a format we can serve.
+    private static func checkDisk(_ disk: Disk, fd: Int32, readOnly: Bool) throws {
+        guard FileLock.tryLock(fd, shared: readOnly) else {
+            throw LaunchRefusal(code: EBUSY, message: "disk \(disk.path): in use by another VM")
+        }
+        var magic = [UInt8](repeating: 0, count: 4)
+        let n = (try? magic.withUnsafeMutableBytes { try FileIO.read(fd, into: $0.baseAddress!, count: 4, at: 0) }) ?? 0
+        if n == 4 && magic == qcow2Magic || disk.format == .qcow2 {
+            throw LaunchRefusal(code: ENOTSUP, message: "disk \(disk.path): not supported yet: qcow2 disk")
+        }
+    }
+}

@@ -1,0 +1,127 @@
+// What every transport shares (virtio 1.x and legacy 0.9 over PCI, and
+// whatever carries a device next): the device and its queues, the status
+// byte, the negotiated features, the ISR bits with the INTx line they
+// drive, running a device's work on a queue, failing and resetting it.
+// The transports subclass it and add their register layouts.
+
+/// The state and behaviour common to the transports. Not used on its own.
+public class TransportCore: VirtioDeviceHost {
+    public let device: VirtioDevice
+    public let memory: GuestMemory
+    public let queues: [Virtqueue]
+    let interrupts: InterruptState
+    public var interruptSink: InterruptSink? {
+        get { interrupts.sink }
+        set { interrupts.sink = newValue }
+    }
+
+    public internal(set) var status: UInt8 = 0
+    public var isr: UInt8 { interrupts.isr }
+    public internal(set) var negotiatedFeatures: UInt64 = 0
+    var queueSelect: UInt16 = 0
+    var logBudget = LogBudget()
+
+    init(device: VirtioDevice, memory: GuestMemory, interruptSink: InterruptSink?) {
+        self.device = device
+        self.memory = memory
+        self.interrupts = InterruptState(sink: interruptSink)
+        self.queues = device.queueMaxSizes.map { Virtqueue(maxSize: $0, memory: memory) }
+        device.attach(to: self)
+    }
+
+    public var isDriverReady: Bool {
+        status & VirtioStatus.driverOK != 0 && status & VirtioStatus.deviceNeedsReset == 0
+    }
+
+    public var needsReset: Bool { status & VirtioStatus.deviceNeedsReset != 0 }
+
+    var selectedQueue: Virtqueue? {
+        Int(queueSelect) < queues.count ? queues[Int(queueSelect)] : nil
+    }
+
+    /// The driver notified queue `index` (runQueue checks the index and
+    /// the driver state).
+    public func notify(queue index: Int) {
+        withQueue(index) { queue in try device.process(queue: queue, index: index) }
+    }
+
+    public func withQueue(_ index: Int, _ body: (Virtqueue) throws -> Void) {
+        runQueue(queues, index, ready: isDriverReady, interrupts: interrupts, fail: deviceFailed, body)
+    }
+
+    /// Device reset (status 0): back to the power-on state. Transports
+    /// clear their own registers too.
+    public func reset() {
+        device.reset()
+        for queue in queues { queue.reset() }
+        status = 0
+        negotiatedFeatures = 0
+        queueSelect = 0
+        _ = interrupts.readAndClear()
+    }
+
+    public func configurationChanged() {
+        interrupts.raise(VirtioISR.configChange)
+    }
+
+    /// The guest broke the protocol: stop serving until it resets us.
+    public func deviceFailed(_ reason: String) {
+        guard !needsReset else { return }
+        logBudget.log("\(device.name): \(reason); device needs reset")
+        status |= VirtioStatus.deviceNeedsReset
+        configurationChangedByFailure()
+        interrupts.raise(VirtioISR.configChange)
+    }
+
+    /// What else a failure changes in a transport's registers.
+    func configurationChangedByFailure() {}
+
+    public var isInterruptAsserted: Bool { interrupts.asserted }
+}
+
+/// ISR causes and the level-triggered line: high while any cause is
+/// pending; reading (and so clearing) the ISR lowers it.
+final class InterruptState {
+    weak var sink: InterruptSink?
+    private(set) var isr: UInt8 = 0
+    private(set) var asserted = false
+
+    init(sink: InterruptSink?) {
+        self.sink = sink
+    }
+
+    func raise(_ bits: UInt8) {
+        isr |= bits
+        setLine(true)
+    }
+
+    /// The driver read the ISR (or the device was reset).
+    func readAndClear() -> UInt8 {
+        let value = isr
+        isr = 0
+        setLine(false)
+        return value
+    }
+
+    private func setLine(_ level: Bool) {
+        guard level != asserted else { return }
+        asserted = level
+        sink?.setInterrupt(level)
+    }
+}
+
+/// Runs `body` on queue `index` if it is live, then raises the queue
+/// interrupt if the driver wants one. A ring error fails the device, after
+/// reporting whatever was completed before it.
+func runQueue(_ queues: [Virtqueue], _ index: Int, ready: Bool, interrupts: InterruptState,
+              fail: (String) -> Void, _ body: (Virtqueue) throws -> Void) {
+    guard index >= 0, index < queues.count, ready, queues[index].isEnabled else { return }
+    let queue = queues[index]
+    do {
+        try body(queue)
+        if try queue.needsInterrupt() { interrupts.raise(VirtioISR.queue) }
+    } catch {
+        if (try? queue.needsInterrupt()) == true { interrupts.raise(VirtioISR.queue) }
+        fail("queue \(index): \(error)")
+    }
+}
