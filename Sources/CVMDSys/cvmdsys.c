@@ -23,7 +23,8 @@
 #include <sys/random.h>
 #include <sys/eventfd.h>
 #include <spawn.h>
-#include <syslog.h>
+#include <signal.h>
+#include <sys/un.h>
 #include <event2/event.h>
 #include <unistd.h>
 #include <termios.h>
@@ -302,8 +303,52 @@ void cvmd_close_fds_from(int lowfd, const int *keep, int nkeep)
 		close(fds[i]);
 }
 
-void cvmd_openlog(const char *ident, int facility) { openlog(ident, LOG_PID | LOG_NDELAY, facility); }
-void cvmd_syslog(int priority, const char *msg) { syslog(priority, "%s", msg); }
+/*
+ * syslog without glibc's syslog(3): that one formats a local timestamp
+ * (localtime_r, which opens /etc/localtime on first use) and reconnects with
+ * socket()+connect() when a send fails, both of which a sandboxed process may
+ * not do. Ours connects once, before the sandbox, and only ever send()s.
+ */
+int cvmd_syslog_connect(const char *path, int *stream)
+{
+	struct sockaddr_un a;
+	int types[2] = { SOCK_DGRAM, SOCK_STREAM };
+
+	if (strlen(path) >= sizeof(a.sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memset(&a, 0, sizeof(a));
+	a.sun_family = AF_UNIX;
+	strcpy(a.sun_path, path);
+	for (int i = 0; i < 2; i++) {
+		int fd = socket(AF_UNIX, types[i] | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -1;
+		if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
+			*stream = types[i] == SOCK_STREAM;
+			return fd;
+		}
+		int e = errno;
+		close(fd);
+		errno = e;
+		if (e != EPROTOTYPE)
+			return -1;
+	}
+	return -1;
+}
+
+const char *cvmd_strerror(int e)
+{
+	/* Untranslated: no message catalogs, no locale, no file access. */
+	return strerrordesc_np(e);
+}
+
+const char *cvmd_strerrorname(int e)
+{
+	return strerrorname_np(e);
+}
+
 
 int cvmd_spawn(const char *path, char *const argv[], const int *fds, int nfds, pid_t *pid)
 {

@@ -12,7 +12,7 @@ public struct SystemError: Error, CustomStringConvertible, Equatable {
         self.code = code
     }
 
-    public var message: String { String(cString: strerror(code)) }
+    public var message: String { errnoDescription(code) }
     public var description: String { "\(what): \(message)" }
 }
 
@@ -30,6 +30,14 @@ public func sys<T: BinaryInteger>(_ what: @autoclosure () -> String,
         if e == EINTR && retryOnInterrupt { continue }
         throw SystemError(what(), code: e)
     }
+}
+
+/// strerror(3) without its traps: glibc's strerror translates through the
+/// message catalogs of the current locale (files a sandboxed process may not
+/// open); this is the untranslated text (strerrordesc_np), never a file.
+public func errnoDescription(_ code: Int32) -> String {
+    if let p = cvmd_strerror(code) { return String(cString: p) }
+    return "error \(code)"
 }
 
 public func signalName(_ sig: Int32) -> String {

@@ -113,7 +113,9 @@ public enum FD {
     }
 
     /// Closes every descriptor from `low` up except those in `keep`.
+    /// The log's syslog socket is always kept.
     public static func closeAll(from low: Int32, except keep: [Int32]) {
+        let keep = Log.descriptor >= 0 ? keep + [Log.descriptor] : keep
         keep.withUnsafeBufferPointer { cvmd_close_fds_from(low, $0.baseAddress, Int32($0.count)) }
     }
 }

@@ -125,6 +125,7 @@ public struct SeccompPolicy: Sendable {
         _ = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1)
         let r = seccomp_load(ctx)
         if r < 0 { throw SystemError("seccomp_load (\(name))", code: -r) }
+        Log.sandboxed()
     }
 
     private func add(_ ctx: scmp_filter_ctx, _ sc: String, action: UInt32,

@@ -38,22 +38,8 @@ final class ChildProcess {
         onParentMessage(m)
     }
 
-    /// Test hook: after the role restricted itself, attempt a forbidden
-    /// system call so tests can watch the sandbox kill the process.
-    /// `VMD_SANDBOX_SELFTEST=control:openat` (or socket, execve).
-    func sandboxSelfTest() {
-        guard let spec = getenv("VMD_SANDBOX_SELFTEST").map({ String(cString: $0) }) else { return }
-        let parts = spec.split(separator: ":").map(String.init)
-        guard parts.count == 2, parts[0] == role else { return }
-        Log.info("self-test: calling \(parts[1]) inside the sandbox")
-        switch parts[1] {
-        case "openat": _ = open("/etc/hostname", O_RDONLY)
-        case "socket": _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        case "execve": _ = execv("/bin/true", [strdup("true"), nil])
-        default: break
-        }
-        Log.info("self-test: \(parts[1]) returned: the sandbox did not stop it")
-    }
+    /// Test hook (SelfTest.swift): `VMD_SANDBOX_SELFTEST=control:openat`.
+    func sandboxSelfTest() { VMDaemon.sandboxSelfTest(role: role) }
 
     func run() -> Never {
         loop.run()

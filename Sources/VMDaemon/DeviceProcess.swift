@@ -56,6 +56,7 @@ final class DeviceProcess: InterruptSink {
         send(sync: ViodevMsg(kind: .ready))
         async.send(type: MessageType.devopMsg.rawValue, data: ViodevMsg(kind: .ready).encoded())
         Log.debug("\(setup.name): ready")
+        loop.after(seconds: 0.5) { [name = setup.name] in sandboxSelfTest(role: name + "@running") }
         loop.run()
         exit(0)
     }
@@ -80,6 +81,7 @@ final class DeviceProcess: InterruptSink {
     /// The device from its table entry, and the transport its presentation names.
     private func buildDevice(memory: MappedGuestMemory) {
         virtioLogHook = { Log.warning($0) }
+        virtioErrnoDescription = { errnoDescription($0) }
         do {
             device = try model.make(DeviceConstruction(name: setup.name, parameters: setup.parameters,
                                                        backends: setup.descriptors.backends))
@@ -101,6 +103,7 @@ final class DeviceProcess: InterruptSink {
         _ = loop   // its epoll fd, before the sandbox forbids creating one
         guard let user = Users.lookup(Users.daemonUser) else { fail("user \(Users.daemonUser) does not exist") }
         restrict(setup.name, user: user, denyFileSystem: true, policy: SandboxPolicies.device(model))
+        sandboxSelfTest(role: setup.name)
     }
 
     private func listen() {
@@ -120,6 +123,7 @@ final class DeviceProcess: InterruptSink {
                 self.registers.notify(queue: queue)
             }
         }
+        watchForMissedKicks(queues: setup.descriptors.queueNotifies.map(\.0))
         if let input = device as? BackendInputDevice {
             // Input waits in the kernel while the guest has no buffers: the
             // backend is watched only while there is somewhere to put it.
@@ -127,6 +131,46 @@ final class DeviceProcess: InterruptSink {
             watchInput()
         }
         loop.onSignal(SIGTERM) { [unowned self] in self.loop.exit() }
+    }
+
+    var missedKicks = 0
+
+    /// Liveness backstop for queue notifications: every 100 ms, a queue
+    /// whose available ring holds requests the device has not taken since
+    /// the previous look is served as if kicked, and the event is logged.
+    /// Whatever loses a notification (a kick or eventfd wake-up that never
+    /// arrives, a driver that forgets to kick), the guest then waits at
+    /// most ~200 ms instead of forever; the log line says it happened.
+    /// Queues where the driver parks buffers for the device to fill later
+    /// (vionet receive, vioscsi events) are not watched.
+    func watchForMissedKicks(queues watched: [Int]) {
+        guard !watched.isEmpty, let t = registers as? TransportCore else { return }
+        let parked: Set<Int> = device is VioNet ? [VioNet.receiveQueue]
+            : device is VioSCSI ? [VioSCSI.eventQueue] : []
+        let queues = watched.filter { !parked.contains($0) && $0 >= 0 && $0 < t.queues.count }
+        var lastTaken = t.queues.map(\.lastAvailIndex)
+        var suspect = [Bool](repeating: false, count: t.queues.count)
+        loop.every(seconds: 0.1) { [unowned self] in
+            guard !self.paused else { return }    // a paused VM's requests wait for it
+            for i in queues {
+                let q = t.queues[i]
+                defer { lastTaken[i] = q.lastAvailIndex }
+                guard q.isEnabled, t.isDriverReady, q.lastAvailIndex == lastTaken[i],
+                      let pending = try? q.pendingCount(), pending > 0 else {
+                    suspect[i] = false
+                    continue
+                }
+                // Two looks in a row (100-200 ms): a wake-up merely late
+                // because this process was not running is not counted.
+                guard suspect[i] else { suspect[i] = true; continue }
+                suspect[i] = false
+                self.missedKicks += 1
+                if self.missedKicks <= 5 || self.missedKicks % 1000 == 0 {
+                    Log.warning("\(self.setup.name): queue \(i): \(pending) request(s) waited over 100 ms without a notification; serving them (\(self.missedKicks) so far)")
+                }
+                self.registers.notify(queue: i)
+            }
+        }
     }
 
     // MARK: backend input

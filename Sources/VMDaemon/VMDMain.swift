@@ -76,9 +76,10 @@ public enum VMDMain {
         if !options.foreground {
             // Classic daemon: detach from the terminal; stdio to /dev/null.
             if daemon(0, 0) != 0 {
-                printError("vmd: daemon: \(String(cString: strerror(errno)))")
+                printError("vmd: daemon: \(errnoDescription(errno))")
                 exit(1)
             }
+            Log.forked()
         }
         let user: Credentials
         do {

@@ -175,6 +175,7 @@ final class VMProcess {
     private func enterSandbox() {
         guard let user = Users.lookup(Users.daemonUser) else { die("user \(Users.daemonUser) does not exist") }
         restrict("vm", user: user, denyFileSystem: true, policy: SandboxPolicies.vm)
+        sandboxSelfTest(role: "vm")
     }
 
     /// Signals, the exit pipe, the console; then the vCPUs.

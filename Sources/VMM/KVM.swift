@@ -1,6 +1,7 @@
 import CKVM
 import VMDSystem
 import Glibc
+import VMDSystem
 
 // The KVM ioctl layer: every ioctl this project issues goes through here.
 
@@ -110,7 +111,7 @@ final class KVMVirtualMachine: InterruptController {
 
     func setIRQ(_ irq: UInt32, level: Bool) {
         let e = ckvm_irq_line(fd, irq, level ? 1 : 0)
-        if e != 0 { log("KVM_IRQ_LINE \(irq): \(String(cString: strerror(e)))") }
+        if e != 0 { log("KVM_IRQ_LINE \(irq): \(errnoDescription(e))") }
     }
 
     func createVCPU(id: Int, mmapSize: Int) throws -> KVMVCPU {

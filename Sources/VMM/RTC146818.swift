@@ -121,39 +121,82 @@ final class RTC146818: BusDevice {
             let pm = cmos[Self.hours] & 0x80 != 0
             hour = hour % 12 + (pm ? 12 : 0)
         }
-        var t = tm()
-        t.tm_sec = Int32(field(Self.seconds))
-        t.tm_min = Int32(field(Self.minutes))
-        t.tm_hour = Int32(hour)
-        t.tm_mday = Int32(field(Self.dayOfMonth))
-        t.tm_mon = Int32(field(Self.month) - 1)
-        t.tm_year = Int32(field(Self.century) * 100 + field(Self.year) - 1900)
-        let guest = Int64(timegm(&t))
-        if guest != -1 { offsetSeconds = guest - clock() }
+        // Out-of-range fields (month 0, BCD 0xFF) roll over as timegm's did.
+        let days = CivilTime.days(year: Int64(field(Self.century) * 100 + field(Self.year)),
+                                  month: Int64(field(Self.month)), day: Int64(field(Self.dayOfMonth)))
+        let guest = days * 86400 + Int64(hour) * 3600 + Int64(field(Self.minutes)) * 60 + Int64(field(Self.seconds))
+        offsetSeconds = guest - clock()
     }
 
     /// The time registers for `seconds` since the epoch, in register B's format.
     private func encodeTime(_ epoch: Int64) -> [Int: UInt8] {
-        var t = tm()
-        var e = time_t(epoch)
-        gmtime_r(&e, &t)
+        let t = CivilTime(epoch: epoch)
         let binary = cmos[Self.regB] & Self.regBBinary != 0
-        func enc(_ v: Int32) -> UInt8 {
+        func enc(_ v: Int64) -> UInt8 {
             let value = UInt8(clamping: max(v, 0) % 100)
             return binary ? value : toBCD(value)
         }
-        var hour = enc(t.tm_hour)
+        var hour = enc(t.hour)
         if cmos[Self.regB] & Self.regB24h == 0 {
-            let h12 = t.tm_hour % 12 == 0 ? 12 : t.tm_hour % 12
-            hour = enc(h12) | (t.tm_hour >= 12 ? 0x80 : 0)
+            let h12 = t.hour % 12 == 0 ? 12 : t.hour % 12
+            hour = enc(h12) | (t.hour >= 12 ? 0x80 : 0)
         }
-        let year = Int32(t.tm_year) + 1900
         return [
-            Self.seconds: enc(t.tm_sec), Self.minutes: enc(t.tm_min), Self.hours: hour,
-            Self.weekday: enc(t.tm_wday + 1), Self.dayOfMonth: enc(t.tm_mday),
-            Self.month: enc(t.tm_mon + 1), Self.year: enc(year % 100), Self.century: enc(year / 100),
+            Self.seconds: enc(t.second), Self.minutes: enc(t.minute), Self.hours: hour,
+            Self.weekday: enc(t.weekday + 1), Self.dayOfMonth: enc(t.day),
+            Self.month: enc(t.month), Self.year: enc(t.year % 100), Self.century: enc(t.year / 100),
         ]
     }
+}
+
+/// UTC calendar arithmetic (proleptic Gregorian), without libc: gmtime_r
+/// and timegm may load time zone files, which the VM process's sandbox
+/// forbids (a guest reading the RTC would kill its VM). The day counts are
+/// Howard Hinnant's days_from_civil/civil_from_days.
+struct CivilTime: Equatable {
+    var year: Int64, month: Int64, day: Int64         // month 1...12, day 1...31
+    var hour: Int64, minute: Int64, second: Int64
+    var weekday: Int64                                  // 0 = Sunday
+
+    init(year: Int64, month: Int64, day: Int64, hour: Int64, minute: Int64, second: Int64, weekday: Int64) {
+        (self.year, self.month, self.day) = (year, month, day)
+        (self.hour, self.minute, self.second, self.weekday) = (hour, minute, second, weekday)
+    }
+
+    /// The UTC date and time `epoch` seconds after 1970-01-01 00:00:00.
+    init(epoch: Int64) {
+        let days = Self.floorDiv(epoch, 86400)
+        let secondOfDay = epoch - days * 86400
+        hour = secondOfDay / 3600
+        minute = secondOfDay / 60 % 60
+        second = secondOfDay % 60
+        weekday = Self.floorMod(days + 4, 7)           // 1970-01-01 was a Thursday
+        let z = days + 719_468                          // days since 0000-03-01
+        let era = Self.floorDiv(z, 146_097)
+        let dayOfEra = z - era * 146_097                                       // 0...146096
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)   // from March 1
+        let mp = (5 * dayOfYear + 2) / 153                                     // 0 = March
+        day = dayOfYear - (153 * mp + 2) / 5 + 1
+        month = mp < 10 ? mp + 3 : mp - 9
+        year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+    }
+
+    /// Days from 1970-01-01 to `year`-`month`-`day`; a month or day out of
+    /// range rolls over into the next (or previous) ones, like timegm.
+    static func days(year: Int64, month: Int64, day: Int64) -> Int64 {
+        let y0 = year + floorDiv(month - 1, 12)
+        let m = floorMod(month - 1, 12) + 1
+        let y = m <= 2 ? y0 - 1 : y0
+        let era = floorDiv(y, 400)
+        let yearOfEra = y - era * 400
+        let dayOfYear = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5
+        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
+        return era * 146_097 + dayOfEra - 719_468 + (day - 1)
+    }
+
+    static func floorDiv(_ a: Int64, _ b: Int64) -> Int64 { a >= 0 ? a / b : -((-a + b - 1) / b) }
+    static func floorMod(_ a: Int64, _ b: Int64) -> Int64 { a - floorDiv(a, b) * b }
 }
 
 func toBCD(_ v: UInt8) -> UInt8 { ((v / 10) << 4) | (v % 10) }

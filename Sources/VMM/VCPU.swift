@@ -1,6 +1,7 @@
 import CKVM
 import VMDSystem
 import Glibc
+import VMDSystem
 
 /// What a vCPU thread asks of the VM between two KVM_RUNs.
 protocol VCPUControl: AnyObject {
@@ -33,7 +34,7 @@ final class VCPU {
             let error = kvm.runOnce()
             if error == EINTR || error == EAGAIN { continue }  // kicked, or immediate_exit
             if error != 0 {
-                control.requestExit(.failed("vCPU \(id): KVM_RUN: \(String(cString: strerror(error)))"))
+                control.requestExit(.failed("vCPU \(id): KVM_RUN: \(errnoDescription(error))"))
                 continue
             }
             dispatch(kvm.exitReason)

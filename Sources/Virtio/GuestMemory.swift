@@ -49,25 +49,56 @@ extension GuestMemory {
         bytes.withUnsafeBytes { write(at: address, from: $0) }
     }
 
-    public func load16(at address: UInt64) -> UInt16? { loadLE(at: address, as: UInt16.self) }
-    public func load32(at address: UInt64) -> UInt32? { loadLE(at: address, as: UInt32.self) }
-    public func load64(at address: UInt64) -> UInt64? { loadLE(at: address, as: UInt64.self) }
+    // The typed accessors are what the rings use, and the guest writes ring
+    // indices while the device reads them: each naturally aligned access must
+    // be ONE load or store, never a byte copy. (A generic loadUnaligned went
+    // through memcpy, whose 2-byte case reads the high byte a second time:
+    // a read racing avail_idx 0xDFFF -> 0xE000 returned 0xE0FF, the queue
+    // failed with "available index ... more than 128 ahead", and the guest's
+    // ring stuck; issue 9, item 6.) Concrete typed pointers compile to single
+    // loads and stores even unoptimised; x86-64 makes aligned ones atomic.
+    // Unaligned addresses (never a ring index: enable() checks alignment)
+    // take the byte-copy path.
 
-    @discardableResult
-    public func store16(_ value: UInt16, at address: UInt64) -> Bool { storeLE(value, at: address) }
-    @discardableResult
-    public func store32(_ value: UInt32, at address: UInt64) -> Bool { storeLE(value, at: address) }
-    @discardableResult
-    public func store64(_ value: UInt64, at address: UInt64) -> Bool { storeLE(value, at: address) }
-
-    private func loadLE<T: FixedWidthInteger>(at address: UInt64, as type: T.Type) -> T? {
-        guard let source = buffer(at: address, length: MemoryLayout<T>.size) else { return nil }
-        return T(littleEndian: source.loadUnaligned(as: T.self))
+    public func load16(at address: UInt64) -> UInt16? {
+        guard let p = buffer(at: address, length: 2)?.baseAddress else { return nil }
+        if UInt(bitPattern: p) & 1 == 0 { return UInt16(littleEndian: p.assumingMemoryBound(to: UInt16.self).pointee) }
+        return UInt16(littleEndian: p.loadUnaligned(as: UInt16.self))
     }
 
-    private func storeLE<T: FixedWidthInteger>(_ value: T, at address: UInt64) -> Bool {
-        guard let destination = buffer(at: address, length: MemoryLayout<T>.size) else { return false }
-        destination.storeBytes(of: value.littleEndian, as: T.self)
+    public func load32(at address: UInt64) -> UInt32? {
+        guard let p = buffer(at: address, length: 4)?.baseAddress else { return nil }
+        if UInt(bitPattern: p) & 3 == 0 { return UInt32(littleEndian: p.assumingMemoryBound(to: UInt32.self).pointee) }
+        return UInt32(littleEndian: p.loadUnaligned(as: UInt32.self))
+    }
+
+    public func load64(at address: UInt64) -> UInt64? {
+        guard let p = buffer(at: address, length: 8)?.baseAddress else { return nil }
+        if UInt(bitPattern: p) & 7 == 0 { return UInt64(littleEndian: p.assumingMemoryBound(to: UInt64.self).pointee) }
+        return UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+    }
+
+    @discardableResult
+    public func store16(_ value: UInt16, at address: UInt64) -> Bool {
+        guard let p = buffer(at: address, length: 2)?.baseAddress else { return false }
+        if UInt(bitPattern: p) & 1 == 0 { p.assumingMemoryBound(to: UInt16.self).pointee = value.littleEndian }
+        else { p.storeBytes(of: value.littleEndian, as: UInt16.self) }
+        return true
+    }
+
+    @discardableResult
+    public func store32(_ value: UInt32, at address: UInt64) -> Bool {
+        guard let p = buffer(at: address, length: 4)?.baseAddress else { return false }
+        if UInt(bitPattern: p) & 3 == 0 { p.assumingMemoryBound(to: UInt32.self).pointee = value.littleEndian }
+        else { p.storeBytes(of: value.littleEndian, as: UInt32.self) }
+        return true
+    }
+
+    @discardableResult
+    public func store64(_ value: UInt64, at address: UInt64) -> Bool {
+        guard let p = buffer(at: address, length: 8)?.baseAddress else { return false }
+        if UInt(bitPattern: p) & 7 == 0 { p.assumingMemoryBound(to: UInt64.self).pointee = value.littleEndian }
+        else { p.storeBytes(of: value.littleEndian, as: UInt64.self) }
         return true
     }
 }
@@ -98,7 +129,7 @@ public enum GuestMemoryLayoutError: Error, Equatable, CustomStringConvertible {
         case .regionWrapsAddressSpace(let r):
             return "guest memory region at 0x\(String(r.guestPhysicalAddress, radix: 16)) wraps the address space"
         case .mappingFailed(let code):
-            return "cannot map guest memory: \(String(cString: strerror(code)))"
+            return "cannot map guest memory: \(virtioErrnoDescription(code))"
         case .regionsOverlap(let a, let b):
             return "guest memory regions at 0x\(String(a.guestPhysicalAddress, radix: 16)) and 0x\(String(b.guestPhysicalAddress, radix: 16)) overlap"
         }

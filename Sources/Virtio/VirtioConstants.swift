@@ -41,6 +41,11 @@ public nonisolated(unsafe) var virtioLogHook: (String) -> Void = { line in
     fputs(text, stderr)
 }
 
+/// errno as text in device messages. Not strerror(3): glibc's may load the
+/// locale's message catalogs, files a sandboxed device process cannot open.
+/// The device process wires it to VMDSystem's `errnoDescription`.
+public nonisolated(unsafe) var virtioErrnoDescription: (Int32) -> String = { "errno \($0)" }
+
 /// Log one line through `virtioLogHook`.
 public func virtioLog(_ line: String) {
     virtioLogHook(line)

@@ -27,7 +27,7 @@ public struct BlockBackendError: Error, Equatable, CustomStringConvertible {
     public var isUnsupported: Bool { errno == EOPNOTSUPP || errno == ENOTSUP || errno == ENOSYS }
 
     public var description: String {
-        "\(operation): \(String(cString: strerror(errno)))"
+        "\(operation): \(virtioErrnoDescription(errno))"
     }
 }
 

@@ -29,7 +29,7 @@ public protocol NetworkBackend: AnyObject {
 public struct NetworkBackendError: Error, CustomStringConvertible {
     public var errno: Int32
     public var operation: String
-    public var description: String { "\(operation): \(String(cString: strerror(errno)))" }
+    public var description: String { "\(operation): \(virtioErrnoDescription(errno))" }
 }
 
 /// A tap fd (or, in tests, a SOCK_SEQPACKET socket): one read is one frame.

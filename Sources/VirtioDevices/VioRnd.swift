@@ -40,7 +40,7 @@ public final class VioRnd: VirtioDevice {
         while done < buffer.count {
             let count = min(256, buffer.count - done)
             guard getentropy(base + done, count) == 0 else {
-                virtioLog("viornd: getentropy: \(String(cString: strerror(errno)))")
+                virtioLog("viornd: getentropy: \(virtioErrnoDescription(errno))")
                 return false
             }
             done += count

@@ -33,3 +33,15 @@ final class SandboxTests: XCTestCase {
         XCTAssertEqual(try ChildHarness.run("drop-privileges"), .exited(10))
     }
 }
+
+/// Issue 9, item 5: the crash line is built without libc formatting.
+final class CrashLineTests: XCTestCase {
+    func testTheLineNamesTheSignalAndTheAddress() {
+        XCTAssertEqual(Crash.format(signal: SIGSEGV, code: 1, address: 0xdead0000),
+                       "crashed: SIGSEGV at address 0xdead0000 (si_code 1)")
+        XCTAssertEqual(Crash.format(signal: SIGBUS, code: 2, address: 0), "crashed: SIGBUS at address 0x0 (si_code 2)")
+        XCTAssertEqual(Crash.format(signal: SIGABRT, code: -6, address: nil), "crashed: SIGABRT (si_code -6)")
+        XCTAssertEqual(Crash.format(signal: 42, code: 0, address: UInt.max),
+                       "crashed: signal 42 at address 0xffffffffffffffff (si_code 0)")
+    }
+}

@@ -68,6 +68,45 @@ final class RTCTests: XCTestCase {
         XCTAssertEqual(read(rtc, 0x07), 0x29, "the date kept")
     }
 
+    /// CivilTime replaces gmtime_r/timegm (which may open time zone files
+    /// inside the VM sandbox): it must agree with them everywhere.
+    func testCivilTimeAgreesWithLibc() {
+        var epochs: [Int64] = [0, -1, 86399, 86400, 951_782_400, 951_868_800, 4_107_542_400, -2_208_988_800,
+                               1_709_214_356, 253_402_300_799, -62_135_596_800]
+        var g = SystemRandomNumberGenerator()
+        for _ in 0..<20000 { epochs.append(Int64.random(in: -70_000_000_000...260_000_000_000, using: &g)) }
+        for e in epochs {
+            var t = tm()
+            var tt = time_t(e)
+            gmtime_r(&tt, &t)
+            let c = CivilTime(epoch: e)
+            XCTAssertEqual(c, CivilTime(year: Int64(t.tm_year) + 1900, month: Int64(t.tm_mon) + 1, day: Int64(t.tm_mday),
+                                        hour: Int64(t.tm_hour), minute: Int64(t.tm_min), second: Int64(t.tm_sec),
+                                        weekday: Int64(t.tm_wday)), "epoch \(e)")
+            XCTAssertEqual(CivilTime.days(year: c.year, month: c.month, day: c.day) * 86400
+                           + c.hour * 3600 + c.minute * 60 + c.second, e)
+        }
+        // Out-of-range fields, as a guest may write them (BCD 0xFF = 165), roll over like timegm.
+        for (y, m, d) in [(2024, 0, 1), (2024, 13, 1), (2024, 165, 165), (1999, 2, 29), (2000, 2, 30), (9999, 12, 31), (0, 1, 0)] {
+            var t = tm()
+            t.tm_year = Int32(y - 1900); t.tm_mon = Int32(m - 1); t.tm_mday = Int32(d)
+            XCTAssertEqual(CivilTime.days(year: Int64(y), month: Int64(m), day: Int64(d)) * 86400, Int64(timegm(&t)), "\(y)-\(m)-\(d)")
+        }
+    }
+
+    func testEveryRegisterIsReadableInEveryMode() {
+        let rtc = makeRTC()
+        for b: UInt8 in [0x02, 0x06, 0x04, 0x00, 0x82] {
+            write(rtc, 0x0B, b)
+            for index in 0..<256 { _ = read(rtc, index) }   // bit 7 is the NMI mask
+        }
+        write(rtc, 0x0B, 0x02)
+        for v: UInt8 in [0xFF, 0x00, 0x99] {                // garbage the guest may store in the clock
+            for r in [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32] { write(rtc, r, v) }
+            for index in 0..<128 { _ = read(rtc, index) }
+        }
+    }
+
     func testMemorySizeBytesSeaBIOSReads() {
         let rtc = makeRTC(low: 3 << 30, high: 1 << 30, cpus: 4)
         XCTAssertEqual(UInt16(read(rtc, 0x15)) | UInt16(read(rtc, 0x16)) << 8, 640)

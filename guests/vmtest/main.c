@@ -124,8 +124,15 @@ static void parse_options(const char *s)
             opt.bench = true;
         } else if (word_is(w, len, "cpus_from=mptable")) {
             opt.cpus_mptable_only = true;
+        } else if (word_is(w, len, "hostile")) {
+            opt.hostile = true;
         } else if (word_is(w, len, "pci_reassign")) {
             opt.pci_reassign = true;
+        } else if (len > 12 && memcmp(w, "kick_stress=", 12) == 0) {
+            u32 v = 0;
+            for (const char *p = w + 12; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
+                v = v * 10 + (u32)(*p - '0');
+            opt.kick_stress = v <= 10000 ? v : 10000;
         } else if (word_is(w, len, "regloop")) {
             opt.regloop = true;
         } else if (len > 12 && memcmp(w, "bench_scale=", 12) == 0) {
@@ -221,6 +228,7 @@ void vmtest_main(void)
            blk ? "yes" : "no", rng ? "yes" : "no", net ? "yes" : "no", vmmci ? "yes" : "no");
 
     cpus_check();
+    rtc_check();
     if (vmmci) vmmci_check(vmmci); else check_skip("vmmci", "no device");
     if (rng) rng_check(rng); else check_skip("rng", "no device");
     if (blk) blk_check(blk); else check_skip("blk", "no device");
@@ -230,6 +238,14 @@ void vmtest_main(void)
         blk_bench();
         net_bench();
     }
+    for (u32 r = 0; r < opt.kick_stress; r++) {
+        blk_qd1_bench();
+        net_bench();
+    }
+    if (opt.kick_stress)
+        printf("vmtest stress: rounds=%u\n", opt.kick_stress);
+    if (opt.hostile)
+        hostile_run(blk, devs, n);
     printf("vmtest: checks took %lu ms since entry\n", tsc_to_us(rdtsc() - boot_tsc) / 1000);
     printf("vmtest summary: passed=%u failed=%u\n", passed, failed);
     if (opt.regloop)

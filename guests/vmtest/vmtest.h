@@ -87,6 +87,8 @@ struct options {
     u32 bench_scale;            /* percent of the default bench op counts */
     bool cpus_mptable_only;     /* cpus_from=mptable: skip the MADT (tests the MP table path) */
     bool pci_reassign;          /* pci_reassign: clear virtio BARs first (tests BAR assignment) */
+    bool hostile;               /* hostile: after the checks, act as a broken/malicious driver */
+    u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */
     bool regloop;               /* regloop: read a vioblk register forever after the checks */
 };
 extern struct options opt;
@@ -173,6 +175,7 @@ void irq_service(void);       /* reads ISR of devices whose line fired, unmasks 
 /* ---- devices ---- */
 void blk_check(struct pci_dev *p);
 void blk_bench(void);
+void blk_qd1_bench(void);
 void rng_check(struct pci_dev *p);
 void net_check(struct pci_dev *p);
 void net_bench(void);
@@ -180,6 +183,10 @@ void vmmci_check(struct pci_dev *p);
 bool vmmci_present(void);
 void vmmci_wait(void) __attribute__((noreturn));
 void cpus_check(void);
+u8 cmos_read(u8 index);
+void cmos_write(u8 index, u8 v);
+void rtc_check(void);
+void hostile_run(struct pci_dev *blk, struct pci_dev *devs, int n);
 void regloop(const struct pci_dev *blk);   /* regloop.c; returns only if it cannot run */
 
 #endif

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cvmd_crash.h"
+
 /* setproctitle(3) from libbsd (variadic in libbsd). */
 void cvmd_setproctitle_init(int argc, char **argv);
 void cvmd_setproctitle(const char *title);
@@ -56,9 +58,13 @@ int cvmd_tap_open(char *name, size_t namelen, int vnet_hdr);
 /* errno as a thread-local lvalue is a macro in glibc. */
 int cvmd_errno(void);
 
-/* syslog(3) is variadic. */
-void cvmd_openlog(const char *ident, int facility);
-void cvmd_syslog(int priority, const char *msg);
+/* A connected syslog socket (datagram, else stream) at path; *stream says which. */
+int cvmd_syslog_connect(const char *path, int *stream);
+
+/* strerrordesc_np/strerrorname_np (GNU): untranslated, no locale or file access; NULL if unknown. */
+const char *cvmd_strerror(int e);
+const char *cvmd_strerrorname(int e);
+
 
 /* Close every fd >= lowfd except those listed. */
 void cvmd_close_fds_from(int lowfd, const int *keep, int nkeep);
