@@ -22,6 +22,7 @@ let package = Package(
                        providers: [.apt(["libbsd-dev"])]),
         .systemLibrary(name: "CLibseccomp", pkgConfig: "libseccomp",
                        providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // C shims for what Swift cannot import: macros, variadics, kernel structs.
         .target(name: "CVMDSys", dependencies: ["CLibbsd", "CLibseccomp", "CLibevent"]),
@@ -34,6 +35,8 @@ let package = Package(
         .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
         .target(name: "Virtio"),
         .target(name: "VirtioDevices", dependencies: ["Virtio"]),
+        // qcow2 and raw images on already-open files (no Foundation, no open()).
+        .target(name: "DiskImage", dependencies: ["CZlib"]),
         // The control protocol vmctl and the daemon share (message types, payloads).
         .target(name: "VMDControl"),
         .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMDControl", "VMConfig", "VMM",
@@ -55,6 +58,7 @@ let package = Package(
         .testTarget(name: "VMCtlTests", dependencies: ["vmctl", "VMDControl", "Imsg", "VMDSystem"]),
         .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
+        .testTarget(name: "DiskImageTests", dependencies: ["DiskImage"]),
     ],
     swiftLanguageModes: [.v5]
 )
