@@ -59,6 +59,8 @@ let package = Package(
         .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage"]),
+        // The child the qcow2 kill -9 tests kill: writes through DiskImage.
+        .executableTarget(name: "qcow2-stress", dependencies: ["DiskImage"], path: "Tests/Tools/qcow2-stress"),
     ],
     swiftLanguageModes: [.v5]
 )
