@@ -45,7 +45,7 @@ let package = Package(
         // Thin executables.
         .executableTarget(name: "vmd", dependencies: ["VMDaemon"]),
         .executableTarget(name: "vmctl", dependencies: [
-            "VMDControl", "Imsg", "VMDSystem",
+            "VMDControl", "Imsg", "VMDSystem", "DiskImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
