@@ -672,7 +672,7 @@ public final class Qcow2Image: VirtualDisk {
 
     func writeZeroBytes(offset: UInt64, length: UInt64) throws {
         guard length > 0 else { return }
-        let chunk = Int(max(clusterSize, 64 * 1024))
+        let chunk = Int(min(max(clusterSize, 64 * 1024), length))
         let zeroes = [UInt8](repeating: 0, count: chunk)
         var done: UInt64 = 0
         while done < length {
