@@ -34,13 +34,13 @@ let package = Package(
         .target(name: "VMConfig"),
         .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
         .target(name: "Virtio"),
-        .target(name: "VirtioDevices", dependencies: ["Virtio"]),
         // qcow2 and raw images on already-open files (no Foundation, no open()).
         .target(name: "DiskImage", dependencies: ["CZlib"]),
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "DiskImage"]),
         // The control protocol vmctl and the daemon share (message types, payloads).
         .target(name: "VMDControl"),
         .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMDControl", "VMConfig", "VMM",
-                                            "Virtio", "VirtioDevices"]),
+                                            "Virtio", "VirtioDevices", "DiskImage"]),
 
         // Thin executables.
         .executableTarget(name: "vmd", dependencies: ["VMDaemon"]),

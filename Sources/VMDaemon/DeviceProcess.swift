@@ -69,9 +69,11 @@ final class DeviceProcess: InterruptSink {
         do {
             switch setup.kind {
             case .blk:
-                device = VioBlk(name: setup.name,
-                                backend: try RawImageBackend(fd: Self.backendFD, readOnly: setup.readOnly),
-                                identifier: setup.identifier)
+                let backend: BlockBackend = setup.diskFormats == ["raw"]
+                    ? try RawImageBackend(fd: Self.backendFD, readOnly: setup.readOnly)
+                    : try DiskImageBackend(fds: (0..<Int32(setup.diskFormats.count)).map { Self.backendFD + $0 },
+                                           formats: setup.diskFormats, readOnly: setup.readOnly)
+                device = VioBlk(name: setup.name, backend: backend, identifier: setup.identifier)
                 type = .block
             case .scsi:
                 device = VioSCSI(name: setup.name, backend: try RawImageBackend(fd: Self.backendFD, readOnly: true))
@@ -109,10 +111,10 @@ final class DeviceProcess: InterruptSink {
 
         // Nothing but our descriptors from here on.
         let hasBackend = !(setup.kind == .rnd || setup.kind == .vmmci)
-        let firstNotifyFD = hasBackend ? Self.backendFD + 1 : Self.backendFD
+        let backendFDs = hasBackend ? (0..<Int32(setup.kind == .blk ? setup.diskFormats.count : 1)).map { Self.backendFD + $0 } : []
+        let firstNotifyFD = Self.backendFD + Int32(backendFDs.count)
         let notifyFDs = (0..<Int32(setup.notifyFDs)).map { firstNotifyFD + $0 }
-        let keep: [Int32] = [Self.syncFD, Self.asyncFD, Self.memoryFD]
-            + (hasBackend ? [Self.backendFD] : []) + notifyFDs
+        let keep: [Int32] = [Self.syncFD, Self.asyncFD, Self.memoryFD] + backendFDs + notifyFDs
         FD.closeAll(from: 3, except: keep)
         _ = loop   // its epoll fd, before the sandbox forbids creating one
         let user = Users.lookup(Users.daemonUser)

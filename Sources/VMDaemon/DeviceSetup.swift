@@ -19,6 +19,9 @@ struct DeviceSetup: Equatable {
     /// Queue-notify eventfds passed after the backend (or after guest
     /// memory when there is none), one per queue, in queue order.
     var notifyFDs: UInt32 = 0
+    /// vioblk: the image's format and its bases' ("raw", "qcow2"); the
+    /// bases' descriptors follow the backend's, before the notify eventfds.
+    var diskFormats: [String] = ["raw"]
 
     func encoded() -> [UInt8] {
         var w = WireWriter()
@@ -29,6 +32,7 @@ struct DeviceSetup: Equatable {
         w.u32(UInt32(mac.count)); for b in mac { w.u32(UInt32(b)) }
         w.u32(lockedLladdr ? 1 : 0)
         w.u32(notifyFDs)
+        w.u32(UInt32(diskFormats.count)); for f in diskFormats { w.string(f) }
         return w.bytes
     }
 
@@ -54,5 +58,8 @@ struct DeviceSetup: Equatable {
         lockedLladdr = try r.u32() != 0
         notifyFDs = try r.u32()
         guard notifyFDs <= 8 else { throw WireReader.Truncated() }
+        let nf = try r.u32()
+        guard nf >= 1 && nf <= 17 else { throw WireReader.Truncated() }
+        diskFormats = try (0..<nf).map { _ in try r.string(max: 8) }
     }
 }

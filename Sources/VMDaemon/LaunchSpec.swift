@@ -5,7 +5,12 @@ public struct LaunchSpec: Equatable, Sendable {
     public struct DiskSpec: Equatable, Sendable {
         public var name: String       // the image's file name: GET_ID
         public var readOnly: Bool
-        public init(name: String, readOnly: Bool) { self.name = name; self.readOnly = readOnly }
+        /// "raw" or "qcow2": the image's format, then its bases' formats,
+        /// in chain order; each has a descriptor (the bases read-only).
+        public var formats: [String] = ["raw"]
+        public init(name: String, readOnly: Bool, formats: [String] = ["raw"]) {
+            self.name = name; self.readOnly = readOnly; self.formats = formats
+        }
     }
     public struct NICSpec: Equatable, Sendable {
         public var mac: [UInt8]       // 6 bytes
@@ -43,15 +48,20 @@ public struct LaunchSpec: Equatable, Sendable {
         self.verbosity = verbosity
     }
 
-    /// kernel, [initrd], disks..., [cdrom], taps...
-    public var descriptorCount: Int { 1 + (hasInitrd ? 1 : 0) + disks.count + (hasCDROM ? 1 : 0) + nics.count }
+    /// kernel, [initrd], disks (each image, then its bases)..., [cdrom], taps...
+    public var descriptorCount: Int {
+        1 + (hasInitrd ? 1 : 0) + disks.reduce(0) { $0 + $1.formats.count } + (hasCDROM ? 1 : 0) + nics.count
+    }
 
     public func encoded() -> [UInt8] {
         var w = WireWriter()
         w.u32(vmid); w.string(name); w.u64(memoryBytes); w.u32(cpus); w.string(cmdline)
         w.u32(hasInitrd ? 1 : 0)
         w.u32(UInt32(disks.count))
-        for d in disks { w.string(d.name); w.u32(d.readOnly ? 1 : 0) }
+        for d in disks {
+            w.string(d.name); w.u32(d.readOnly ? 1 : 0)
+            w.u32(UInt32(d.formats.count)); for f in d.formats { w.string(f) }
+        }
         w.u32(hasCDROM ? 1 : 0)
         w.u32(UInt32(nics.count))
         for n in nics {
@@ -71,7 +81,13 @@ public struct LaunchSpec: Equatable, Sendable {
         let nd = try r.u32()
         guard nd <= 4 else { throw WireReader.Truncated() }
         disks = []
-        for _ in 0..<nd { disks.append(DiskSpec(name: try r.string(max: 256), readOnly: try r.u32() != 0)) }
+        for _ in 0..<nd {
+            var d = DiskSpec(name: try r.string(max: 256), readOnly: try r.u32() != 0)
+            let nf = try r.u32()
+            guard nf >= 1 && nf <= 17 else { throw WireReader.Truncated() }
+            d.formats = try (0..<nf).map { _ in try r.string(max: 8) }
+            disks.append(d)
+        }
         hasCDROM = try r.u32() != 0
         let nn = try r.u32()
         guard nn <= 4 else { throw WireReader.Truncated() }

@@ -73,6 +73,8 @@ final class VMProcess {
         let kernelFD = take()
         let initrdFD = spec.hasInitrd ? take() : -1
         let diskFDs = spec.disks.map { _ in take() }
+        // A qcow2 disk's bases follow its image.
+        let baseFDs = spec.disks.map { d in (1..<d.formats.count).map { _ in take() } }
         let cdromFD = spec.hasCDROM ? take() : -1
         let tapFDs = spec.nics.map { _ in take() }
 
@@ -121,7 +123,8 @@ final class VMProcess {
                 var s = DeviceSetup(kind: .blk, name: "vioblk\(i)", vmName: spec.name, regions: regions)
                 s.readOnly = d.readOnly
                 s.identifier = d.name
-                try startDevice(s, backend: diskFDs[i], header: VirtioProxy.modernHeader(.block), isr: 0x200)
+                s.diskFormats = d.formats
+                try startDevice(s, backend: diskFDs[i], bases: baseFDs[i], header: VirtioProxy.modernHeader(.block), isr: 0x200)
             }
             for (i, n) in spec.nics.enumerated() {
                 var s = DeviceSetup(kind: .net, name: "vionet\(i)", vmName: spec.name, regions: regions)
@@ -145,7 +148,7 @@ final class VMProcess {
         } catch {
             die("cannot start devices: \(error)")
         }
-        for fd in diskFDs + tapFDs { FD.close(fd) }
+        for fd in diskFDs + baseFDs.flatMap({ $0 }) + tapFDs { FD.close(fd) }
         if cdromFD >= 0 { FD.close(cdromFD) }
 
         var fds: [Int32] = [-1, -1]
@@ -190,7 +193,7 @@ final class VMProcess {
     }
 
     @discardableResult
-    func startDevice(_ s: DeviceSetup, backend: Int32, header: PCIConfigHeader, isr: UInt32) throws -> VirtioProxy {
+    func startDevice(_ s: DeviceSetup, backend: Int32, bases: [Int32] = [], header: PCIConfigHeader, isr: UInt32) throws -> VirtioProxy {
         var s = s
         let (syncMine, syncTheirs) = try FD.socketPair()
         let (asyncMine, asyncTheirs) = try FD.socketPair()
@@ -211,6 +214,7 @@ final class VMProcess {
         if options.verbosity > 0 { args.append("-" + String(repeating: "v", count: options.verbosity)) }
         var fds = [syncTheirs, asyncTheirs, vm.memoryFD]
         if backend >= 0 { fds.append(backend) }
+        fds += bases
         fds += notifyFDs
         let pid = try Spawn.spawnSelf(arguments: args, descriptors: fds)
         devicePIDs[pid] = s.name

@@ -3,6 +3,7 @@ import Glibc
 import VMDSystem
 import Imsg
 import VMConfig
+import DiskImage
 
 /// The parent's table of VMs: configured and running, with stable ids, the
 /// permission checks for control requests, and the start/stop state machine.
@@ -256,7 +257,7 @@ final class VMTable {
         if req.interfaceCount != 0 { e.config.interfaceCount = Int(req.interfaceCount) }
         let loc = SourceLocation(file: "vmctl", line: 0)
         for d in req.disks {
-            var fmt: DiskFormat? = nil
+            var fmt: VMConfig.DiskFormat? = nil
             var path = d
             if d.hasPrefix("raw:") { fmt = .raw; path = String(d.dropFirst(4)) }
             else if d.hasPrefix("qcow2:") { fmt = .qcow2; path = String(d.dropFirst(6)) }
@@ -385,14 +386,27 @@ final class VMTable {
                 refuse(EBUSY, "disk \(d.path): in use by another VM")
                 return
             }
-            var magic = [UInt8](repeating: 0, count: 4)
-            if pread(fd, &magic, 4, 0) == 4 && magic == [0x51, 0x46, 0x49, 0xfb] || d.format == .qcow2 {
+            // The format (given, else by magic) and a qcow2 image's backing
+            // chain: every base opened read-only and share-locked here; the
+            // device process gets the descriptors.
+            let chain: [ChainLink]
+            do {
+                chain = try BackingChain.resolve(path: d.path, file: FDImageFile(fd: fd),
+                                                 format: d.format.flatMap { DiskImage.DiskFormat(rawValue: $0.rawValue) },
+                                                 writable: !ro) { path in
+                    let base = open(path, O_RDONLY | O_CLOEXEC)
+                    guard base >= 0 else { throw DiskImageError.io(errno: errno, operation: "open") }
+                    fds.append(base)
+                    guard flock(base, LOCK_SH | LOCK_NB) == 0 else { throw DiskImageError.io(errno: EBUSY, operation: "lock") }
+                    return FDImageFile(fd: base)
+                }
+            } catch {
                 fds.forEach(FD.close)
-                refuse(ENOTSUP, "disk \(d.path): not supported yet: qcow2 disk")
+                refuse(EINVAL, "disk \(error)")
                 return
             }
             let base = d.path.split(separator: "/").last.map(String.init) ?? d.path
-            disks.append(.init(name: base, readOnly: ro))
+            disks.append(.init(name: base, readOnly: ro, formats: chain.map(\.format.rawValue)))
         }
         var hasCDROM = false
         if let cd = e.config.cdrom {

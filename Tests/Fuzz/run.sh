@@ -22,16 +22,17 @@ build() {
 : >"$BUILD/build.log"
 build -wmo -c -module-name Virtio -emit-module -emit-module-path "$BUILD/Virtio.swiftmodule" \
     -o "$BUILD/Virtio.o" "$ROOT"/Sources/Virtio/*.swift
-build -wmo -c -module-name VirtioDevices -I "$BUILD" -emit-module \
+# qcow2 parsing and metadata updates (DiskImage, with zlib for compressed clusters).
+build -wmo -c -module-name DiskImage -I "$ROOT/Sources/CZlib" -emit-module -emit-module-path "$BUILD/DiskImage.swiftmodule" \
+    -o "$BUILD/DiskImage.o" "$ROOT"/Sources/DiskImage/*.swift
+build -wmo -c -module-name VirtioDevices -I "$BUILD" -I "$ROOT/Sources/CZlib" -emit-module \
     -emit-module-path "$BUILD/VirtioDevices.swiftmodule" -o "$BUILD/VirtioDevices.o" "$ROOT"/Sources/VirtioDevices/*.swift
-build -I "$BUILD" "$HERE/FuzzVirtqueue.swift" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" -o "$BUILD/fuzz-virtqueue"
+build -I "$BUILD" -I "$ROOT/Sources/CZlib" "$HERE/FuzzVirtqueue.swift" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" \
+    "$BUILD/DiskImage.o" -lz -o "$BUILD/fuzz-virtqueue"
 build -I "$BUILD" "$HERE/FuzzViodevMsg.swift" "$BUILD/Virtio.o" -o "$BUILD/fuzz-viodevmsg"
 # imsg framing and the control payloads are pure Swift: compiled with the harness.
 build "$HERE/FuzzImsg.swift" "$ROOT/Sources/Imsg/ImsgFraming.swift" -o "$BUILD/fuzz-imsg"
 build "$HERE/FuzzControl.swift" "$ROOT"/Sources/VMDControl/*.swift -o "$BUILD/fuzz-control"
-# qcow2 parsing and metadata updates (DiskImage, with zlib for compressed clusters).
-build -wmo -c -module-name DiskImage -I "$ROOT/Sources/CZlib" -emit-module -emit-module-path "$BUILD/DiskImage.swiftmodule" \
-    -o "$BUILD/DiskImage.o" "$ROOT"/Sources/DiskImage/*.swift
 build -I "$BUILD" -I "$ROOT/Sources/CZlib" "$HERE/FuzzQcow2.swift" "$BUILD/DiskImage.o" -lz -o "$BUILD/fuzz-qcow2"
 # Seeds: small images from qemu-img (512-byte clusters, every refcount width,
 # v2 and v3, a backing name, compressed clusters), if it is installed.

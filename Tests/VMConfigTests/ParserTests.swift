@@ -227,7 +227,7 @@ final class ParserTests: XCTestCase {
         XCTAssertEqual(try XCTUnwrap(config.vm(named: "plain")).unsupportedFeatures, [])
         XCTAssertEqual(unsupportedFeatures(of: try XCTUnwrap(config.vm(named: "fancy"))),
                        ["interface switch", "local interface", "interface group",
-                        "interface rdomain", "disk format qcow2", "boot device", "cdrom boot through a BIOS"])
+                        "interface rdomain", "boot device", "cdrom boot through a BIOS"])
         XCTAssertEqual(try XCTUnwrap(config.vm(named: "iso-with-kernel")).unsupportedFeatures, [])
         XCTAssertEqual(unsupportedFeatures(of: config), ["switch", "local inet6"])
     }

@@ -1,0 +1,128 @@
+import Foundation
+import XCTest
+import Glibc
+
+/// qcow2 disks through vmd's vioblk: the vmtest guest reads the harness
+/// pattern from a raw <- qcow2 (v2) <- qcow2 (v3, compressed clusters) chain
+/// that qemu-img and qemu-io made, writes its sectors into the top image,
+/// and qemu-img then checks the image and finds what the guest wrote.
+final class QCOW2VMTests: XCTestCase {
+    var dir = ""
+
+    override func setUpWithError() throws {
+        try requireRoot()
+        try requireKVM()
+        try requireVmtest()
+        for tool in ["qemu-img", "qemu-io"] where !FileManager.default.isExecutableFile(atPath: "/usr/bin/\(tool)") {
+            throw XCTSkip("needs /usr/bin/\(tool) (Debian's qemu-utils)")
+        }
+        dir = NSTemporaryDirectory() + "vmd-qcow2-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() {
+        if !dir.isEmpty { try? FileManager.default.removeItem(atPath: dir) }
+    }
+
+    func tool(_ name: String, _ args: [String]) throws -> String {
+        let r = try runCommand("/usr/bin/" + name, args)
+        XCTAssertEqual(r.status, 0, "\(name) \(args.joined(separator: " ")): \(r.out)")
+        return r.out
+    }
+
+    func testGuestReadsQemuChainAndWritesTop() throws {
+        // The pattern, split over three images: the raw base holds sectors
+        // 0..1023 (and the rest of the disk), the v2 middle 1024..1535
+        // (written by qemu-io from the pattern file), the v3 top, whose
+        // clusters qemu-img compressed, 1536..2047.
+        let pattern = dir + "/pattern.img"
+        try Guest.makeDisk(pattern)
+        let base = dir + "/base.raw"
+        try FileManager.default.copyItem(atPath: pattern, toPath: base)
+        _ = try tool("qemu-io", ["-f", "raw", "-c", "write -z 512k 512k", base])
+        _ = try tool("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "compat=0.10,cluster_size=4k", "-b", "base.raw", "-F", "raw",
+                                  dir + "/mid.qcow2", "4M"])
+        // qemu-io's write -s takes its data from the start of the file.
+        let all = try Data(contentsOf: URL(fileURLWithPath: pattern))
+        try all.subdata(in: (512 << 10)..<(768 << 10)).write(to: URL(fileURLWithPath: dir + "/part1"))
+        try all.subdata(in: (768 << 10)..<(1024 << 10)).write(to: URL(fileURLWithPath: dir + "/part2"))
+        _ = try tool("qemu-io", ["-f", "qcow2", "-c", "write -s \(dir)/part1 512k 256k", dir + "/mid.qcow2"])
+        // A compressed image of the last quarter, then rebased onto mid.
+        let quarter = dir + "/quarter.raw"
+        _ = try tool("qemu-img", ["create", "-q", "-f", "raw", quarter, "4M"])
+        _ = try tool("qemu-io", ["-f", "raw", "-c", "write -s \(dir)/part2 768k 256k", quarter])
+        let top = dir + "/top.qcow2"
+        _ = try tool("qemu-img", ["convert", "-c", "-O", "qcow2", quarter, top])
+        _ = try tool("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", top])
+        let chain = try tool("qemu-img", ["info", "--backing-chain", top])
+        XCTAssertTrue(chain.contains("backing file: mid.qcow2") && chain.contains("backing file: base.raw"), chain)
+        XCTAssertTrue(try tool("qemu-img", ["check", top]).contains("compressed"), "top has compressed clusters")
+
+        let baseBefore = try Data(contentsOf: URL(fileURLWithPath: base))
+        let midBefore = try Data(contentsOf: URL(fileURLWithPath: dir + "/mid.qcow2"))
+        // vm.conf names the top image, no format: detected by its magic.
+        let conf = """
+            vm "qc" {
+                memory 64M
+                boot "\(Repo.vmtestELF)"
+                disk "\(top)"
+            }
+            """
+        let d = try Daemon(config: conf, extraArgs: ["-v"])
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("vm qc: stopped (guest powered off)", timeout: 90), d.log)
+        let r = Guest.results(d.log)
+        XCTAssertEqual(r["blk"], true, d.log)
+        XCTAssertEqual(d.stop(), 0)
+
+        // qemu-img finds the image clean and what the guest wrote in it.
+        let check = try runCommand("/usr/bin/qemu-img", ["check", top])
+        XCTAssertEqual(check.status, 0, check.out)
+        let flat = dir + "/flat.raw"
+        _ = try tool("qemu-img", ["convert", "-O", "raw", top, flat])
+        XCTAssertNil(try Guest.verifyWrittenSectors(flat))
+        // The whole pattern came through, and the bases are untouched.
+        let flatData = try Data(contentsOf: URL(fileURLWithPath: flat))
+        let patternData = try Data(contentsOf: URL(fileURLWithPath: pattern))
+        XCTAssertEqual(flatData.prefix(1 << 20), patternData.prefix(1 << 20))
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: base)), baseBefore)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: dir + "/mid.qcow2")), midBefore)
+    }
+
+    /// `format qcow2` on a raw file is an error naming the file; a corrupt
+    /// qcow2 image is refused for writing with QEMU's advice.
+    func testBadImagesAreRefusedAtStart() throws {
+        let raw = dir + "/plain.img"
+        try Guest.makeDisk(raw)
+        let bad = dir + "/corrupt.qcow2"
+        _ = try tool("qemu-img", ["create", "-q", "-f", "qcow2", bad, "4M"])
+        // Set the corrupt bit (incompatible feature bit 1, byte 79).
+        let fh = try FileHandle(forUpdating: URL(fileURLWithPath: bad))
+        try fh.seek(toOffset: 79)
+        fh.write(Data([2]))
+        try fh.close()
+        let conf = """
+            vm "fmt" {
+                memory 64M
+                boot "\(Repo.vmtestELF)"
+                disk "\(raw)" format qcow2
+                disable
+            }
+            vm "bad" {
+                memory 64M
+                boot "\(Repo.vmtestELF)"
+                disk "\(bad)"
+                disable
+            }
+            """
+        let d = try Daemon(config: conf, extraArgs: ["-v"])
+        try d.waitReady()
+        var out = try d.vmctl(["start", "fmt"], timeout: 30)
+        XCTAssertNotEqual(out.status, 0)
+        XCTAssertTrue(out.out.contains("disk \(raw): not a qcow2 image (bad magic)"), out.out)
+        out = try d.vmctl(["start", "bad"], timeout: 30)
+        XCTAssertNotEqual(out.status, 0)
+        XCTAssertTrue(out.out.contains("disk \(bad): image is marked corrupt: refused for writing"), out.out)
+        XCTAssertEqual(d.stop(), 0)
+    }
+}
