@@ -72,9 +72,10 @@ final class VMProcess {
         func take() -> Int32 { defer { next += 1 }; return next }
         let kernelFD = take()
         let initrdFD = spec.hasInitrd ? take() : -1
-        let diskFDs = spec.disks.map { _ in take() }
-        // A qcow2 disk's bases follow its image.
-        let baseFDs = spec.disks.map { d in (1..<d.formats.count).map { _ in take() } }
+        // Each disk's image, then its bases (a qcow2 backing chain).
+        let chainFDs = spec.disks.map { d in d.formats.map { _ in take() } }
+        let diskFDs = chainFDs.map { $0[0] }
+        let baseFDs = chainFDs.map { Array($0.dropFirst()) }
         let cdromFD = spec.hasCDROM ? take() : -1
         let tapFDs = spec.nics.map { _ in take() }
 

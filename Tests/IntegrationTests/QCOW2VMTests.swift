@@ -61,18 +61,44 @@ final class QCOW2VMTests: XCTestCase {
         let baseBefore = try Data(contentsOf: URL(fileURLWithPath: base))
         let midBefore = try Data(contentsOf: URL(fileURLWithPath: dir + "/mid.qcow2"))
         // vm.conf names the top image, no format: detected by its magic.
+        // A second, raw disk after it: its descriptor comes after the chain's.
+        let other = dir + "/other.img"
+        try Guest.makeDisk(other, sectors: 2048)
         let conf = """
             vm "qc" {
                 memory 64M
                 boot "\(Repo.vmtestELF)"
+                cmdline "stay"
                 disk "\(top)"
+                disk "\(other)"
             }
             """
         let d = try Daemon(config: conf, extraArgs: ["-v"])
         try d.waitReady()
-        XCTAssertTrue(d.waitLog("vm qc: stopped (guest powered off)", timeout: 90), d.log)
+        XCTAssertTrue(d.waitLog("vmtest summary:", timeout: 90), d.log)
         let r = Guest.results(d.log)
         XCTAssertEqual(r["blk"], true, d.log)
+        // vioblk0 holds the chain (the bases read-only), vioblk1 its own image.
+        let blkDevices = descendants(of: d.pid).filter { $0.args.hasPrefix("vmd: vm qc vioblk") }
+        XCTAssertEqual(blkDevices.count, 2, "\(descendants(of: d.pid))")
+        for dev in blkDevices {
+            let fdDir = "/proc/\(dev.pid)/fd"
+            let files = try FileManager.default.contentsOfDirectory(atPath: fdDir).compactMap { fd -> String? in
+                guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: fdDir + "/" + fd),
+                      target.hasPrefix(dir) else { return nil }
+                let flags = (try? String(contentsOfFile: "/proc/\(dev.pid)/fdinfo/\(fd)", encoding: .utf8))?
+                    .split(separator: "\n").first { $0.hasPrefix("flags:") }
+                    .flatMap { Int($0.split(separator: "\t").last ?? "", radix: 8) } ?? -1
+                return target + (flags & 3 == 0 ? " ro" : " rw")
+            }
+            if dev.args.hasSuffix("vioblk0") {
+                XCTAssertEqual(Set(files), [top + " rw", dir + "/mid.qcow2 ro", base + " ro"], dev.args)
+            } else {
+                XCTAssertEqual(files, [other + " rw"], dev.args)
+            }
+        }
+        let stop = try d.vmctl(["stop", "-w", "qc"], timeout: 60)
+        XCTAssertEqual(stop.status, 0, stop.out)
         XCTAssertEqual(d.stop(), 0)
 
         // qemu-img finds the image clean and what the guest wrote in it.
