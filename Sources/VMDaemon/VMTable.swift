@@ -386,6 +386,13 @@ final class VMTable {
                 refuse(EBUSY, "disk \(d.path): in use by another VM")
                 return
             }
+            // QEMU's own locks too: an image QEMU uses is refused, and QEMU
+            // refuses ours.
+            if let conflict = QEMULocks.acquire(fd: fd, write: !ro) {
+                fds.forEach(FD.close)
+                refuse(EBUSY, "disk \(d.path): \(conflict)")
+                return
+            }
             // The format (given, else by magic) and a qcow2 image's backing
             // chain: every base opened read-only and share-locked here; the
             // device process gets the descriptors.
@@ -398,6 +405,9 @@ final class VMTable {
                     guard base >= 0 else { throw DiskImageError.io(errno: errno, operation: "open") }
                     fds.append(base)
                     guard flock(base, LOCK_SH | LOCK_NB) == 0 else { throw DiskImageError.io(errno: EBUSY, operation: "lock") }
+                    if let conflict = QEMULocks.acquire(fd: base, write: false) {
+                        throw DiskImageError.invalid("\(path): \(conflict)")
+                    }
                     return FDImageFile(fd: base)
                 }
             } catch {

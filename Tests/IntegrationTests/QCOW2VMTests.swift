@@ -151,4 +151,78 @@ final class QCOW2VMTests: XCTestCase {
         XCTAssertTrue(out.out.contains("disk \(bad): image is marked corrupt: refused for writing"), out.out)
         XCTAssertEqual(d.stop(), 0)
     }
+
+    /// QEMU's locks: an image qemu-io holds is refused by vmctl start, an
+    /// image a VM uses is refused by qemu-img, and a base is shared
+    /// read-only by two VMs and a read-only qemu-io at once.
+    func testLocksQEMUUnderstands() throws {
+        let base = dir + "/base.qcow2"
+        _ = try tool("qemu-img", ["create", "-q", "-f", "qcow2", base, "4M"])
+        for name in ["o1", "o2"] {
+            _ = try tool("qemu-img", ["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", dir + "/\(name).qcow2"])
+        }
+        let conf = ["o1", "o2"].map { name in
+            """
+            vm "\(name)" {
+                memory 64M
+                boot "\(Repo.vmtestELF)"
+                cmdline "stay"
+                disk "\(dir)/\(name).qcow2"
+                disable
+            }
+            """
+        }.joined(separator: "\n")
+        let d = try Daemon(config: conf, extraArgs: ["-v"])
+        defer { _ = d.stop() }
+        try d.waitReady()
+
+        // qemu-io (interactive, waiting on its input) holds o1 for writing.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-io")
+        holder.arguments = ["-f", "qcow2", dir + "/o1.qcow2"]
+        let input = Pipe()
+        holder.standardInput = input
+        holder.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        try holder.run()
+        var held = false
+        for _ in 0..<100 where !held {
+            held = try runCommand("/usr/bin/qemu-img", ["info", dir + "/o1.qcow2"]).status != 0
+            if !held { usleep(50_000) }
+        }
+        XCTAssertTrue(held, "qemu-io never locked o1")
+        var r = try d.vmctl(["start", "o1"], timeout: 30)
+        XCTAssertNotEqual(r.status, 0, r.out)
+        XCTAssertTrue(r.out.contains("disk \(dir)/o1.qcow2: locked by another process"), r.out)
+        input.fileHandleForWriting.write(Data("quit\n".utf8))
+        holder.waitUntilExit()
+
+        // A read-only qemu-io on the base does not stop two VMs sharing it.
+        let reader = Process()
+        reader.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-io")
+        reader.arguments = ["-r", "-f", "qcow2", base]
+        let readerInput = Pipe()
+        reader.standardInput = readerInput
+        reader.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        try reader.run()
+        usleep(300_000)
+        for name in ["o1", "o2"] {
+            r = try d.vmctl(["start", name], timeout: 30)
+            XCTAssertEqual(r.status, 0, r.out)
+        }
+        XCTAssertTrue(d.waitLog("vm o2: console: vmtest summary:", timeout: 90), d.log)
+        XCTAssertTrue(d.waitLog("vm o1: console: vmtest summary:", timeout: 90), d.log)
+        readerInput.fileHandleForWriting.write(Data("quit\n".utf8))
+        reader.waitUntilExit()
+
+        // While the VM runs, QEMU refuses its image, and refuses to write the base.
+        let info = try runCommand("/usr/bin/qemu-img", ["info", dir + "/o1.qcow2"])
+        XCTAssertNotEqual(info.status, 0, info.out)
+        XCTAssertTrue(info.out.contains("lock"), info.out)
+        let write = try runCommand("/usr/bin/qemu-io", ["-f", "qcow2", "-c", "write 0 512", base])
+        XCTAssertTrue(write.status != 0 || write.out.contains("lock"), write.out)
+        XCTAssertTrue(write.out.contains("lock"), write.out)
+        XCTAssertEqual(try runCommand("/usr/bin/qemu-img", ["info", "-U", dir + "/o1.qcow2"]).status, 0)
+        for name in ["o1", "o2"] { XCTAssertEqual(try d.vmctl(["stop", "-w", name], timeout: 60).status, 0) }
+        XCTAssertEqual(try runCommand("/usr/bin/qemu-img", ["check", dir + "/o1.qcow2"]).status, 0)
+    }
 }
