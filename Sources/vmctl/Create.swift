@@ -11,6 +11,10 @@ extension VMCtl {
         static let configuration = CommandConfiguration(
             abstract: "Create a raw or qcow2 disk image, empty, over a base image, or converted from another.")
 
+        /// The global `-v` (moved after the command word): nothing more to say here.
+        @Flag(name: .customShort("v"), help: .hidden)
+        var verbose = false
+
         @Option(name: .customShort("b"), help: ArgumentHelp("Make a qcow2 overlay of this base image.", valueName: "base"))
         var base: String?
 

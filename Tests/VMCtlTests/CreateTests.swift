@@ -62,7 +62,7 @@ final class CreateTests: XCTestCase {
         XCTAssertEqual(r.err, "vmctl: raw imagefile created\n")
         XCTAssertEqual(try info("disk.img")["format"] as? String, "raw")
         XCTAssertEqual(try info("disk.img")["virtual-size"] as? Int, 100 << 20)
-        r = try run(vmctl, ["create", "-s", "2M", "qcow2:plain"])
+        r = try run(vmctl, ["-v", "cr", "-s", "2M", "qcow2:plain"])
         XCTAssertEqual(try info("plain")["format"] as? String, "qcow2")
         XCTAssertEqual(r.status, 0)
         // Mode 0600, as vmctl creates images.
