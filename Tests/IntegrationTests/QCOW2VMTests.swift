@@ -146,6 +146,10 @@ final class QCOW2VMTests: XCTestCase {
         var out = try d.vmctl(["start", "fmt"], timeout: 30)
         XCTAssertNotEqual(out.status, 0)
         XCTAssertTrue(out.out.contains("disk \(raw): not a qcow2 image (bad magic)"), out.out)
+        // vmctl start -d takes the same format prefix.
+        out = try d.vmctl(["start", "-m", "64M", "-b", Repo.vmtestELF, "-d", "qcow2:" + raw, "pfx"], timeout: 30)
+        XCTAssertNotEqual(out.status, 0)
+        XCTAssertTrue(out.out.contains("disk \(raw): not a qcow2 image (bad magic)"), out.out)
         out = try d.vmctl(["start", "bad"], timeout: 30)
         XCTAssertNotEqual(out.status, 0)
         XCTAssertTrue(out.out.contains("disk \(bad): image is marked corrupt: refused for writing"), out.out)
