@@ -72,6 +72,11 @@ public final class Qcow2Image: VirtualDisk {
         if !readOnly, let refusal = Self.writeRefusal(header) { throw refusal }
         try loadTables()
         nextFreeCluster = fileSize / clusterSize + (fileSize % clusterSize == 0 ? 0 : 1)
+        if !readOnly && header.isDirty {
+            // Not closed cleanly with lazy refcounts: as QEMU does, rebuild
+            // the refcounts from the tables before writing anything.
+            try repairRefcounts()
+        }
         if !readOnly && header.version == 3 && header.autoclearFeatures != 0 {
             // Features this implementation does not keep up to date (bitmaps)
             // are cleared before the first write, as the format requires.
@@ -87,10 +92,6 @@ public final class Qcow2Image: VirtualDisk {
     public static func writeRefusal(_ header: Qcow2Header) -> DiskImageError? {
         if header.isCorrupt {
             return .readOnly("image is marked corrupt: refused for writing (repair it with qemu-img check -r all)")
-        }
-        if header.isDirty {
-            // QEMU repairs such an image (lazy refcounts) on open; we do not.
-            return .readOnly("image was not closed cleanly (dirty bit): refused for writing (repair it with qemu-img check -r all)")
         }
         if header.nbSnapshots > 0 { return .unsupported("internal snapshots (for writing)") }
         return nil
@@ -420,6 +421,81 @@ public final class Qcow2Image: VirtualDisk {
         for cluster in c..<end { metadataClusters.insert(cluster) }
         nextFreeCluster = end
         try release(offset: oldOffset, length: oldClusters * cs)
+    }
+
+    // MARK: Repair
+
+    /// How many references each cluster has, from the header, the tables
+    /// and every L2 entry.
+    func computeReferences() throws -> [UInt64: UInt64] {
+        let cs = clusterSize
+        var refs: [UInt64: UInt64] = [:]
+        func add(_ offset: UInt64, _ length: UInt64) {
+            guard length > 0 else { return }
+            var c = offset / cs
+            while c <= (offset + length - 1) / cs { refs[c, default: 0] += 1; c += 1 }
+        }
+        add(0, cs)
+        add(header.l1TableOffset, UInt64(header.l1Size) * 8)
+        add(header.refcountTableOffset, UInt64(header.refcountTableClusters) * cs)
+        for block in refcountTable where block != 0 { add(block, cs) }
+        for (i, entry) in l1.enumerated() {
+            let table = entry & Self.l1OffsetMask
+            guard table != 0 else { continue }
+            add(table, cs)
+            for (j, l2) in try l2Table(at: table).enumerated() {
+                switch try decode(l2, l1Index: i, l2Index: j) {
+                case .data(let host, _): add(host, cs)
+                case .compressed(let offset, let sectors): add(offset & ~511, sectors * 512)
+                default: break
+                }
+            }
+        }
+        return refs
+    }
+
+    /// Rebuilds every refcount from the references (the dirty bit of lazy
+    /// refcounts), then clears the dirty bit.
+    func repairRefcounts() throws {
+        var refs = try computeReferences()
+        // Refcount blocks the lazy updates never made.
+        while let missing = refs.keys.first(where: { c in
+            let t = c / refcountEntries
+            return t >= UInt64(refcountTable.count) || refcountTable[Int(t)] == 0
+        }) {
+            let t = missing / refcountEntries
+            guard t < UInt64(refcountTable.count) else {
+                throw DiskImageError.readOnly("image was not closed cleanly and its refcount table is too small to repair here (repair it with qemu-img check -r all)")
+            }
+            let block = try allocateCluster()
+            try file.write([UInt8](repeating: 0, count: Int(clusterSize)), at: block)
+            fileSize = max(fileSize, block + clusterSize)
+            try file.flush()
+            var entry = [UInt8](repeating: 0, count: 8)
+            putBE64(&entry, 0, block)
+            try file.write(entry, at: header.refcountTableOffset + t * 8)
+            refcountTable[Int(t)] = block
+            refBlockCache[block] = [UInt8](repeating: 0, count: Int(clusterSize))
+            metadataClusters.insert(block / clusterSize)
+            refs = try computeReferences()
+        }
+        let last = max(refs.keys.max() ?? 0, (fileSize + clusterSize - 1) / clusterSize)
+        let maxRefcount: UInt64 = header.refcountOrder >= 6 ? .max : (1 << header.refcountBits) - 1
+        for c in 0...last {
+            let want = refs[c] ?? 0
+            let t = c / refcountEntries
+            guard t < UInt64(refcountTable.count), refcountTable[Int(t)] != 0 else { continue }
+            guard want <= maxRefcount else {
+                throw DiskImageError.invalid("cluster \(c) has \(want) references, more than refcounts of \(header.refcountBits) bits count")
+            }
+            if try refcount(c) != want { try setRefcount(c, want) }
+        }
+        try file.flush()
+        header.incompatibleFeatures &= ~Qcow2Header.dirtyBit
+        var field = [UInt8](repeating: 0, count: 8)
+        putBE64(&field, 0, header.incompatibleFeatures)
+        try file.write(field, at: 72)
+        try file.flush()
     }
 
     // MARK: Writing

@@ -317,4 +317,33 @@ final class QemuInteropTests: XCTestCase {
         }
         print("kill -9 rounds: 20, images with leaked clusters: \(leaks), with errors: 0")
     }
+
+    /// An image left dirty with lazy refcounts is repaired when opened for
+    /// writing, as QEMU does: refcounts rebuilt, dirty bit cleared.
+    func testDirtyLazyRefcountImageIsRepaired() throws {
+        try run("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on,cluster_size=4k", path("lazy.qcow2"), "8M"])
+        try run("qemu-io", ["-f", "qcow2", "-c", "write -P 0x61 0 1M", "-c", "write -P 0x62 5M 100k", path("lazy.qcow2")])
+        // What a crash with lazy refcounts leaves: counts too low, dirty bit set.
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path("lazy.qcow2"))))
+        let image = try Qcow2Image(file: MemoryImageFile(bytes: bytes), readOnly: true)
+        let block = Int(image.refcountTable[0])
+        for i in (2 * 16)..<(2 * 200) { bytes[block + i] = 0 }
+        bytes[79] |= 1
+        try Data(bytes).write(to: URL(fileURLWithPath: path("lazy.qcow2")))
+        let (status, output) = try run("qemu-img", ["check", path("lazy.qcow2")], expect: nil)
+        XCTAssertNotEqual(status, 0, "the damage is real: \(output)")
+        XCTAssertTrue(output.contains("ERROR"), output)
+        let disk = try openDisk("lazy.qcow2", writable: true)
+        try assertFilled(disk, 0, 1 << 20, 0x61, "after repair")
+        try [UInt8](repeating: 0x63, count: 70_000).withUnsafeBytes { try disk.write(from: $0, at: 7 << 20) }
+        try disk.flush()
+        closeAll()
+        let after = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path("lazy.qcow2"))))
+        XCTAssertEqual(after[79] & 1, 0, "dirty bit cleared")
+        try assertChecks("lazy.qcow2")
+        let again = try openDisk("lazy.qcow2")
+        try assertFilled(again, 5 << 20, 100 * 1024, 0x62, "after repair")
+        try assertFilled(again, 7 << 20, 70_000, 0x63, "after repair")
+        closeAll()
+    }
 }
