@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "Virtio"),
         // qcow2 and raw images on already-open files (no Foundation, no open()).
         .target(name: "DiskImage", dependencies: ["CZlib"]),
-        .target(name: "VirtioDevices", dependencies: ["Virtio", "DiskImage"]),
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem", "DiskImage"]),
         // The control protocol vmctl and the daemon share (message types, payloads).
         .target(name: "VMDControl"),
         .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMDControl", "VMConfig", "VMM",
@@ -54,9 +54,9 @@ let package = Package(
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
                     resources: [.copy("Golden")]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices", "VMDSystem"]),
         .testTarget(name: "VMCtlTests", dependencies: ["vmctl", "VMDControl", "Imsg", "VMDSystem"]),
-        .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl"]),
+        .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl", "VirtioDevices"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage"]),
         // The child the qcow2 kill -9 tests kill: writes through DiskImage.

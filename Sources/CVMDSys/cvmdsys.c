@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <linux/landlock.h>
@@ -25,6 +26,8 @@
 #include <syslog.h>
 #include <event2/event.h>
 #include <unistd.h>
+#include <termios.h>
+#include <signal.h>
 
 extern char **environ;
 
@@ -109,6 +112,7 @@ int cvmd_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 int cvmd_get_no_new_privs(void) { return prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); }
 int cvmd_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
 int cvmd_set_dumpable(int on) { return prctl(PR_SET_DUMPABLE, on, 0, 0, 0); }
+int cvmd_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
 
 int cvmd_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int cvmd_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
@@ -183,16 +187,52 @@ int cvmd_seal_shrink(int fd)
 
 int cvmd_openpty(int *master, int *slave, char *name, size_t namelen)
 {
-	char buf[128];
-	if (openpty(master, slave, buf, NULL, NULL) == -1)
+	/* A console: raw mode (no echo, no line discipline), close-on-exec,
+	 * and a master that never blocks the VM's event loop. */
+	int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+	if (m < 0)
 		return -1;
-	fcntl(*master, F_SETFD, FD_CLOEXEC);
-	fcntl(*slave, F_SETFD, FD_CLOEXEC);
-	if (name != NULL && namelen > 0) {
-		strncpy(name, buf, namelen - 1);
-		name[namelen - 1] = '\0';
+	int s = -1;
+	struct termios tio;
+	int e;
+	if (grantpt(m) != 0 || unlockpt(m) != 0)
+		goto fail;
+	if ((e = ptsname_r(m, name, namelen)) != 0) {
+		errno = e;
+		goto fail;
 	}
+	s = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (s < 0)
+		goto fail;
+	if (tcgetattr(s, &tio) != 0)
+		goto fail;
+	cfmakeraw(&tio);
+	if (tcsetattr(s, TCSANOW, &tio) != 0)
+		goto fail;
+	*master = m;
+	*slave = s;
 	return 0;
+fail:
+	e = errno;
+	if (s >= 0)
+		close(s);
+	close(m);
+	errno = e;
+	return -1;
+}
+
+int cvmd_wake_signal(void) { return SIGRTMIN; }
+
+static void wake_handler(int signo) { (void)signo; }
+
+int cvmd_install_wake_handler(void)
+{
+	struct sigaction action;
+	memset(&action, 0, sizeof action);
+	action.sa_handler = wake_handler;
+	sigemptyset(&action.sa_mask);
+	action.sa_flags = 0; /* no SA_RESTART: a blocking call (KVM_RUN) returns EINTR */
+	return sigaction(SIGRTMIN, &action, NULL);
 }
 
 int cvmd_tap_open(char *name, size_t namelen, int vnet_hdr)
@@ -333,3 +373,16 @@ int cvmd_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NON
 ssize_t cvmd_getrandom(void *buf, size_t len) { return getrandom(buf, len, 0); }
 
 int cvmd_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+int cvmd_fallocate(int fd, int mode, int64_t offset, int64_t length)
+{
+	return fallocate(fd, mode, (off_t)offset, (off_t)length);
+}
+
+int cvmd_fallocate_punch_hole(void) { return FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE; }
+int cvmd_fallocate_zero_range(void) { return FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE; }
+
+int cvmd_tap_set_vnet_header_size(int fd, int size)
+{
+	return ioctl(fd, TUNSETVNETHDRSZ, &size);
+}

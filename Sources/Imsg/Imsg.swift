@@ -55,6 +55,7 @@ public enum ImsgError: Error, Equatable, CustomStringConvertible {
     case tooLarge(Int)
     case endOfFileInMessage(buffered: Int)
     case closed
+    case queueFull(Int)
     case system(SystemError)
 
     public var description: String {
@@ -63,6 +64,7 @@ public enum ImsgError: Error, Equatable, CustomStringConvertible {
         case .tooLarge(let n): return "message of \(n) bytes exceeds 16384"
         case .endOfFileInMessage(let n): return "end of file in the middle of a message (\(n) bytes buffered)"
         case .closed: return "connection closed"
+        case .queueFull(let n): return "peer does not read: \(n) bytes already queued for it"
         case .system(let e): return e.description
         }
     }
@@ -76,27 +78,43 @@ public final class ImsgBuffer {
     private var readBuffer: [UInt8] = []
     private var readStart = 0
     private var receivedFDs: [Int32] = []
+    /// Outgoing messages; `queue[queueHead...]` are not fully written yet
+    /// (a head index, not removeFirst: O(1) per message however deep).
     private var queue: [(bytes: [UInt8], fd: Int32?, offset: Int)] = []
+    private var queueHead = 0
     public private(set) var sawEndOfFile = false
+    /// Bytes queued and not yet written.
+    public private(set) var pendingWriteBytes = 0
+    /// compose() refuses (throws `.queueFull`) past this many queued bytes:
+    /// a peer that does not read cannot make us grow without bound.
+    public var maxPendingWriteBytes: Int
 
-    public init(fd: Int32) {
+    public static let defaultMaxPendingWriteBytes = 16 << 20
+
+    public init(fd: Int32, maxPendingWriteBytes: Int = ImsgBuffer.defaultMaxPendingWriteBytes) {
         self.fd = fd
+        self.maxPendingWriteBytes = maxPendingWriteBytes
     }
 
     deinit { clear() }
 
-    public var hasPendingWrites: Bool { !queue.isEmpty }
-    public var pendingWriteBytes: Int { queue.reduce(0) { $0 + $1.bytes.count - $1.offset } }
+    public var hasPendingWrites: Bool { queueHead < queue.count }
 
     /// Queues a message. The channel owns `fd` from here on: it is closed
     /// once sent (as OpenBSD's imsg does) or when the buffer is cleared.
     public func compose(_ msg: Imsg) throws {
         let bytes: [UInt8]
-        do { bytes = try msg.encoded() } catch {
+        do {
+            bytes = try msg.encoded()
+            guard pendingWriteBytes + bytes.count <= maxPendingWriteBytes else {
+                throw ImsgError.queueFull(pendingWriteBytes)
+            }
+        } catch {
             if let fd = msg.fd { FD.close(fd) }
             throw error
         }
         queue.append((bytes, msg.fd, 0))
+        pendingWriteBytes += bytes.count
     }
 
     public func compose(type: UInt32, peerID: UInt32 = 0, pid: UInt32 = 0,
@@ -108,8 +126,8 @@ public final class ImsgBuffer {
     /// the socket would block (call again when writable).
     @discardableResult
     public func flush() throws -> Bool {
-        while !queue.isEmpty {
-            var head = queue[0]
+        while queueHead < queue.count {
+            var head = queue[queueHead]
             let sendFD: Int32 = head.offset == 0 ? (head.fd ?? -1) : -1
             let n = head.bytes.withUnsafeBytes { p in
                 cvmd_send_with_fd(fd, p.baseAddress! + head.offset, p.count - head.offset, sendFD)
@@ -126,10 +144,19 @@ public final class ImsgBuffer {
                 head.fd = nil
             }
             head.offset += n
+            pendingWriteBytes -= n
             if head.offset == head.bytes.count {
-                queue.removeFirst()
+                queue[queueHead] = ([], nil, 0)
+                queueHead += 1
+                if queueHead == queue.count {
+                    queue.removeAll(keepingCapacity: queue.count <= 64)
+                    queueHead = 0
+                } else if queueHead >= 1024 && queueHead * 2 >= queue.count {
+                    queue.removeFirst(queueHead)
+                    queueHead = 0
+                }
             } else {
-                queue[0] = head
+                queue[queueHead] = head
             }
         }
         return true
@@ -223,8 +250,10 @@ public final class ImsgBuffer {
 
     /// Drops queued output and closes every descriptor still owned.
     public func clear() {
-        for q in queue { if let f = q.fd { FD.close(f) } }
+        for q in queue[queueHead...] { if let f = q.fd { FD.close(f) } }
         queue.removeAll()
+        queueHead = 0
+        pendingWriteBytes = 0
         for f in receivedFDs { FD.close(f) }
         receivedFDs.removeAll()
         readBuffer.removeAll()

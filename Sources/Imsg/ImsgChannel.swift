@@ -15,6 +15,26 @@ public final class ImsgChannel {
     public private(set) var isClosed = false
     /// Arbitrary per-connection state for the owner (e.g. peer credentials).
     public var context: AnyObject?
+    /// The message types this peer may send (VMDControl's MessagePolicy);
+    /// others are logged and dropped, never delivered. nil accepts all.
+    public var allowedTypes: Set<UInt32>?
+    /// Disconnect (instead of dropping the message) on a type not allowed:
+    /// for untrusted peers such as control clients.
+    public var closeOnRefusedType = false
+    /// Stop reading from the peer while more than this many bytes wait to
+    /// be written to it (its requests wait until it takes its replies);
+    /// reading resumes below half of it. nil: always read.
+    public var pauseReadingAbove: Int? { didSet { updateReading() } }
+    /// The owner's own reason to stop reading (e.g. too many requests in
+    /// flight for this peer).
+    public var holdReading = false { didSet { updateReading() } }
+    /// Past this many queued bytes the peer is dropped (`buffer`'s limit).
+    public var maxQueuedBytes: Int {
+        get { buffer.maxPendingWriteBytes }
+        set { buffer.maxPendingWriteBytes = newValue }
+    }
+    public var isReadingPaused: Bool { readHandle == nil && !isClosed }
+    private var drainPaused = false
 
     public var fd: Int32 { buffer.fd }
 
@@ -41,7 +61,7 @@ public final class ImsgChannel {
 
     private func deliverBuffered() {
         do {
-            while !isClosed, let m = try buffer.get() { onMessage(self, m) }
+            while canDeliver, let m = try buffer.get() { deliver(m) }
         } catch {
             close(reason: "\(error)")
         }
@@ -55,11 +75,36 @@ public final class ImsgChannel {
         }
         do {
             try buffer.compose(msg)
+        } catch ImsgError.queueFull(let n) {
+            close(reason: "peer does not read: \(n) bytes queued for it")
+            return
         } catch {
             Log.warning("\(name): dropped outgoing message type \(msg.type): \(error)")
             return
         }
         flush()
+    }
+
+    private var canDeliver: Bool { !isClosed && !holdReading && !drainPaused }
+
+    /// Starts or stops watching the socket for reads as the limits say.
+    private func updateReading() {
+        guard !isClosed else { return }
+        if let limit = pauseReadingAbove {
+            if buffer.pendingWriteBytes > limit { drainPaused = true }
+            else if buffer.pendingWriteBytes <= limit / 2 { drainPaused = false }
+        } else {
+            drainPaused = false
+        }
+        let want = !holdReading && !drainPaused
+        if want && readHandle == nil {
+            readHandle = loop.onReadable(buffer.fd) { [weak self] in self?.readable() }
+            // Messages read before the pause are still in the buffer.
+            loop.after(seconds: 0) { [weak self] in self?.deliverBuffered() }
+        } else if !want, let r = readHandle {
+            loop.remove(r)
+            readHandle = nil
+        }
     }
 
     public func send(type: UInt32, peerID: UInt32 = 0, pid: UInt32 = 0,
@@ -77,19 +122,34 @@ public final class ImsgChannel {
             }
         } catch {
             close(reason: "\(error)")
+            return
         }
+        if pauseReadingAbove != nil { updateReading() }
     }
 
     private func readable() {
         do {
             let r = try buffer.read()
-            while !isClosed, let m = try buffer.get() {
-                onMessage(self, m)
+            while canDeliver, let m = try buffer.get() {
+                deliver(m)
             }
             if r == .endOfFile { close(reason: nil) }
         } catch {
             close(reason: "\(error)")
         }
+    }
+
+    private func deliver(_ m: Imsg) {
+        if let allowed = allowedTypes, !allowed.contains(m.type) {
+            if let f = m.fd { FD.close(f) }
+            if closeOnRefusedType {
+                close(reason: "message type \(m.type) is not accepted from this peer")
+            } else {
+                Log.warning("\(name): dropped message type \(m.type): not accepted from this peer")
+            }
+            return
+        }
+        onMessage(self, m)
     }
 
     /// Closes the connection once; undelivered descriptors are closed too.

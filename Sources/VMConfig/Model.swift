@@ -211,6 +211,7 @@ public struct VMDConfiguration: Equatable, Sendable {
     public var localPrefix: IPPrefix?
     /// `local inet6` given (with or without a prefix).
     public var localInet6 = false
+    public var localInet6Location: SourceLocation?
     /// nil with localInet6: a random fd00::/8 prefix chosen at start.
     public var localInet6Prefix: IPPrefix?
     public var staggeredStart: StaggeredStart?

@@ -3,14 +3,27 @@
 // mistake inside a block only skips that one line, so every error of a file
 // is reported in one run.
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 public enum ConfigParser {
     /// Parses the file at `path`. `macros` are `vmd -D name=value`
     /// definitions: they win over definitions of the same name in the file.
     /// Relative `include` paths are resolved against the including file's
     /// directory. Errors name the file as given here.
-    public static func parse(file path: String,
-                             macros: [String: String] = [:]) -> Result<VMDConfiguration, ConfigErrors> {
+    ///
+    /// `missingIsEmpty`: a top-level file that does not exist (ENOENT) is an
+    /// empty configuration with a warning, as vmd runs without vm.conf.
+    public static func parse(file path: String, macros: [String: String] = [:],
+                             missingIsEmpty: Bool = false) -> Result<VMDConfiguration, ConfigErrors> {
         let context = ParseContext(macros: macros)
+        if missingIsEmpty && access(path, F_OK) != 0 && errno == ENOENT {
+            var empty = VMDConfiguration()
+            empty.warnings.append(ConfigError(file: path, line: 0,
+                                              message: "failed to open: No such file or directory; no VMs configured"))
+            return .success(empty)
+        }
         switch ConfigFile.read(path) {
         case .failure(let reason):
             return .failure(ConfigErrors([ConfigError(file: path, line: 0, message: "failed to open: \(reason.text)")]))
@@ -372,6 +385,7 @@ final class FileParser {
             return "local prefix"
         case .keyword(.inet6):
             context.config.localInet6 = true
+            context.config.localInet6Location = location(token)
             guard isKeyword(peek(), .prefix) else { return "local inet6" }
             advance()
             let text = try string("an IPv6 prefix after 'local inet6 prefix'")
@@ -418,7 +432,13 @@ final class FileParser {
             return Owner(user: String(uid), group: nil)
         case .string(let text, _):
             switch Validate.owner(text) {
-            case .success(let owner): return owner
+            case .success(let owner):
+                // As vmd: names must exist now (numbers are ids as given).
+                if let problem = Validate.ownerExists(owner) {
+                    error(token, problem)
+                    return nil
+                }
+                return owner
             case .failure(let reason):
                 error(token, reason.text)
                 return nil
@@ -559,12 +579,12 @@ final class FileParser {
                 format = DiskFormat(rawValue: name.lowercased())
                 if format == nil { error(option, "unrecognized disk format \(name) (expected raw or qcow2)") }
             }
-            if let problem = Validate.path(path, what: "disk") {
-                error(option, problem)
-            } else if vm.disks.count >= ConfigLimits.maxDisks {
+            switch Validate.existingPath(path, what: "disk") {
+            case .failure(let problem): error(option, problem.text)
+            case .success where vm.disks.count >= ConfigLimits.maxDisks:
                 error(option, "too many disks (at most \(ConfigLimits.maxDisks))")
-            } else {
-                vm.disks.append(Disk(path: path, format: format, location: location(option)))
+            case .success(let resolved):
+                vm.disks.append(Disk(path: resolved, format: format, location: location(option)))
             }
             return "disk"
         case .keyword(.local):
@@ -591,12 +611,18 @@ final class FileParser {
             }
             let path = try string("a kernel path or 'device' after 'boot'")
             once("boot", &seen, option)
-            if let problem = Validate.path(path, what: "boot") { error(option, problem) } else { vm.bootPath = path }
+            switch Validate.existingPath(path, what: "boot") {
+            case .failure(let problem): error(option, problem.text)
+            case .success(let resolved): vm.bootPath = resolved
+            }
             return "boot"
         case .keyword(.cdrom):
             let path = try string("an ISO image path after 'cdrom'")
             once("cdrom", &seen, option)
-            if let problem = Validate.path(path, what: "cdrom") { error(option, problem) } else { vm.cdrom = path }
+            switch Validate.existingPath(path, what: "cdrom") {
+            case .failure(let problem): error(option, problem.text)
+            case .success(let resolved): vm.cdrom = resolved
+            }
             return "cdrom"
         case .keyword(.interfaces):
             let (count, token) = try number("a number after 'interfaces'")
@@ -641,7 +667,10 @@ final class FileParser {
         case .keyword(.initrd):
             let path = try string("an initrd path after 'initrd'")
             once("initrd", &seen, option)
-            if let problem = Validate.path(path, what: "initrd") { error(option, problem) } else { vm.initrd = path }
+            switch Validate.existingPath(path, what: "initrd") {
+            case .failure(let problem): error(option, problem.text)
+            case .success(let resolved): vm.initrd = resolved
+            }
             return "initrd"
         default:
             throw fail(option, expected: "a vm option (allow instance, boot, cdrom, cmdline, cpus, disable, "

@@ -17,12 +17,19 @@ public func unsupportedFeatures(of vm: VMConfiguration) -> [String] {
 }
 
 /// Global statements the daemon cannot honour yet: `switch` blocks (Linux
-/// bridges come later) and `local inet6`.
-public func unsupportedFeatures(of config: VMDConfiguration) -> [String] {
-    var features: [String] = []
-    if !config.switches.isEmpty { features.append("switch") }
-    if config.localInet6 { features.append("local inet6") }
-    return features
+/// bridges come later) and `local inet6`. The daemon refuses a
+/// configuration that has one (`vmd -n`, start-up and reload), with the
+/// statement's `file:line`.
+public func unsupportedStatements(of config: VMDConfiguration) -> [ConfigError] {
+    var errors: [ConfigError] = []
+    for sw in config.switches {
+        errors.append(ConfigError(sw.location, "not supported yet: switch \"\(sw.name)\""))
+    }
+    if config.localInet6 {
+        errors.append(ConfigError(config.localInet6Location ?? SourceLocation(file: "", line: 0),
+                                  "not supported yet: local inet6"))
+    }
+    return errors
 }
 
 extension VMConfiguration {

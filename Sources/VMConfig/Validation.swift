@@ -61,6 +61,19 @@ enum Validate {
         return nil
     }
 
+    /// A file the VM will use (boot, initrd, disk, cdrom): checked and
+    /// resolved with realpath(3) as vmd's parser does, so `vmd -n`, start-up
+    /// and reload all report a missing file with its `file:line`, and a
+    /// relative name means the same thing after the daemon's chdir("/").
+    static func existingPath(_ path: String, what: String) -> Result<String, Reason> {
+        if let problem = Validate.path(path, what: what) { return .failure(Reason(problem)) }
+        guard let resolved = realpath(path, nil) else {
+            return .failure(Reason("\(what) \(path): \(String(cString: strerror(errno)))"))
+        }
+        defer { free(resolved) }
+        return .success(String(cString: resolved))
+    }
+
     /// `user`, `user:group` or `:group` (vm.conf's owner_id). Names are kept;
     /// the daemon looks them up.
     static func owner(_ text: String) -> Result<Owner, Reason> {
@@ -76,6 +89,14 @@ enum Validate {
             if !ok { return .failure(Reason(bad)) }
         }
         return .success(Owner(user: user, group: group))
+    }
+
+    /// Why `owner` names a user or group that does not exist, or nil.
+    static func ownerExists(_ owner: Owner) -> String? {
+        func numeric(_ s: String) -> Bool { !s.isEmpty && s.utf8.allSatisfy(isDigit) && UInt32(s) != nil }
+        if let u = owner.user, !numeric(u), getpwnam(u) == nil { return "failed to get user: \(u)" }
+        if let g = owner.group, !numeric(g), getgrnam(g) == nil { return "failed to get group: \(g)" }
+        return nil
     }
 
     /// ether_aton(3): six hex bytes of one or two digits separated by ':'.

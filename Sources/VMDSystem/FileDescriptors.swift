@@ -9,6 +9,23 @@ public enum FD {
         if fd >= 0 { _ = Glibc.close(fd) }
     }
 
+    /// open(2), close-on-exec; `what` names the file in errors.
+    public static func open(_ path: String, flags: Int32, what: String? = nil) throws -> Int32 {
+        try sys(what ?? path) { Glibc.open(path, flags | O_CLOEXEC) }
+    }
+
+    /// One non-blocking write; returns the bytes written, 0 when the
+    /// descriptor cannot take any (a console pty nobody drains).
+    public static func writeNonBlocking(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return 0 }
+        while true {
+            let n = Glibc.write(fd, base, bytes.count)
+            if n >= 0 { return n }
+            if cvmd_errno() == EINTR { continue }
+            return 0
+        }
+    }
+
     public static func setNonBlocking(_ fd: Int32, _ on: Bool = true) throws {
         let flags = try sys("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
         let newFlags = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
@@ -50,6 +67,34 @@ public enum FD {
             }
             off += n
         }
+    }
+
+    /// A close-on-exec pipe.
+    public static func pipe() throws -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        try sys("pipe") { Glibc.pipe(&fds) }
+        // Nothing is spawned between pipe() and here on this thread.
+        try? setCloseOnExec(fds[0])
+        try? setCloseOnExec(fds[1])
+        return (fds[0], fds[1])
+    }
+
+    /// Writes one byte; safe from any thread (a vCPU handing over to the loop).
+    public static func writeByte(_ fd: Int32, _ byte: UInt8) {
+        var b = byte
+        while Glibc.write(fd, &b, 1) < 0 && cvmd_errno() == EINTR {}
+    }
+
+    /// Reads one byte; nil when none is waiting or at end of file.
+    public static func readByte(_ fd: Int32) -> UInt8? {
+        var b: UInt8 = 0
+        return Glibc.read(fd, &b, 1) == 1 ? b : nil
+    }
+
+    /// fchown(2) of an open descriptor (a pty handed to a VM's owner); the
+    /// group is left as it is.
+    public static func changeOwner(_ fd: Int32, uid: uid_t) throws {
+        try sys("fchown") { fchown(fd, uid, gid_t(bitPattern: -1)) }
     }
 
     /// Descriptors open in this process (from /proc/self/fd), for tests and audits.

@@ -41,17 +41,3 @@ public enum Log {
     }
 }
 
-/// A pthread mutex for the few places threads meet (vCPU threads, logging).
-public final class Mutex: @unchecked Sendable {
-    private var m = pthread_mutex_t()
-    public init() { pthread_mutex_init(&m, nil) }
-    deinit { pthread_mutex_destroy(&m) }
-    public func lock() { pthread_mutex_lock(&m) }
-    public func unlock() { pthread_mutex_unlock(&m) }
-    @inline(__always)
-    public func locked<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(&m)
-        defer { pthread_mutex_unlock(&m) }
-        return try body()
-    }
-}

@@ -39,7 +39,8 @@ public enum Memfd {
 }
 
 public enum Pty {
-    /// Opens a pty pair; returns (master, slave, slave path).
+    /// Opens a console pty: raw mode, the master non-blocking; returns
+    /// (master, slave, slave path).
     public static func open() throws -> (master: Int32, slave: Int32, name: String) {
         var m: Int32 = -1, s: Int32 = -1
         var name = [CChar](repeating: 0, count: 128)
@@ -65,6 +66,20 @@ public enum Clock {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// Seconds since the epoch, UTC (the wall clock, for the guest's RTC).
+    public static func wallSeconds() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec)
+    }
+
+    /// Sleeps on the monotonic clock, resuming after signals.
+    public static func sleep(seconds: Double) {
+        var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
+        var rest = timespec()
+        while clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &rest) == EINTR { ts = rest }
     }
 }
 
@@ -123,11 +138,36 @@ extension Sockets {
         return fd
     }
 
+    /// Throws if `path` is a socket someone listens on (another daemon's)
+    /// or something that is not a socket: neither may be replaced.
+    public static func checkNotLive(_ path: String) throws {
+        guard !path.hasPrefix("@") else { return }
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        guard st.st_mode & S_IFMT == S_IFSOCK else {
+            throw SystemError("\(path) exists and is not a socket", code: EEXIST)
+        }
+        if let fd = try? connect(path: path) {
+            FD.close(fd)
+            throw SystemError("control socket \(path) is in use (is vmd already running?)", code: EADDRINUSE)
+        }
+    }
+
+    /// The file at `path` (device, inode), to recognise it later.
+    public static func identity(_ path: String) -> (dev: UInt64, ino: UInt64)? {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
     /// A non-blocking listening socket at `path` (replacing a stale one),
     /// owned by `owner` with `mode`; never briefly more open than that.
     public static func listen(path: String, owner: (uid: uid_t, gid: gid_t), mode: mode_t) throws -> Int32 {
+        try checkNotLive(path)
         let fd = try socket(Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
         do {
+            // Only a stale socket (nobody listening) is replaced; bind
+            // fails with EADDRINUSE if another daemon wins a race here.
             unlink(path)
             let mask = umask(0o177)
             defer { umask(mask) }
@@ -153,12 +193,16 @@ extension Sockets {
 }
 
 public enum SharedMemory {
-    /// Maps `size` bytes of `fd` shared, read-write (a VM's guest memory).
-    public static func map(fd: Int32, size: Int) throws -> UnsafeMutableRawPointer {
-        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        if p == MAP_FAILED || p == nil { throw SystemError("mmap guest memory") }
+    /// Maps `size` bytes of `fd` from `offset`, shared, read-write (guest
+    /// memory, a vCPU's kvm_run); `what` names it in errors.
+    public static func map(fd: Int32, size: Int, offset: Int = 0,
+                           what: String = "guest memory") throws -> UnsafeMutableRawPointer {
+        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(offset))
+        if p == MAP_FAILED || p == nil { throw SystemError("mmap \(what)") }
         return p!
     }
+
+    public static func unmap(_ p: UnsafeMutableRawPointer, size: Int) { munmap(p, size) }
 
     /// The size of a file or memfd.
     public static func size(of fd: Int32) throws -> Int {
@@ -172,6 +216,12 @@ public enum EventFD {
     /// A close-on-exec, non-blocking eventfd.
     public static func create() throws -> Int32 {
         try sys("eventfd") { cvmd_eventfd() }
+    }
+
+    /// Adds one to the counter: the reader wakes.
+    public static func signal(_ fd: Int32) {
+        var one: UInt64 = 1
+        while Glibc.write(fd, &one, 8) < 0 && cvmd_errno() == EINTR {}
     }
 
     /// Consumes the counter; false when there was nothing to read.

@@ -58,6 +58,12 @@ public enum Spawn {
         return ExitStatus(waitStatus: status)
     }
 
+    /// Makes orphaned descendants this process's children (to be reaped
+    /// here) instead of init's.
+    public static func becomeSubreaper() {
+        _ = cvmd_set_child_subreaper()
+    }
+
     /// Makes the kernel kill this process when its parent dies, so a crashed
     /// parent leaves no orphans; exits at once if the parent is already gone.
     public static func dieWithParent() {

@@ -94,7 +94,8 @@ func becomeChild() {
 
 /// For processes whose parent speaks first (a VM, a device): reads the one
 /// message that says what to be, or exits with a log line naming `what`.
-func readStartMessage(fd: Int32, expecting type: MessageType, what: String) -> (ImsgBuffer, [UInt8]) {
+func readStartMessage<Payload>(fd: Int32, expecting type: MessageType, what: String,
+                                decode: ([UInt8]) throws -> Payload) -> (ImsgBuffer, Payload) {
     becomeChild()
     let buffer = ImsgBuffer(fd: fd)
     do {
@@ -104,9 +105,20 @@ func readStartMessage(fd: Int32, expecting type: MessageType, what: String) -> (
             Log.error("expected \(what), got message type \(m.type)")
             exit(1)
         }
-        return (buffer, m.data)
+        do {
+            return (buffer, try decode(m.data))
+        } catch {
+            Log.error("bad \(what): \(error)")
+            exit(1)
+        }
     } catch {
         Log.error("no \(what): \(error)")
         exit(1)
     }
+}
+
+/// What `ps` shows (`vmd: vm web vioblk0`) and what log lines start with.
+func nameThisProcess(_ name: String) {
+    ProcessTitle.set("vmd: \(name)")
+    Log.setProcessName(name)
 }

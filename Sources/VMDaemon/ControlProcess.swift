@@ -10,9 +10,16 @@ import Imsg
 final class ControlProcess {
     let child: ChildProcess
     let listenFD: Int32
-    var clients: [UInt32: ImsgChannel] = [:]
+    final class Client {
+        let uid: uid_t
+        let channel: ImsgChannel
+        /// Requests relayed to the parent and not yet answered.
+        var inFlight = 0
+        init(uid: uid_t, channel: ImsgChannel) { self.uid = uid; self.channel = channel }
+    }
+    var clients: [UInt32: Client] = [:]
     var nextClientID: UInt32 = 1
-    static let maxClients = 64
+    let limits = ControlLimits()
 
     /// The parent binds the socket (as root, with the configured owner) and
     /// passes the listening descriptor as fd 4: control never needs root.
@@ -20,6 +27,7 @@ final class ControlProcess {
         child = ChildProcess(role: "control", title: "vmd: control")
         listenFD = 4
         child.onParentMessage = { [unowned self] m in self.fromParent(m) }
+        child.parent.allowedTypes = MessagePolicy.rawTypes(.parentToControl)
         restrict("control", user: user, denyFileSystem: true, policy: SandboxPolicies.control)
         child.sandboxSelfTest()
         child.loop.onReadable(listenFD) { [unowned self] in self.accept() }
@@ -32,12 +40,13 @@ final class ControlProcess {
 
     func accept() {
         guard let fd = Sockets.accept(listenFD) else { return }
-        guard clients.count < Self.maxClients else {
-            Log.warning("too many control connections; refusing one")
+        guard let cred = try? Peer.credentials(fd) else { FD.close(fd); return }
+        let held = clients.values.filter { $0.uid == cred.uid }.count
+        if let refusal = limits.refusal(uid: cred.uid, total: clients.count, sameUID: held) {
+            Log.warning("refusing a control connection from uid \(cred.uid): \(refusal)")
             FD.close(fd)
             return
         }
-        guard let cred = try? Peer.credentials(fd) else { FD.close(fd); return }
         let id = nextClientID
         nextClientID &+= 1
         let ch = ImsgChannel(fd: fd, name: "control client \(id) (uid \(cred.uid))", loop: child.loop,
@@ -46,7 +55,15 @@ final class ControlProcess {
                                  self.clients[id] = nil
                                  self.child.parent.send(type: MessageType.ctlClientClosed.rawValue, peerID: id)
                              })
-        clients[id] = ch
+        // Only client requests are relayed: a client that sends anything
+        // else (connection bookkeeping, vmm/priv/device types) is dropped.
+        ch.allowedTypes = MessagePolicy.rawTypes(.clientToControl)
+        ch.closeOnRefusedType = true
+        // A client that does not take its replies is not read from (its
+        // requests wait in its socket) and is dropped past the limit.
+        ch.pauseReadingAbove = limits.pauseReadingAbove
+        ch.maxQueuedBytes = limits.maxQueuedBytes
+        clients[id] = Client(uid: cred.uid, channel: ch)
         var payload: [UInt8] = []
         withUnsafeBytes(of: UInt32(cred.uid)) { payload += $0 }
         withUnsafeBytes(of: UInt32(cred.gid)) { payload += $0 }
@@ -56,20 +73,29 @@ final class ControlProcess {
     func fromClient(_ id: UInt32, _ m: Imsg) {
         // Clients never pass descriptors to the daemon; drop any they send.
         if let f = m.fd { FD.close(f) }
+        guard MessagePolicy.permits(m.type, on: .clientToControl), let c = clients[id] else { return }
         var relayed = m
         relayed.fd = nil
         relayed.peerID = id
+        c.inFlight += 1
+        // Requests in flight are bounded per client: the parent's replies
+        // to one client cannot pile up faster than it reads them.
+        if c.inFlight >= limits.maxInFlight { c.channel.holdReading = true }
         child.parent.send(relayed)
     }
 
     func fromParent(_ m: Imsg) {
-        guard let ch = clients[m.peerID] else {
+        guard MessagePolicy.permits(m.type, on: .parentToControl), let c = clients[m.peerID] else {
             if let f = m.fd { FD.close(f) }
             return
         }
         var reply = m
         reply.peerID = 0
-        ch.send(reply)
+        if let t = MessageType(rawValue: m.type), MessagePolicy.finalReplies.contains(t), c.inFlight > 0 {
+            c.inFlight -= 1
+            if c.inFlight < limits.maxInFlight { c.channel.holdReading = false }
+        }
+        c.channel.send(reply)
     }
 
     func run() -> Never { child.run() }

@@ -1,65 +1,169 @@
 import VMDControl
 import Virtio
+import VirtioDevices
+
+/// What a descriptor handed to a device process is for. The process finds
+/// its descriptors by role in its `DeviceSetup`, never by position.
+enum DeviceDescriptorRole: Equatable {
+    /// Register reads/writes from vCPU threads (blocking request/reply).
+    case sync
+    /// Interrupts, pause/unpause, vmmci commands.
+    case async
+    /// The VM's guest-memory memfd (mapped, then closed).
+    case guestMemory
+    /// What the device model asked for: a disk image, a tap, an ISO.
+    case backend(BackendRole)
+    /// The KVM ioeventfd signalled when the guest notifies this queue.
+    case queueNotify(Int)
+
+    func encode(_ w: inout WireWriter) {
+        switch self {
+        case .sync: w.u32(0); w.u32(0)
+        case .async: w.u32(1); w.u32(0)
+        case .guestMemory: w.u32(2); w.u32(0)
+        case .backend(let r): w.u32(3); w.u32(UInt32(BackendRole.allCases.firstIndex(of: r)!))
+        case .queueNotify(let q): w.u32(4); w.u32(UInt32(q))
+        }
+    }
+
+    init(_ r: inout WireReader) throws {
+        let tag = try r.u32(), arg = try r.u32()
+        switch tag {
+        case 0: self = .sync
+        case 1: self = .async
+        case 2: self = .guestMemory
+        case 3:
+            guard Int(arg) < BackendRole.allCases.count else { throw WireReader.Truncated() }
+            self = .backend(BackendRole.allCases[Int(arg)])
+        case 4:
+            guard arg < 64 else { throw WireReader.Truncated() }
+            self = .queueNotify(Int(arg))
+        default: throw WireReader.Truncated()
+        }
+    }
+}
+
+/// A device process's descriptors: the numbers they have in that process,
+/// each with its role. Built by the VM process in the order it passes them
+/// (the child gets them from fd 3 up).
+struct DeviceDescriptors: Equatable {
+    static let firstChildDescriptor: Int32 = 3
+    private(set) var entries: [(role: DeviceDescriptorRole, fd: Int32)] = []
+
+    static func == (a: DeviceDescriptors, b: DeviceDescriptors) -> Bool {
+        a.entries.map(\.fd) == b.entries.map(\.fd) && a.entries.map(\.role) == b.entries.map(\.role)
+    }
+
+    /// Records the next descriptor passed; returns its number in the child.
+    @discardableResult
+    mutating func append(_ role: DeviceDescriptorRole) -> Int32 {
+        let fd = Self.firstChildDescriptor + Int32(entries.count)
+        entries.append((role, fd))
+        return fd
+    }
+
+    func first(_ role: DeviceDescriptorRole) -> Int32? {
+        entries.first(where: { $0.role == role })?.fd
+    }
+
+    var all: [Int32] { entries.map(\.fd) }
+
+    var backends: [(role: BackendRole, fd: Int32)] {
+        entries.compactMap { if case .backend(let r) = $0.role { return (r, $0.fd) } else { return nil } }
+    }
+
+    /// Queue-notify eventfds in queue order.
+    var queueNotifies: [(queue: Int, fd: Int32)] {
+        entries.compactMap { if case .queueNotify(let q) = $0.role { return (q, $0.fd) } else { return nil } }
+    }
+
+    static let maxEntries = 32
+
+    func encode(_ w: inout WireWriter) {
+        w.u32(UInt32(entries.count))
+        for e in entries { e.role.encode(&w); w.i32(e.fd) }
+    }
+
+    init() {}
+
+    init(_ r: inout WireReader) throws {
+        let n = try r.u32()
+        guard n <= Self.maxEntries else { throw WireReader.Truncated() }
+        for _ in 0..<n {
+            let role = try DeviceDescriptorRole(&r)
+            let fd = try r.i32()
+            guard fd >= Self.firstChildDescriptor, fd < 1024 else { throw WireReader.Truncated() }
+            entries.append((role, fd))
+        }
+    }
+}
 
 /// What a device process is told at start, in the first message on its
-/// sync channel (devopVMInfo). Descriptors: 3 sync, 4 async, 5 guest
-/// memory, 6 the backend (disk image, tap, ISO) when the device has one.
+/// sync channel (devopVMInfo): which device to be, where guest RAM lies in
+/// the memfd, the device's parameters and what each descriptor is.
 struct DeviceSetup: Equatable {
-    enum Kind: String { case blk, net, rnd, scsi, vmmci }
-
-    var kind: Kind
+    var kind: DeviceKind
     var name: String           // vioblk0, vionet1, viornd, vioscsi, vmmci
     var vmName: String
     /// Where guest RAM lies in the memfd, as the device will map it.
     var regions: [GuestMemoryRegion]
-    var readOnly = false
-    var identifier = ""        // vioblk GET_ID
-    var mac: [UInt8] = []
-    var lockedLladdr = false
-    /// Queue-notify eventfds passed after the backend (or after guest
-    /// memory when there is none), one per queue, in queue order.
-    var notifyFDs: UInt32 = 0
-    /// vioblk: the image's format and its bases' ("raw", "qcow2"); the
-    /// bases' descriptors follow the backend's, before the notify eventfds.
-    var diskFormats: [String] = ["raw"]
+    var parameters = DeviceParameters()
+    var descriptors = DeviceDescriptors()
+
+    init(kind: DeviceKind, name: String, vmName: String, regions: [GuestMemoryRegion]) {
+        self.kind = kind; self.name = name; self.vmName = vmName; self.regions = regions
+    }
+
+    static let maxRegions = 8
 
     func encoded() -> [UInt8] {
         var w = WireWriter()
         w.string(kind.rawValue); w.string(name); w.string(vmName)
         w.u32(UInt32(regions.count))
         for r in regions { w.u64(r.guestPhysicalAddress); w.u64(r.size); w.u64(r.offsetInMapping) }
-        w.u32(readOnly ? 1 : 0); w.string(identifier)
-        w.u32(UInt32(mac.count)); for b in mac { w.u32(UInt32(b)) }
-        w.u32(lockedLladdr ? 1 : 0)
-        w.u32(notifyFDs)
-        w.u32(UInt32(diskFormats.count)); for f in diskFormats { w.string(f) }
+        parameters.encode(&w)
+        descriptors.encode(&w)
         return w.bytes
-    }
-
-    init(kind: Kind, name: String, vmName: String, regions: [GuestMemoryRegion]) {
-        self.kind = kind; self.name = name; self.vmName = vmName; self.regions = regions
     }
 
     init(decoding bytes: [UInt8]) throws {
         var r = WireReader(bytes)
-        guard let k = Kind(rawValue: try r.string(max: 16)) else { throw WireReader.Truncated() }
+        guard let k = DeviceKind(rawValue: try r.string(max: 16)) else { throw WireReader.Truncated() }
         kind = k
         name = try r.string(max: 32); vmName = try r.string(max: 64)
         let n = try r.u32()
-        guard n <= 8 else { throw WireReader.Truncated() }
+        guard n <= Self.maxRegions else { throw WireReader.Truncated() }
         regions = []
-        for _ in 0..<n { regions.append(GuestMemoryRegion(guestPhysicalAddress: try r.u64(), size: try r.u64(), offsetInMapping: try r.u64())) }
+        for _ in 0..<n {
+            regions.append(GuestMemoryRegion(guestPhysicalAddress: try r.u64(), size: try r.u64(),
+                                             offsetInMapping: try r.u64()))
+        }
+        parameters = try DeviceParameters(&r)
+        descriptors = try DeviceDescriptors(&r)
+        guard r.remaining == 0 else { throw WireReader.Truncated() }
+    }
+}
+
+extension DeviceParameters {
+    func encode(_ w: inout WireWriter) {
+        w.u32(readOnly ? 1 : 0)
+        w.string(identifier)
+        w.u32(UInt32(mac.count))
+        for b in mac { w.u32(UInt32(b)) }
+        w.u32(lockedLladdr ? 1 : 0)
+        w.u32(UInt32(diskFormats.count)); for f in diskFormats { w.string(f) }
+    }
+
+    init(_ r: inout WireReader) throws {
+        self.init()
         readOnly = try r.u32() != 0
-        identifier = try r.string(max: 64)
+        identifier = try r.string(max: 256)
         let m = try r.u32()
         guard m == 0 || m == 6 else { throw WireReader.Truncated() }
-        mac = []
         for _ in 0..<m { mac.append(UInt8(truncatingIfNeeded: try r.u32())) }
         lockedLladdr = try r.u32() != 0
-        notifyFDs = try r.u32()
-        guard notifyFDs <= 8 else { throw WireReader.Truncated() }
         let nf = try r.u32()
-        guard nf >= 1 && nf <= 17 else { throw WireReader.Truncated() }
+        guard nf <= 17 else { throw WireReader.Truncated() }
         diskFormats = try (0..<nf).map { _ in try r.string(max: 8) }
     }
 }

@@ -1,38 +1,37 @@
 import VMDControl
-/// Everything a VM process needs to know, sent by the parent through vmm.
-/// The descriptors travel separately, in `descriptorOrder`.
+import VirtioDevices
+/// Everything a VM process needs to know, sent by the parent through vmm
+/// (vmmStartVM). The descriptors follow in vmmStartVMFD messages; the spec
+/// says which is which by index: the kernel, the initrd, and each device's
+/// backends.
 public struct LaunchSpec: Equatable, Sendable {
-    public struct DiskSpec: Equatable, Sendable {
-        public var name: String       // the image's file name: GET_ID
-        public var readOnly: Bool
-        /// "raw" or "qcow2": the image's format, then its bases' formats,
-        /// in chain order; each has a descriptor (the bases read-only).
-        public var formats: [String] = ["raw"]
-        public init(name: String, readOnly: Bool, formats: [String] = ["raw"]) {
-            self.name = name; self.readOnly = readOnly; self.formats = formats
+    /// One virtio device of the VM, in PCI slot order.
+    public struct Device: Equatable, Sendable {
+        public var kind: DeviceKind
+        public var parameters: DeviceParameters
+        /// Indices into the VM's descriptors, one per backend role of the
+        /// kind's model, in the model's order.
+        public var descriptors: [Int]
+
+        public init(kind: DeviceKind, parameters: DeviceParameters = DeviceParameters(), descriptors: [Int] = []) {
+            self.kind = kind
+            self.parameters = parameters
+            self.descriptors = descriptors
         }
     }
-    public struct NICSpec: Equatable, Sendable {
-        public var mac: [UInt8]       // 6 bytes
-        public var lockedLladdr: Bool
-        public var ifname: String
-        public init(mac: [UInt8], lockedLladdr: Bool, ifname: String) {
-            self.mac = mac; self.lockedLladdr = lockedLladdr; self.ifname = ifname
-        }
-    }
+
+    public static let maxDevices = 16
+    /// Kernel, initrd, taps, a CD-ROM and disks with backing chains.
+    public static let maxDescriptors = 96
 
     public var vmid: UInt32
     public var name: String
     public var memoryBytes: UInt64
     public var cpus: UInt32
     public var cmdline: String
-    public var hasInitrd: Bool
-    public var disks: [DiskSpec]
-    public var hasCDROM: Bool
-    public var nics: [NICSpec]
-    public var rng: Bool
-    public var vmmci: Bool
-    public var verbosity: UInt32
+    public var kernelDescriptor: Int
+    public var initrdDescriptor: Int?
+    public var devices: [Device]
     /// For messages and the Multiboot command line: the paths as configured.
     public var kernelName = ""
     public var initrdName = ""
@@ -40,65 +39,64 @@ public struct LaunchSpec: Equatable, Sendable {
     public var ownerUID: UInt32 = 0
 
     public init(vmid: UInt32, name: String, memoryBytes: UInt64, cpus: UInt32, cmdline: String,
-                hasInitrd: Bool, disks: [DiskSpec], hasCDROM: Bool, nics: [NICSpec],
-                rng: Bool = true, vmmci: Bool = true, verbosity: UInt32 = 0) {
+                kernelDescriptor: Int = 0, initrdDescriptor: Int? = nil, devices: [Device] = []) {
         self.vmid = vmid; self.name = name; self.memoryBytes = memoryBytes; self.cpus = cpus
-        self.cmdline = cmdline; self.hasInitrd = hasInitrd; self.disks = disks
-        self.hasCDROM = hasCDROM; self.nics = nics; self.rng = rng; self.vmmci = vmmci
-        self.verbosity = verbosity
+        self.cmdline = cmdline; self.kernelDescriptor = kernelDescriptor
+        self.initrdDescriptor = initrdDescriptor; self.devices = devices
     }
 
-    /// kernel, [initrd], disks (each image, then its bases)..., [cdrom], taps...
-    public var descriptorCount: Int {
-        1 + (hasInitrd ? 1 : 0) + disks.reduce(0) { $0 + $1.formats.count } + (hasCDROM ? 1 : 0) + nics.count
+    /// The name of device `index` (vioblk0, vionet1, viornd, ...): instances
+    /// of a kind are numbered in the order they appear.
+    public func deviceName(_ index: Int) -> String {
+        let kind = devices[index].kind
+        let nth = devices[..<index].filter { $0.kind == kind }.count
+        return kind.model.instanceName(nth)
     }
 
     public func encoded() -> [UInt8] {
         var w = WireWriter()
         w.u32(vmid); w.string(name); w.u64(memoryBytes); w.u32(cpus); w.string(cmdline)
-        w.u32(hasInitrd ? 1 : 0)
-        w.u32(UInt32(disks.count))
-        for d in disks {
-            w.string(d.name); w.u32(d.readOnly ? 1 : 0)
-            w.u32(UInt32(d.formats.count)); for f in d.formats { w.string(f) }
+        w.u32(UInt32(kernelDescriptor)); w.i32(initrdDescriptor.map { Int32($0) } ?? -1)
+        w.u32(UInt32(devices.count))
+        for d in devices {
+            w.string(d.kind.rawValue)
+            d.parameters.encode(&w)
+            w.u32(UInt32(d.descriptors.count)); for i in d.descriptors { w.u32(UInt32(i)) }
         }
-        w.u32(hasCDROM ? 1 : 0)
-        w.u32(UInt32(nics.count))
-        for n in nics {
-            for b in n.mac { w.u32(UInt32(b)) }
-            w.u32(n.lockedLladdr ? 1 : 0); w.string(n.ifname)
-        }
-        w.u32(rng ? 1 : 0); w.u32(vmmci ? 1 : 0); w.u32(verbosity)
         w.string(kernelName); w.string(initrdName); w.u32(ownerUID)
         return w.bytes
     }
 
     public init(decoding bytes: [UInt8]) throws {
         var r = WireReader(bytes)
+        func index() throws -> Int {
+            let i = try r.u32()
+            guard i < Self.maxDescriptors else { throw WireReader.Truncated() }
+            return Int(i)
+        }
         vmid = try r.u32(); name = try r.string(max: 64); memoryBytes = try r.u64()
         cpus = try r.u32(); cmdline = try r.string(max: 4096)
-        hasInitrd = try r.u32() != 0
-        let nd = try r.u32()
-        guard nd <= 4 else { throw WireReader.Truncated() }
-        disks = []
-        for _ in 0..<nd {
-            var d = DiskSpec(name: try r.string(max: 256), readOnly: try r.u32() != 0)
-            let nf = try r.u32()
-            guard nf >= 1 && nf <= 17 else { throw WireReader.Truncated() }
-            d.formats = try (0..<nf).map { _ in try r.string(max: 8) }
-            disks.append(d)
+        kernelDescriptor = try index()
+        let initrd = try r.i32()
+        guard initrd >= -1, initrd < Int32(Self.maxDescriptors) else { throw WireReader.Truncated() }
+        initrdDescriptor = initrd < 0 ? nil : Int(initrd)
+        let n = try r.u32()
+        guard n <= Self.maxDevices else { throw WireReader.Truncated() }
+        devices = []
+        for _ in 0..<n {
+            guard let kind = DeviceKind(rawValue: try r.string(max: 16)) else { throw WireReader.Truncated() }
+            let p = try DeviceParameters(&r)
+            let nd = try r.u32()
+            let model = kind.model
+            guard nd >= model.backends.count, nd <= model.backends.count + model.maxBaseImages else {
+                throw WireReader.Truncated()
+            }
+            var descriptors: [Int] = []
+            for _ in 0..<nd { descriptors.append(try index()) }
+            devices.append(Device(kind: kind, parameters: p, descriptors: descriptors))
         }
-        hasCDROM = try r.u32() != 0
-        let nn = try r.u32()
-        guard nn <= 4 else { throw WireReader.Truncated() }
-        nics = []
-        for _ in 0..<nn {
-            var mac: [UInt8] = []
-            for _ in 0..<6 { mac.append(UInt8(truncatingIfNeeded: try r.u32())) }
-            nics.append(NICSpec(mac: mac, lockedLladdr: try r.u32() != 0, ifname: try r.string(max: 16)))
-        }
-        rng = try r.u32() != 0; vmmci = try r.u32() != 0; verbosity = try r.u32()
         kernelName = try r.string(max: 4096); initrdName = try r.string(max: 4096); ownerUID = try r.u32()
+        guard r.remaining == 0 else { throw WireReader.Truncated() }
     }
 }
 

@@ -8,7 +8,18 @@ import VMConfig
 /// three children (priv, control, vmm) and relays between them. It never
 /// runs guest code or parses guest data.
 public final class Parent {
-    public enum Role: String, CaseIterable { case priv, control, vmm }
+    public enum Role: String, CaseIterable {
+        case priv, control, vmm
+
+        /// What the parent accepts from this child (MessagePolicy).
+        var route: MessageRoute {
+            switch self {
+            case .priv: return .privToParent
+            case .control: return .controlToParent
+            case .vmm: return .vmmToParent
+            }
+        }
+    }
 
     struct Child {
         let role: Role
@@ -24,6 +35,9 @@ public final class Parent {
     let user: Credentials
     /// VMs, stable ids for the daemon's lifetime.
     var vms: VMTable!
+    /// The control socket this daemon bound (device, inode): on exit it is
+    /// removed only if it is still that file, never another daemon's.
+    var socketIdentity: (dev: UInt64, ino: UInt64)?
 
     init(options: DaemonOptions, config: VMDConfiguration, user: Credentials) {
         self.options = options
@@ -33,10 +47,20 @@ public final class Parent {
 
     /// Reads and checks the configuration: `file:line: message` for each
     /// error, all of them, nothing applied.
-    static func loadConfiguration(_ options: DaemonOptions) -> Result<VMDConfiguration, ConfigErrors> {
+    /// `missingIsEmpty`: the configured file (start-up, reload) may be
+    /// absent; a file named by `vmctl load` must exist.
+    static func loadConfiguration(_ options: DaemonOptions,
+                                  missingIsEmpty: Bool = true) -> Result<VMDConfiguration, ConfigErrors> {
         var macros: [String: String] = [:]
         for (k, v) in options.macros { macros[k] = v }
-        return ConfigParser.parse(file: options.configPath, macros: macros)
+        // No vm.conf at all: warn and run with no VMs, as vmd does.
+        switch ConfigParser.parse(file: options.configPath, macros: macros, missingIsEmpty: missingIsEmpty) {
+        case .failure(let errors):
+            return .failure(errors)
+        case .success(let config):
+            let unsupported = unsupportedStatements(of: config)
+            return unsupported.isEmpty ? .success(config) : .failure(ConfigErrors(unsupported))
+        }
     }
 
     func socketOwner() -> (uid: uid_t, gid: gid_t) {
@@ -54,6 +78,7 @@ public final class Parent {
         // violation at start-up) must still be noticed.
         loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
         let listenFD = try ControlProcess.bind(path: options.socketPath, owner: socketOwner())
+        socketIdentity = Sockets.identity(options.socketPath)
         defer { FD.close(listenFD) }
         for role in Role.allCases {
             let (mine, theirs) = try FD.socketPair()
@@ -68,6 +93,11 @@ public final class Parent {
                                          Log.debug("\(role.rawValue) channel closed\(reason.map { ": \($0)" } ?? "")")
                                      }
                                  })
+            ch.allowedTypes = MessagePolicy.rawTypes(role.route)
+            // Control relays clients' requests: if it stops taking the
+            // replies, stop taking requests (it always drains, being bounded
+            // per client, so this only guards against a stuck control).
+            if role == .control { ch.pauseReadingAbove = 4 << 20 }
             children[role] = Child(role: role, pid: pid, channel: ch)
             Log.debug("started \(role.rawValue) process, pid \(pid)")
         }
@@ -149,7 +179,9 @@ public final class Parent {
             _ = try? Spawn.wait(child.pid)
         }
         children.removeAll()
-        unlink(options.socketPath)
+        if let mine = socketIdentity, let now = Sockets.identity(options.socketPath), mine == now {
+            unlink(options.socketPath)
+        }
         Log.info("exiting")
         exit(status)
     }
@@ -158,9 +190,10 @@ public final class Parent {
     func reload(path: String?) -> Result<Void, ConfigErrors> {
         var o = options
         if let path { o.configPath = path }
-        switch Parent.loadConfiguration(o) {
+        switch Parent.loadConfiguration(o, missingIsEmpty: path == nil) {
         case .failure(let e): return .failure(e)
         case .success(let c):
+            for w in c.warnings { Log.warning("\(w.description)") }
             config = c
             vms.applyConfiguration()
             return .success(())

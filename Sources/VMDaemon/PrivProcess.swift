@@ -11,6 +11,7 @@ final class PrivProcess {
     init(options: DaemonOptions) {
         child = ChildProcess(role: "priv", title: "vmd: priv")
         child.onParentMessage = { [unowned self] m in self.handle(m) }
+        child.parent.allowedTypes = MessagePolicy.rawTypes(.parentToPriv)
         restrict("priv", user: nil, denyFileSystem: false, policy: SandboxPolicies.priv)
         child.sandboxSelfTest()
     }

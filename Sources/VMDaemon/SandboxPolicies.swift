@@ -2,6 +2,7 @@ import VMDControl
 import Glibc
 import VMDSystem
 import VMM
+import VirtioDevices
 
 /// The seccomp allow-lists, one per role, in one place. Anything not listed
 /// kills the process (SIGSYS); the parent logs which process died and why.
@@ -66,30 +67,16 @@ public enum SandboxPolicies {
             "mbind", "close_range", "openat2", "setitimer", "getitimer", "times", "getrusage",
         ])
 
-    /// A device process: its channels, guest memory (already mapped), and
-    /// its one backend. Nothing else: no open, no socket, no exec.
-    static func device(_ kind: DeviceSetup.Kind) -> SeccompPolicy {
-        var names = base
+    /// A device process: its channels, guest memory (already mapped), its
+    /// backends, and the system calls its table entry names. Nothing else:
+    /// no open, no socket, no exec.
+    static func device(_ model: DeviceModel) -> SeccompPolicy {
         let noExec: [SeccompPolicy.Rule] = [
             .allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_READ | PROT_WRITE)),
             .allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_NONE)),
             .allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_READ)),
         ]
-        switch kind {
-        case .blk:
-            names += ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate",
-                      "lseek", "fstat", "newfstatat"]
-        case .scsi:
-            names += ["pread64", "preadv", "lseek", "fstat", "newfstatat"]
-        case .net:
-            // The tap fd: frames in and out; no ioctl after set-up.
-            break
-        case .rnd:
-            break
-        case .vmmci:
-            break
-        }
-        return SeccompPolicy(name: kind.rawValue, allowing: names, extra: noExec)
+        return SeccompPolicy(name: model.kind.rawValue, allowing: base + model.syscalls, extra: noExec)
     }
 
     /// A VM process after its privileged set-up: vCPU threads in KVM_RUN,

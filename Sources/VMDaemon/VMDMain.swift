@@ -62,6 +62,14 @@ public enum VMDMain {
             printError("vmd: need root privileges")
             exit(1)
         }
+        // Before detaching, so the refusal reaches the terminal: a second
+        // vmd must not take over a live daemon's socket (nor its VMs).
+        do {
+            try Sockets.checkNotLive(options.socketPath)
+        } catch {
+            printError("vmd: \(error)")
+            exit(1)
+        }
         Log.setup(foreground: options.foreground, verbosity: options.verbosity, process: "vmd")
         if !options.foreground {
             // Classic daemon: detach from the terminal; stdio to /dev/null.

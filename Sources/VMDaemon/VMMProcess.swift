@@ -12,7 +12,23 @@ final class VMMProcess {
         let channel: ImsgChannel
         var reportedReason: VMStopReason?
         var detail: String
+        /// When the VM process must be gone by (a stop is under way).
+        var deadline: Double = .infinity
+        var deadlineTimer: EventHandle?
+        /// vmm killed it at the deadline: why, for the report.
+        var killedBecause: String?
     }
+
+    /// A VM process asked to stop must be gone within its own bound plus
+    /// this margin; otherwise it is stuck itself (SIGSTOPped, or blocked
+    /// somewhere its own deadlines do not reach) and vmm SIGKILLs it, which
+    /// takes its device processes with it (parent-death signal).
+    static let stopMargin: Double = 0.5
+    static var forcedStopDeadline: Double { VMProcess.forcedStopBound + stopMargin }
+    /// Graceful: the guest's time to acknowledge, then the forced part.
+    static var gracefulStopDeadline: Double { VMProcess.shutdownAckTimeout + forcedStopDeadline }
+    /// After the guest acknowledged: its time to power off, then forced.
+    static var acknowledgedStopDeadline: Double { VMProcess.guestShutdownTimeout + forcedStopDeadline }
 
     let child: ChildProcess
     let options: DaemonOptions
@@ -25,6 +41,10 @@ final class VMMProcess {
         self.options = options
         child = ChildProcess(role: "vmm", title: "vmd: vmm")
         child.onParentMessage = { [unowned self] m in self.fromParent(m) }
+        // The device processes of a VM process killed here die with it
+        // (parent-death signal) and are reaped here, not left to init.
+        Spawn.becomeSubreaper()
+        child.parent.allowedTypes = MessagePolicy.rawTypes(.parentToVMM)
         restrict("vmm", user: nil, denyFileSystem: false, policy: SandboxPolicies.vmm)
         child.sandboxSelfTest()
         child.loop.onSignal(SIGCHLD) { [unowned self] in self.reap() }
@@ -46,10 +66,15 @@ final class VMMProcess {
             if let f = m.fd { FD.close(f) }
             guard let vm = vms[vmid] else {
                 child.parent.send(type: MessageType.vmmVMExited.rawValue, peerID: vmid,
-                                  data: exitPayload(.stopped, "not running"))
+                                  data: VMExitReport(reason: .stopped, detail: "not running").encoded())
                 return
             }
             vm.channel.send(Imsg(type: m.type, peerID: vmid, data: m.data))
+            if MessageType(rawValue: m.type) == .vmmStopVM {
+                var r = WireReader(m.data)
+                let force = ((try? r.u32()) ?? 0) & VMRequest.force != 0
+                armDeadline(vmid, seconds: force ? Self.forcedStopDeadline : Self.gracefulStopDeadline)
+            }
         default:
             if let f = m.fd { FD.close(f) }
             Log.warning("unexpected message type \(m.type) from the parent")
@@ -68,12 +93,13 @@ final class VMMProcess {
             let ch = ImsgChannel(fd: mine, name: "vmm: vm \(vmid)", loop: child.loop,
                                  onMessage: { [unowned self] _, m in self.fromVM(vmid, m) },
                                  onClose: { _, _ in })
+            ch.allowedTypes = MessagePolicy.rawTypes(.vmToVMM)
             vms[vmid] = Running(pid: pid, channel: ch, reportedReason: nil, detail: "")
             ch.send(type: MessageType.vmmStartVM.rawValue, peerID: vmid, data: spec)
         } catch {
             Log.error("vm \(vmid): cannot start: \(error)")
             child.parent.send(type: MessageType.vmmVMExited.rawValue, peerID: vmid,
-                              data: exitPayload(.failed, "cannot start VM process: \(error)"))
+                              data: VMExitReport(reason: .failed, detail: "cannot start VM process: \(error)").encoded())
         }
     }
 
@@ -82,25 +108,43 @@ final class VMMProcess {
         switch MessageType(rawValue: m.type) {
         case .vmmVMExited:
             // The VM says why it is going; the exit status comes with the reap.
-            var r = WireReader(m.data)
-            if let code = try? r.u32(), let reason = VMStopReason(rawValue: code) {
-                vms[vmid]?.reportedReason = reason
-                vms[vmid]?.detail = (try? r.string()) ?? ""
+            if let report = try? VMExitReport(decoding: m.data) {
+                vms[vmid]?.reportedReason = report.reason
+                vms[vmid]?.detail = report.detail
+            }
+        case .vmmciAck:
+            // The guest acknowledged a graceful shutdown: it gets its time.
+            if let vm = vms[vmid], vm.deadline < .infinity {
+                armDeadline(vmid, seconds: Self.acknowledgedStopDeadline, extend: true)
             }
         case .vmmVMStarted:
-            var w = WireWriter()
-            w.i32(vms[vmid]?.pid ?? 0)
-            child.parent.send(type: m.type, peerID: vmid, data: w.bytes + m.data)
+            // The pid as this process spawned it, whatever the VM says.
+            guard var started = try? VMStartedReport(decoding: m.data) else { return }
+            started.pid = vms[vmid]?.pid ?? 0
+            child.parent.send(type: m.type, peerID: vmid, data: started.encoded())
         default:
             child.parent.send(Imsg(type: m.type, peerID: vmid, data: m.data))
         }
     }
 
-    func exitPayload(_ reason: VMStopReason, _ detail: String) -> [UInt8] {
-        var w = WireWriter()
-        w.u32(reason.rawValue)
-        w.string(detail)
-        return w.bytes
+    /// The VM process must be gone `seconds` from now (an earlier deadline
+    /// stays unless `extend`); then it is killed.
+    func armDeadline(_ vmid: UInt32, seconds: Double, extend: Bool = false) {
+        guard var vm = vms[vmid] else { return }
+        let at = Clock.now() + seconds
+        guard extend || at < vm.deadline else { return }
+        if let t = vm.deadlineTimer { child.loop.remove(t) }
+        vm.deadline = at
+        vm.deadlineTimer = child.loop.after(seconds: seconds) { [unowned self] in
+            guard var vm = self.vms[vmid] else { return }
+            vm.deadlineTimer = nil
+            let why = "the VM process did not stop in \(Int(seconds.rounded(.up))) s: killed"
+            Log.warning("vm \(vmid): \(why)")
+            vm.killedBecause = why
+            self.vms[vmid] = vm
+            kill(vm.pid, SIGKILL)
+        }
+        vms[vmid] = vm
     }
 
     func reap() {
@@ -108,15 +152,20 @@ final class VMMProcess {
             guard let (vmid, vm) = vms.first(where: { $0.value.pid == pid }) else { continue }
             vms[vmid] = nil
             vm.channel.close(reason: nil)
+            if let t = vm.deadlineTimer { child.loop.remove(t) }
             var reason = vm.reportedReason ?? .failed
             var detail = vm.detail
-            if status != .exited(0) {
+            if let why = vm.killedBecause, vm.reportedReason == nil {
+                // A stop was asked for and vmm carried it out.
+                reason = .stopped
+                detail = why
+            } else if status != .exited(0) {
                 reason = .failed
                 detail = detail.isEmpty ? "VM process \(status)" : "\(detail) (VM process \(status))"
             }
             Log.debug("vm \(vmid) process \(pid) \(status)")
             child.parent.send(type: MessageType.vmmVMExited.rawValue, peerID: vmid,
-                              data: exitPayload(reason, detail))
+                              data: VMExitReport(reason: reason, detail: detail).encoded())
         }
         if stopping && vms.isEmpty { exit(0) }
     }
@@ -127,7 +176,11 @@ final class VMMProcess {
         child.onTerminate = { [unowned self] in
             self.stopping = true
             if self.vms.isEmpty { exit(0) }
-            for vm in self.vms.values { kill(vm.pid, SIGTERM) }
+            for (vmid, vm) in self.vms {
+                kill(vm.pid, SIGTERM)
+                self.armDeadline(vmid, seconds: Self.gracefulStopDeadline)
+            }
+            // A guest that acknowledged gets until then, not its 120 s.
             self.child.loop.after(seconds: 10) { [unowned self] in
                 for vm in self.vms.values { kill(vm.pid, SIGKILL) }
                 self.child.loop.after(seconds: 1) { exit(0) }

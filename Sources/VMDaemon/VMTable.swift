@@ -4,6 +4,7 @@ import VMDSystem
 import Imsg
 import VMConfig
 import DiskImage
+import VirtioDevices
 
 /// The parent's table of VMs: configured and running, with stable ids, the
 /// permission checks for control requests, and the start/stop state machine.
@@ -75,7 +76,7 @@ final class VMTable {
 
     /// Starts every VM without `disable`, honouring `staggered start`.
     func startConfigured() {
-        let toStart = entries.filter { $0.config.enabled && $0.state == .stopped }
+        let toStart = entries.filter { $0.fromConfigFile && $0.config.enabled && $0.state == .stopped }
         guard let stagger = parent.config.staggeredStart, stagger.parallel > 0 else {
             for e in toStart { start(e, requester: nil) }
             return
@@ -134,9 +135,16 @@ final class VMTable {
             fail(client, EINVAL, "unknown request type \(m.type)")
             return
         }
+        // Control's own bookkeeping (clients cannot get these relayed:
+        // MessagePolicy.clientToControl). Credentials are set once per
+        // connection and never replaced.
         if type == .ctlClientConnected {
             var r = WireReader(m.data)
-            if let uid = try? r.u32(), let gid = try? r.u32() { clients[client] = Client(uid: uid, gid: gid) }
+            guard clients[client] == nil, let uid = try? r.u32(), let gid = try? r.u32() else {
+                Log.warning("control: ignored repeated or malformed credentials for client \(client)")
+                return
+            }
+            clients[client] = Client(uid: uid, gid: gid)
             return
         }
         if type == .ctlClientClosed {
@@ -146,10 +154,11 @@ final class VMTable {
             return
         }
         guard let c = clients[client] else { return }
-        let userAllowed: Set<MessageType> = [.vmdStartVMRequest, .vmdStopVMRequest, .vmdWaitVM,
-                                             .vmdGetInfoVMRequest, .vmdPauseVM, .vmdUnpauseVM,
-                                             .vmdConsoleRequest]
-        if c.uid != 0 && !userAllowed.contains(type) {
+        guard MessagePolicy.clientRequests.contains(type) else {
+            Log.warning("control: dropped message type \(m.type): not a client request")
+            return
+        }
+        if c.uid != 0 && !MessagePolicy.unprivilegedRequests.contains(type) {
             fail(client, EPERM, "permission denied: only root may do that")
             return
         }
@@ -225,7 +234,15 @@ final class VMTable {
             guard existing.state == .stopped else {
                 fail(client, EBUSY, "start \(req.name): vm already running"); return
             }
-            if req.hasOverrides { apply(req, to: existing) }
+            if req.hasOverrides {
+                // Overrides hold for this start only if it goes ahead: a
+                // refused start leaves the configured VM as it was.
+                let saved = existing.config
+                apply(req, to: existing)
+                start(existing, requester: client)
+                if existing.state == .stopped { existing.config = saved }
+                return
+            }
         } else {
             guard req.hasOverrides || req.name.isEmpty == false else {
                 fail(client, ENOENT, "start \(req.name): vm not found"); return
@@ -339,6 +356,7 @@ final class VMTable {
             e.state = .stopped
             for f in e.launchFDs { FD.close(f) }
             e.launchFDs = []
+            forgetIfAdHoc(e)
         }
         let unsupported = unsupportedFeatures(of: e.config)
         if let first = unsupported.first {
@@ -370,18 +388,21 @@ final class VMTable {
         }
         guard let (kernel, _) = openFile("kernel", boot, writable: false) else { return }
         fds.append(kernel)
-        var hasInitrd = false
+        var spec = LaunchSpec(vmid: e.id, name: name, memoryBytes: e.config.effectiveMemoryBytes,
+                              cpus: UInt32(e.config.effectiveCPUs), cmdline: e.config.cmdline ?? "",
+                              kernelDescriptor: 0)
         if let initrd = e.config.initrd {
             guard let (fd, _) = openFile("initrd", initrd, writable: false) else { fds.forEach(FD.close); return }
+            spec.initrdDescriptor = fds.count
             fds.append(fd)
-            hasInitrd = true
         }
-        var disks: [LaunchSpec.DiskSpec] = []
+        // PCI slot order: disks, interfaces, rng, CD-ROM, vmmci (as before).
+        var devices: [LaunchSpec.Device] = []
         for d in e.config.disks {
             guard let (fd, ro) = openFile("disk", d.path, writable: true) else { fds.forEach(FD.close); return }
-            fds.append(fd)
             // One writer per image: a second VM gets a clear error, not a corrupt disk.
             if flock(fd, (ro ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
+                FD.close(fd)
                 fds.forEach(FD.close)
                 refuse(EBUSY, "disk \(d.path): in use by another VM")
                 return
@@ -389,6 +410,7 @@ final class VMTable {
             // QEMU's own locks too: an image QEMU uses is refused, and QEMU
             // refuses ours.
             if let conflict = QEMULocks.acquire(fd: fd, write: !ro) {
+                FD.close(fd)
                 fds.forEach(FD.close)
                 refuse(EBUSY, "disk \(d.path): \(conflict)")
                 return
@@ -396,6 +418,7 @@ final class VMTable {
             // The format (given, else by magic) and a qcow2 image's backing
             // chain: every base opened read-only and share-locked here; the
             // device process gets the descriptors.
+            var bases: [Int32] = []
             let chain: [ChainLink]
             do {
                 chain = try BackingChain.resolve(path: d.path, file: FDImageFile(fd: fd),
@@ -403,7 +426,7 @@ final class VMTable {
                                                  writable: !ro) { path in
                     let base = open(path, O_RDONLY | O_CLOEXEC)
                     guard base >= 0 else { throw DiskImageError.io(errno: errno, operation: "open") }
-                    fds.append(base)
+                    bases.append(base)
                     guard flock(base, LOCK_SH | LOCK_NB) == 0 else { throw DiskImageError.io(errno: EBUSY, operation: "lock") }
                     if let conflict = QEMULocks.acquire(fd: base, write: false) {
                         throw DiskImageError.invalid("\(path): \(conflict)")
@@ -411,52 +434,58 @@ final class VMTable {
                     return FDImageFile(fd: base)
                 }
             } catch {
-                fds.forEach(FD.close)
+                (fds + [fd] + bases).forEach(FD.close)
                 refuse(EINVAL, "disk \(error)")
                 return
             }
             let base = d.path.split(separator: "/").last.map(String.init) ?? d.path
-            disks.append(.init(name: base, readOnly: ro, formats: chain.map(\.format.rawValue)))
-        }
-        var hasCDROM = false
-        if let cd = e.config.cdrom {
-            guard let (fd, _) = openFile("cdrom", cd, writable: false) else { fds.forEach(FD.close); return }
+            var parameters = DeviceParameters(readOnly: ro, identifier: base)
+            parameters.diskFormats = chain.map(\.format.rawValue)
+            devices.append(.init(kind: .blk, parameters: parameters, descriptors: Array(fds.count...(fds.count + bases.count))))
             fds.append(fd)
-            hasCDROM = true
+            fds += bases
         }
-        var nics: [LaunchSpec.NICSpec] = []
+        var tapNames: [String] = []
         let count = e.config.effectiveInterfaceCount
         for i in 0..<count {
             let iface = i < e.config.interfaces.count ? e.config.interfaces[i] : nil
-            var mac = iface?.lladdr?.bytes ?? []
-            if mac.isEmpty {
-                // vmd's scheme: fe:e1:bb:d<n>:xx:xx, random low bytes.
-                let rnd = Random.bytes(2)
-                mac = [0xfe, 0xe1, 0xbb, 0xd0 | UInt8(i + 1), rnd[0], rnd[1]]
-            }
-            let ifname = (iface?.name == "tap") ? "" : (iface?.name ?? "")
-            nics.append(.init(mac: mac, lockedLladdr: iface?.lockedLladdr ?? false, ifname: ifname))
+            let mac = iface?.lladdr?.bytes ?? VioNet.randomMAC(index: i)
+            // The tap's descriptor index is known when priv has opened it.
+            devices.append(.init(kind: .net, parameters: .init(mac: mac, lockedLladdr: iface?.lockedLladdr ?? false)))
+            tapNames.append((iface?.name == "tap") ? "" : (iface?.name ?? ""))
         }
-        e.launch = LaunchSpec(vmid: e.id, name: name, memoryBytes: e.config.effectiveMemoryBytes,
-                              cpus: UInt32(e.config.effectiveCPUs), cmdline: e.config.cmdline ?? "",
-                              hasInitrd: hasInitrd, disks: disks, hasCDROM: hasCDROM, nics: nics,
-                              verbosity: UInt32(Log.verbosity))
-        e.launch?.kernelName = boot
-        e.launch?.initrdName = e.config.initrd ?? ""
-        e.launch?.ownerUID = UInt32(e.ownerUID)
+        devices.append(.init(kind: .rnd))
+        if let cd = e.config.cdrom {
+            guard let (fd, _) = openFile("cdrom", cd, writable: false) else { fds.forEach(FD.close); return }
+            devices.append(.init(kind: .scsi, descriptors: [fds.count]))
+            fds.append(fd)
+        }
+        devices.append(.init(kind: .vmmci))
+        spec.devices = devices
+        spec.kernelName = boot
+        spec.initrdName = e.config.initrd ?? ""
+        spec.ownerUID = UInt32(e.ownerUID)
+        e.launch = spec
         e.launchFDs = fds
         e.state = .starting
         e.startRequester = requester
         e.stopRequested = false
-        e.pendingTaps = nics.count
-        if nics.isEmpty {
+        e.pendingTaps = tapNames.count
+        if tapNames.isEmpty {
             sendLaunch(e)
         } else {
-            for n in nics {
+            for n in tapNames {
                 parent.send(.priv, Imsg(type: MessageType.privOpenTap.rawValue, peerID: e.id,
-                                        data: Array(n.ifname.utf8)))
+                                        data: Array(n.utf8)))
             }
         }
+    }
+
+    /// A VM made from vmctl flags exists only while it runs: one whose
+    /// start failed leaves nothing behind (no ghost a reload would boot).
+    func forgetIfAdHoc(_ e: Entry) {
+        guard !e.fromConfigFile, e.state == .stopped else { return }
+        entries.removeAll { $0 === e }
     }
 
     func fromPriv(_ m: Imsg) {
@@ -473,10 +502,16 @@ final class VMTable {
             e.state = .stopped
             Log.warning("start \(e.config.name): tap: \(reason)")
             if let r = e.startRequester { fail(r, EIO, "start \(e.config.name): tap: \(reason)") }
+            e.startRequester = nil
+            forgetIfAdHoc(e)
             return
         }
-        let index = spec.nics.count - e.pendingTaps
-        spec.nics[index].ifname = String(decoding: m.data, as: UTF8.self)
+        // Taps arrive in the order they were asked for: the next network
+        // device without its descriptor gets this one.
+        if let i = spec.devices.firstIndex(where: { $0.kind.model.backends == [.tap] && $0.descriptors.isEmpty }) {
+            spec.devices[i].descriptors = [e.launchFDs.count]
+        }
+        Log.debug("vm \(e.config.name): tap \(String(decoding: m.data, as: UTF8.self))")
         e.launch = spec
         e.launchFDs.append(fd)
         e.pendingTaps -= 1
@@ -501,9 +536,8 @@ final class VMTable {
         default:
             e.stopRequested = true
             e.state = .stopping
-            var w = WireWriter()
-            w.u32(force ? VMRequest.force : 0)
-            parent.send(.vmm, Imsg(type: MessageType.vmmStopVM.rawValue, peerID: e.id, data: w.bytes))
+            parent.send(.vmm, Imsg(type: MessageType.vmmStopVM.rawValue, peerID: e.id,
+                                   data: VMStopCommand(force: force).encoded()))
             Log.info("vm \(e.config.name): stopping\(force ? " (forced)" : "")")
         }
     }
@@ -513,17 +547,28 @@ final class VMTable {
     func fromVMM(_ m: Imsg) {
         if let f = m.fd { FD.close(f) }
         guard let e = entry(id: m.peerID) else { return }
-        var r = WireReader(m.data)
         switch MessageType(rawValue: m.type) {
         case .vmmVMStarted:
-            e.pid = (try? r.i32()) ?? 0
-            e.tty = (try? r.string()) ?? ""
+            // Once per start, and the tty must be a pty: the VM process
+            // (guest-facing) writes the tty name that clients then open.
+            guard e.state == .starting || e.state == .stopping, e.pid == 0 else {
+                Log.warning("vm \(e.config.name): ignored a repeated start report")
+                return
+            }
+            guard let started = try? VMStartedReport(decoding: m.data) else { return }
+            e.pid = started.pid
+            e.tty = Self.isPTY(started.tty) ? started.tty : ""
+            if !started.tty.isEmpty && e.tty.isEmpty {
+                Log.warning("vm \(e.config.name): ignored console \(started.tty): not a pty")
+            }
             if e.state == .starting { e.state = .running }
             Log.info("vm \(e.config.name): running, pid \(e.pid), console \(e.tty)")
             if let c = e.startRequester { reply(c, .vmdStartVMResponse, info(e).encoded()) }
             e.startRequester = nil
             if e.stopRequested { stop(e, force: true) }
         case .vmmPaused, .vmmUnpaused:
+            // Only as the answer to a pause/unpause the parent asked for.
+            guard pendingReplies[e.id] != nil, e.state == .running || e.state == .paused else { return }
             e.state = MessageType(rawValue: m.type) == .vmmPaused ? .paused : .running
             Log.info("vm \(e.config.name): \(e.state == .paused ? "paused" : "unpaused")")
             for c in pendingReplies.removeValue(forKey: e.id) ?? [] { ok(c) }
@@ -541,12 +586,19 @@ final class VMTable {
                 reply(c, .vmdInfoVMEnd)
             }
         case .vmmVMExited:
-            let reason = VMStopReason(rawValue: (try? r.u32()) ?? 0) ?? .failed
-            let detail = (try? r.string()) ?? ""
-            exited(e, reason: reason, detail: detail)
+            let report = (try? VMExitReport(decoding: m.data))
+                ?? VMExitReport(reason: .failed, detail: "malformed exit report")
+            exited(e, reason: report.reason, detail: report.detail)
         default:
             break
         }
+    }
+
+    /// `/dev/pts/N`: the only console names the daemon passes on.
+    static func isPTY(_ path: String) -> Bool {
+        guard path.hasPrefix("/dev/pts/") else { return false }
+        let n = path.dropFirst(9)
+        return !n.isEmpty && n.count <= 10 && n.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
     }
 
     func exited(_ e: Entry, reason: VMStopReason, detail: String) {
@@ -586,9 +638,7 @@ final class VMTable {
             ok(g.client, g.names.map { "vm \($0) stopped" }.joined(separator: "\n"))
         }
         groupWaits.removeAll { $0.pending.isEmpty }
-        if !e.fromConfigFile {
-            // VMs made from vmctl flags live until they stop, like vmd's.
-            entries.removeAll { $0 === e }
-        }
+        // VMs made from vmctl flags live until they stop, like vmd's.
+        forgetIfAdHoc(e)
     }
 }

@@ -4,12 +4,24 @@ import VMDControl
 import Imsg
 import VMM
 import Virtio
+import VirtioDevices
 
 /// The VM side of one device process: a PCI function whose BAR accesses
 /// become viodev_msg IO_READ/IO_WRITE on the device's sync channel (vCPU
-/// threads block for a read's reply), and whose interrupt line follows the
-/// KICK messages the device sends on its async channel.
+/// threads wait for a read's reply, at most `registerTimeout` and only until
+/// the VM stops), and whose interrupt line follows the KICK messages the
+/// device sends on its async channel.
 final class VirtioProxy: PCIFunction {
+    /// How long a device process may take to answer one register access
+    /// before it is treated as failed. The vCPU that made the access waits
+    /// for the answer, so this bounds how long one stuck device process (a
+    /// pread on a dead NFS mount, a SIGSTOP) can hold a vCPU. A healthy
+    /// device answers in microseconds, and even one busy with a large
+    /// request on a slow disk answers well within it; 10 s is long enough
+    /// that a loaded host or a disk hiccup does not kill a working VM, and
+    /// short of the 20 s after which a Linux guest reports a soft lockup.
+    static let registerTimeout: Double = 10
+
     let name: String
     let configHeader: PCIConfigHeader
     let pid: pid_t
@@ -18,11 +30,19 @@ final class VirtioProxy: PCIFunction {
     /// The ISR register's offset in the BAR: reading it clears the device's
     /// interrupt, so the vCPU lowers the line at once (as vmd does).
     let isrOffset: UInt32
+    /// Readable once the VM is stopping: every wait on the sync channel
+    /// watches it, so a vCPU blocked on this device is released at once.
+    let stopFD: Int32
     var interrupt: InterruptLine?
     var async: ImsgChannel?
     private let lock = Mutex()
     private var broken = false
+    private let stuckLock = Mutex()
+    private var stuck = false
     var onFailure: ((String) -> Void)?
+    /// The device did not answer within `registerTimeout` (on a vCPU
+    /// thread, once): the VM process treats the device as failed.
+    var onUnresponsive: ((String) -> Void)?
     /// One eventfd per queue, signalled by KVM itself when the guest writes
     /// the queue's index to the notify register: kicks reach the device
     /// process without an exit to this process.
@@ -31,60 +51,133 @@ final class VirtioProxy: PCIFunction {
     var registerNotify: ((Int32, UInt16, UInt64, Bool) throws -> Void)?
     private var notifyPort: UInt16?
 
-    init(name: String, header: PCIConfigHeader, pid: pid_t, syncFD: Int32, asyncFD: Int32, isrOffset: UInt32) {
+    init(name: String, presentation: PCIPresentation, pid: pid_t, syncFD: Int32, asyncFD: Int32, stopFD: Int32) {
         self.name = name
-        self.configHeader = header
+        self.configHeader = Self.configHeader(for: presentation)
         self.pid = pid
         self.sync = ImsgBuffer(fd: syncFD)
         self.asyncFD = asyncFD
-        self.isrOffset = isrOffset
+        self.isrOffset = UInt32(presentation.isrOffset)
+        self.stopFD = stopFD
+        // Every wait is a poll with a deadline; a socket call never blocks.
+        try? FD.setNonBlocking(syncFD)
     }
 
-    /// A virtio 1.x function: vendor capabilities in one I/O BAR.
-    static func modernHeader(_ type: VirtioDeviceType) -> PCIConfigHeader {
-        let id = VirtioPCITransport.identity(for: type)
-        return PCIConfigHeader(vendorID: id.vendorID, deviceID: id.deviceID, revision: id.revision,
-                               classCode: id.classCode, subclass: id.subclass, progIF: id.programmingInterface,
-                               subsystemVendorID: id.subsystemVendorID, subsystemID: id.subsystemID,
-                               bars: [PCIConfigHeader.Bar(kind: .io, size: VirtioPCILayout.barSize)],
-                               capabilities: capabilityChunks(VirtioPCITransport.capabilityList()))
-    }
+    /// True once the device failed to answer in time or a vCPU was waiting
+    /// for it when the VM stopped: it gets no grace period to exit.
+    var isStuck: Bool { stuckLock.locked { stuck } }
 
-    /// Splits the transport's linked capability list into the separate
-    /// structures the PCI bus lays out and links itself.
-    static func capabilityChunks(_ list: [UInt8]) -> [[UInt8]] {
-        var chunks: [[UInt8]] = []
-        var i = 0
-        while i + 2 < list.count {
-            let len = Int(list[i + 2])
-            guard len >= 3, i + len <= list.count else { break }
-            var cap = Array(list[i..<(i + len)])
-            cap[1] = 0
-            chunks.append(cap)
-            i += len
+    /// The function's configuration space header: identity, one I/O BAR,
+    /// and for virtio 1.x the vendor capabilities describing that BAR.
+    static func configHeader(for presentation: PCIPresentation) -> PCIConfigHeader {
+        let id = presentation.identity
+        let capabilities: [[UInt8]]
+        switch presentation {
+        case .modern: capabilities = VirtioPCITransport.capabilities()
+        case .legacy: capabilities = []
         }
-        return chunks
-    }
-
-    /// vmmci: legacy virtio 0.9 with OpenBSD's ids.
-    static func vmmciHeader() -> PCIConfigHeader {
-        let id = VirtioLegacyPCITransport.vmmciIdentity
         return PCIConfigHeader(vendorID: id.vendorID, deviceID: id.deviceID, revision: id.revision,
                                classCode: id.classCode, subclass: id.subclass, progIF: id.programmingInterface,
                                subsystemVendorID: id.subsystemVendorID, subsystemID: id.subsystemID,
-                               bars: [PCIConfigHeader.Bar(kind: .io, size: 0x100)], capabilities: [])
+                               bars: [PCIConfigHeader.Bar(kind: .io, size: presentation.barSize)],
+                               capabilities: capabilities)
     }
 
-    /// Blocks until the device reports READY on the sync channel.
+    /// Waits (bounded) until the device reports READY on the sync channel.
     func waitReady() throws {
-        let m = try sync.readMessage()
-        guard let msg = ViodevMsg(bytes: m.data), msg.kind == .ready else {
-            throw SystemError("\(name): did not report ready", code: EPROTO)
+        let deadline = Clock.now() + Self.registerTimeout
+        switch receive(until: deadline) {
+        case .message(let m):
+            guard let msg = ViodevMsg(bytes: m.data), msg.kind == .ready else {
+                throw SystemError("\(name): did not report ready", code: EPROTO)
+            }
+        case .timedOut:
+            throw SystemError("\(name): not ready after \(Int(Self.registerTimeout)) s", code: ETIMEDOUT)
+        case .stopped:
+            throw SystemError("\(name): VM stopping", code: ECANCELED)
+        case .failed(let e):
+            throw e
         }
     }
 
     func setup(_ s: DeviceSetup) throws {
-        try sync.sendBlocking(Imsg(type: MessageType.devopVMInfo.rawValue, data: s.encoded()))
+        switch send(Imsg(type: MessageType.devopVMInfo.rawValue, data: s.encoded()),
+                    until: Clock.now() + Self.registerTimeout) {
+        case .message: return
+        case .timedOut: throw SystemError("\(name): set-up not taken in \(Int(Self.registerTimeout)) s", code: ETIMEDOUT)
+        case .stopped: throw SystemError("\(name): VM stopping", code: ECANCELED)
+        case .failed(let e): throw e
+        }
+    }
+
+    // MARK: bounded sync-channel I/O (lock held, or before the vCPUs run)
+
+    private enum Outcome {
+        case message(Imsg)   // for `send`: an empty message, the bytes are out
+        case timedOut
+        case stopped
+        case failed(Error)
+    }
+
+    /// Polls the sync socket for `events` and the stop fd until `deadline`.
+    private func wait(_ events: Int16, until deadline: Double) -> Outcome? {
+        while true {
+            let left = deadline - Clock.now()
+            if left <= 0 { return .timedOut }
+            var fds = [pollfd(fd: sync.fd, events: events, revents: 0),
+                       pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+            // A kick signal (EINTR) only makes it look again.
+            let n = poll(&fds, 2, Int32(min(left * 1000 + 1, 1000)))
+            if fds[1].revents != 0 { return .stopped }
+            if n > 0 && fds[0].revents != 0 { return nil }
+        }
+    }
+
+    private func send(_ m: Imsg, until deadline: Double) -> Outcome {
+        do {
+            try sync.compose(m)
+            while try !sync.flush() {
+                if let o = wait(Int16(POLLOUT), until: deadline) { return o }
+            }
+            return .message(Imsg(type: 0))
+        } catch {
+            return .failed(error)
+        }
+    }
+
+    private func receive(until deadline: Double) -> Outcome {
+        do {
+            while true {
+                if let m = try sync.get() { return .message(m) }
+                switch try sync.read() {
+                case .bytes: continue
+                case .endOfFile: throw ImsgError.closed
+                case .wouldBlock:
+                    if let o = wait(Int16(POLLIN), until: deadline) { return o }
+                }
+            }
+        } catch {
+            return .failed(error)
+        }
+    }
+
+    /// After an access that did not complete (lock held): no later access
+    /// goes to the device; the VM process decides what happens to the VM.
+    private func give(up outcome: Outcome, doing what: String) {
+        broken = true
+        switch outcome {
+        case .timedOut:
+            stuckLock.locked { stuck = true }
+            let t = Int(Self.registerTimeout)
+            onUnresponsive?(what == "read" ? "\(name): no reply to register read in \(t) s; treating as failed"
+                                           : "\(name): register write not taken in \(t) s; treating as failed")
+        case .stopped:
+            stuckLock.locked { stuck = true }   // it kept a vCPU waiting until the VM stopped
+        case .failed(let e):
+            onFailure?("\(name): sync channel: \(e)")
+        case .message:
+            break
+        }
     }
 
     // MARK: PCIFunction (vCPU threads)
@@ -94,20 +187,21 @@ final class VirtioProxy: PCIFunction {
         let req = ViodevMsg(kind: .ioRead, reg: UInt16(offset), ioSize: UInt8(size))
         let reply: ViodevMsg? = lock.locked {
             guard !broken else { return nil }
-            do {
-                try sync.sendBlocking(Imsg(type: MessageType.devopMsg.rawValue, data: req.encoded()))
+            let deadline = Clock.now() + Self.registerTimeout
+            var outcome = send(Imsg(type: MessageType.devopMsg.rawValue, data: req.encoded()), until: deadline)
+            if case .message = outcome {
                 while true {
-                    let m = try sync.readMessage()
+                    outcome = receive(until: deadline)
+                    guard case .message(let m) = outcome else { break }
                     if let f = m.fd { FD.close(f) }
-                    guard let r = ViodevMsg(bytes: m.data) else { continue }
+                    guard MessagePolicy.permits(m.type, on: .deviceToVMSync), let r = ViodevMsg(bytes: m.data) else { continue }
                     if r.kind == .ioRead && r.dataValid { return r }
                 }
-            } catch {
-                broken = true
-                onFailure?("\(name): sync channel: \(error)")
-                return nil
             }
+            give(up: outcome, doing: "read")
+            return nil
         }
+        // A failed device reads as all-ones, like an absent one.
         guard let reply else { return 0xffff_ffff }
         if offset == isrOffset || reply.state == ViodevMsg.stateDeassert { interrupt?.deassert() }
         let mask: UInt32 = size >= 4 ? 0xffff_ffff : (1 << (UInt32(size) * 8)) - 1
@@ -119,12 +213,12 @@ final class VirtioProxy: PCIFunction {
         let req = ViodevMsg(kind: .ioWrite, reg: UInt16(offset), ioSize: UInt8(size), data: value)
         lock.locked {
             guard !broken else { return }
-            do {
-                try sync.sendBlocking(Imsg(type: MessageType.devopMsg.rawValue, data: req.encoded()))
-            } catch {
-                broken = true
-                onFailure?("\(name): sync channel: \(error)")
-            }
+            // Writes are not answered; this waits only while the socket is
+            // full, i.e. the device stopped taking messages.
+            let outcome = send(Imsg(type: MessageType.devopMsg.rawValue, data: req.encoded()),
+                               until: Clock.now() + Self.registerTimeout)
+            if case .message = outcome { return }
+            give(up: outcome, doing: "write")
         }
     }
 
@@ -162,11 +256,14 @@ final class VirtioProxy: PCIFunction {
         }
     }
 
+    /// Asks the device process to exit, without waiting: a device that
+    /// does not take the message is killed by the VM process.
     func shutdown() {
         lock.locked {
             if !broken {
-                try? sync.sendBlocking(Imsg(type: MessageType.devopMsg.rawValue,
-                                            data: ViodevMsg(kind: .shutdown).encoded()))
+                try? sync.compose(Imsg(type: MessageType.devopMsg.rawValue,
+                                       data: ViodevMsg(kind: .shutdown).encoded()))
+                _ = try? sync.flush()
             }
             broken = true
         }

@@ -1,3 +1,5 @@
+import VMDSystem
+import Glibc
 /// How the boot vCPU starts.
 public enum BootEntry: Equatable {
     /// Multiboot: 32-bit protected mode, paging off, flat segments.
@@ -35,18 +37,40 @@ struct BootFile {
     }
 }
 
+/// Reads a whole regular file (a kernel or initrd), capped at `limit`
+/// bytes; messages call it `name`.
+func readBootFile(_ path: String, name: String, limit: Int) throws -> [UInt8] {
+    let fd = try FD.open(path, flags: O_RDONLY, what: name)
+    defer { FD.close(fd) }
+    var info = stat()
+    try sys(name) { fstat(fd, &info) }
+    if (info.st_mode & S_IFMT) != S_IFREG { throw VMMError("\(name): not a regular file") }
+    if info.st_size > limit { throw VMMError("\(name): \(info.st_size) bytes, more than the \(limit) this VM can hold") }
+    let size = Int(info.st_size)
+    var bytes = [UInt8](repeating: 0, count: size)
+    var done = 0
+    while done < size {
+        let n = try bytes.withUnsafeMutableBytes {
+            try FileIO.read(fd, into: $0.baseAddress! + done, count: size - done, at: UInt64(done))
+        }
+        if n == 0 { throw VMMError("\(name): file shrank while being read") }
+        done += n
+    }
+    return bytes
+}
+
 enum BootLoader {
     /// Loads the kernel (and initrd) into memory; returns the entry.
     static func load(kernel: BootFile, commandLine: String, initrd: BootFile?,
                      memory: GuestMemory) throws -> BootResult {
         let limit = Int(min(memory.layout.lowBytes, 1 << 31))
-        let file = try System.readFile(kernel.path, name: kernel.name, limit: limit)
+        let file = try readBootFile(kernel.path, name: kernel.name, limit: limit)
         switch try KernelFormat.detect(file, path: kernel.name) {
         case .multiboot:
             if initrd != nil { throw VMMError("\(kernel.name): initrd is supported for Linux kernels only, not Multiboot") }
             return try Multiboot.load(file, path: kernel.name, commandLine: commandLine, memory: memory)
         case .bzImage:
-            let initrdBytes = try initrd.map { try System.readFile($0.path, name: $0.name, limit: limit) }
+            let initrdBytes = try initrd.map { try readBootFile($0.path, name: $0.name, limit: limit) }
             return try LinuxBoot.load(file, path: kernel.name, commandLine: commandLine,
                                       initrd: initrdBytes, initrdPath: initrd?.name ?? "", memory: memory)
         }

@@ -1,4 +1,5 @@
 import Glibc
+import VMDSystem
 
 /// A device reached through port I/O or MMIO. Offsets are relative to the base
 /// the device was registered at; `size` is 1, 2, 4 or 8. Called on vCPU threads,
@@ -25,7 +26,7 @@ final class Bus {
     }
 
     let name: String
-    private let lock = Lock()
+    private let lock = Mutex()
     private var ranges: [Range] = []  // sorted by base, never overlapping
     private var unclaimedLogged = Set<UInt64>()
     private let unclaimedLogLimit = 64
@@ -41,7 +42,7 @@ final class Bus {
         guard length > 0, !overflow else {
             throw VMMError("\(name) bus: bad range 0x\(hex(base)) + 0x\(hex(length))")
         }
-        try lock.withLock {
+        try lock.locked {
             if let other = ranges.first(where: { $0.base < end && base < $0.end }) {
                 throw VMMError("\(name) bus: 0x\(hex(base))-0x\(hex(end - 1)) overlaps 0x\(hex(other.base))-0x\(hex(other.end - 1))")
             }
@@ -52,16 +53,16 @@ final class Bus {
 
     /// Removes the range registered at `base` for `device` (a BAR being moved).
     func unregister(base: UInt64, device: BusDevice) {
-        lock.withLock { ranges.removeAll { $0.base == base && $0.device === device } }
+        lock.locked { ranges.removeAll { $0.base == base && $0.device === device } }
     }
 
     /// Drops every device: the PCI bus holds the buses it maps BARs on, and
     /// the buses hold it, so the VM breaks that cycle when it goes away.
-    func removeAll() { lock.withLock { ranges.removeAll() } }
+    func removeAll() { lock.locked { ranges.removeAll() } }
 
     /// The device claiming `address` and the offset into it.
     func find(_ address: UInt64) -> (BusDevice, UInt64)? {
-        lock.withLock {
+        lock.locked {
             var low = 0, high = ranges.count
             while low < high {
                 let mid = (low + high) / 2
@@ -89,7 +90,7 @@ final class Bus {
     }
 
     private func unclaimed(_ address: UInt64, size: Int, write: UInt64?) {
-        let message: String? = lock.withLock {
+        let message: String? = lock.locked {
             if unclaimedLogged.contains(address) || unclaimedLogged.count > unclaimedLogLimit { return nil }
             unclaimedLogged.insert(address)
             if unclaimedLogged.count > unclaimedLogLimit {

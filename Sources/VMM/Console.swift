@@ -1,3 +1,4 @@
+import VMDSystem
 /// Bounded history of console output, so early boot output is not lost when
 /// nobody is attached to the pty. Keeps the newest `capacity` bytes.
 final class ConsoleRing {
@@ -5,7 +6,7 @@ final class ConsoleRing {
     private var storage: [UInt8]
     private var start = 0
     private var count = 0
-    private let lock = Lock()
+    private let lock = Mutex()
 
     init(capacity: Int = 64 * 1024) {
         self.capacity = max(capacity, 1)
@@ -13,7 +14,7 @@ final class ConsoleRing {
     }
 
     func append(_ bytes: [UInt8]) {
-        lock.withLock {
+        lock.locked {
             for byte in bytes.suffix(capacity) {
                 let index = (start + count) % capacity
                 storage[index] = byte
@@ -23,7 +24,7 @@ final class ConsoleRing {
     }
 
     func snapshot() -> [UInt8] {
-        lock.withLock {
+        lock.locked {
             (0..<count).map { storage[(start + $0) % capacity] }
         }
     }
@@ -39,7 +40,7 @@ final class Console {
     /// Extra observer of output (tests, a future log file); called on vCPU threads.
     var tap: (([UInt8]) -> Void)?
 
-    init(pty: System.PTY, ringCapacity: Int) {
+    init(pty: (master: Int32, slave: Int32, name: String), ringCapacity: Int) {
         ring = ConsoleRing(capacity: ringCapacity)
         masterFD = pty.master
         slaveFD = pty.slave
@@ -48,12 +49,12 @@ final class Console {
 
     func output(_ bytes: [UInt8]) {
         ring.append(bytes)
-        bytes.withUnsafeBytes { _ = System.writeNonBlocking(masterFD, $0) }
+        bytes.withUnsafeBytes { _ = FD.writeNonBlocking(masterFD, $0) }
         tap?(bytes)
     }
 
     func close() {
-        System.close(masterFD)
-        System.close(slaveFD)
+        FD.close(masterFD)
+        FD.close(slaveFD)
     }
 }

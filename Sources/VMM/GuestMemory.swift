@@ -1,4 +1,5 @@
 import Glibc
+import VMDSystem
 
 /// A piece of guest RAM as device processes must map it: `size` bytes of the
 /// memory fd from `fdOffset`, seen by the guest at `guestPhysical`.
@@ -79,10 +80,10 @@ final class GuestMemory {
 
     init(layout: GuestMemoryLayout, name: String) throws {
         self.layout = layout
-        fd = try System.memfd(name: "vm \(name) memory", size: layout.totalBytes)
+        fd = try Memfd.create(name: "vm \(name) memory", size: Int(layout.totalBytes))
         do {
             for region in layout.regions {
-                let host = try System.mapShared(fd: fd, size: Int(region.size), offset: Int(region.fdOffset),
+                let host = try SharedMemory.map(fd: fd, size: Int(region.size), offset: Int(region.fdOffset),
                                                 what: "guest memory at 0x\(hex(region.guestPhysical))")
                 mappings.append((region, host))
             }
@@ -95,9 +96,9 @@ final class GuestMemory {
     deinit { release() }
 
     private func release() {
-        for mapping in mappings { System.unmap(mapping.host, size: Int(mapping.region.size)) }
+        for mapping in mappings { SharedMemory.unmap(mapping.host, size: Int(mapping.region.size)) }
         mappings.removeAll()
-        System.close(fd)
+        FD.close(fd)
     }
 
     /// Host pointer to `length` bytes at `address`, or nil if any byte falls outside RAM.

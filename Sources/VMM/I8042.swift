@@ -1,3 +1,4 @@
+import VMDSystem
 /// i8042 keyboard controller, enough for the reset line and Linux's probe.
 ///
 /// Port 0x60 is data, 0x64 status (read) / command (write). Command 0xFE pulses
@@ -11,7 +12,7 @@ final class I8042: BusDevice {
     static let statusOutputFull: UInt8 = 0x01, statusSystem: UInt8 = 0x04
     static let statusCommand: UInt8 = 0x08, statusAuxData: UInt8 = 0x20
 
-    private let lock = Lock()
+    private let lock = Mutex()
     private var output: [(byte: UInt8, aux: Bool)] = []
     private var controlRegister: UInt8 = 0x65  // keyboard IRQ on, system flag, aux disabled, translation
     private var lastWasCommand = false
@@ -23,7 +24,7 @@ final class I8042: BusDevice {
     }
 
     func read(offset: UInt64, size: Int) -> UInt64 {
-        lock.withLock {
+        lock.locked {
             if offset == 4 {
                 var status = Self.statusSystem
                 if let first = output.first {
@@ -40,7 +41,7 @@ final class I8042: BusDevice {
 
     func write(offset: UInt64, size: Int, value: UInt64) {
         let byte = UInt8(truncatingIfNeeded: value)
-        let reset: Bool = lock.withLock {
+        let reset: Bool = lock.locked {
             if offset == 4 {
                 lastWasCommand = true
                 return command(byte)

@@ -1,3 +1,4 @@
+import VMDSystem
 /// Something that drives the guest's interrupt controller inputs
 /// (KVM_IRQ_LINE on the in-kernel PIC + IOAPIC, or a recorder in tests).
 public protocol InterruptController: AnyObject {
@@ -8,7 +9,7 @@ public protocol InterruptController: AnyObject {
 /// and one function deasserting must not lower a line the other still holds.
 final class InterruptRouter {
     private let controller: InterruptController
-    private let lock = Lock()
+    private let lock = Mutex()
     private var asserted: [UInt32: Set<Int>] = [:]
     private var nextSource = 0
 
@@ -16,7 +17,7 @@ final class InterruptRouter {
 
     /// A new source on `irq`.
     func line(irq: UInt32) -> InterruptLine {
-        let source: Int = lock.withLock {
+        let source: Int = lock.locked {
             nextSource += 1
             return nextSource
         }
@@ -24,7 +25,7 @@ final class InterruptRouter {
     }
 
     func set(irq: UInt32, source: Int, level: Bool) {
-        lock.withLock {
+        lock.locked {
             var sources = asserted[irq] ?? []
             let wasHigh = !sources.isEmpty
             if level { sources.insert(source) } else { sources.remove(source) }

@@ -1,4 +1,5 @@
 import CKVM
+import VMDSystem
 import Glibc
 
 // The KVM ioctl layer: every ioctl this project issues goes through here.
@@ -10,10 +11,10 @@ final class KVMSystem {
     let fd: Int32
 
     init() throws {
-        fd = try System.open(Self.devicePath, flags: O_RDWR)
+        fd = try FD.open(Self.devicePath, flags: O_RDWR)
         let version = ckvm_ioctl(fd, CKVM_GET_API_VERSION, 0)
         guard version == Self.apiVersion else {
-            System.close(fd)
+            FD.close(fd)
             throw VMMError("\(Self.devicePath): KVM API version \(version), need \(Self.apiVersion)")
         }
         let required: [(Int32, String)] = [
@@ -22,12 +23,12 @@ final class KVMSystem {
             (CKVM_CAP_IMMEDIATE_EXIT, "immediate exit"), (CKVM_CAP_EXT_CPUID, "CPUID"),
         ]
         for (capability, name) in required where checkExtension(capability) <= 0 {
-            System.close(fd)
+            FD.close(fd)
             throw VMMError("\(Self.devicePath): KVM lacks the \(name) capability")
         }
     }
 
-    deinit { System.close(fd) }
+    deinit { FD.close(fd) }
 
     func checkExtension(_ capability: Int32) -> Int {
         Int(ckvm_ioctl(fd, CKVM_CHECK_EXTENSION, UInt(capability)))
@@ -44,13 +45,13 @@ final class KVMSystem {
         var entries = [kvm_cpuid_entry2](repeating: kvm_cpuid_entry2(), count: 256)
         var count: UInt32 = 0
         let e = ckvm_get_supported_cpuid(fd, &entries, UInt32(entries.count), &count)
-        if e != 0 { throw VMMError.system("KVM_GET_SUPPORTED_CPUID", errno: e) }
+        if e != 0 { throw SystemError("KVM_GET_SUPPORTED_CPUID", code: e) }
         return Array(entries.prefix(Int(count)))
     }
 
     func createVM() throws -> KVMVirtualMachine {
         let vm = ckvm_ioctl(fd, CKVM_CREATE_VM, 0)
-        if vm < 0 { throw VMMError.system("KVM_CREATE_VM", errno: Int32(-vm)) }
+        if vm < 0 { throw SystemError("KVM_CREATE_VM", code: Int32(-vm)) }
         return KVMVirtualMachine(fd: Int32(vm))
     }
 }
@@ -62,48 +63,48 @@ final class KVMVirtualMachine: InterruptController {
     static let identityMapAddress: UInt64 = 0xFFFB_C000
     let fd: Int32
     /// Called with a message when KVM_IRQ_LINE fails (it should not).
-    var log: (String) -> Void = System.log
+    var log: (String) -> Void = { Log.info($0) }
 
     init(fd: Int32) { self.fd = fd }
-    deinit { System.close(fd) }
+    deinit { FD.close(fd) }
 
     func setTSSAddress() throws {
         let r = ckvm_ioctl(fd, CKVM_SET_TSS_ADDR, Self.tssAddress)
-        if r < 0 { throw VMMError.system("KVM_SET_TSS_ADDR", errno: Int32(-r)) }
+        if r < 0 { throw SystemError("KVM_SET_TSS_ADDR", code: Int32(-r)) }
     }
 
     func setIdentityMapAddress() throws {
         var address = Self.identityMapAddress
         let r = ckvm_ioctl_ptr(fd, CKVM_SET_IDENTITY_MAP_ADDR, &address)
-        if r < 0 { throw VMMError.system("KVM_SET_IDENTITY_MAP_ADDR", errno: Int32(-r)) }
+        if r < 0 { throw SystemError("KVM_SET_IDENTITY_MAP_ADDR", code: Int32(-r)) }
     }
 
     func createIRQChip() throws {
         let r = ckvm_ioctl(fd, CKVM_CREATE_IRQCHIP, 0)
-        if r < 0 { throw VMMError.system("KVM_CREATE_IRQCHIP", errno: Int32(-r)) }
+        if r < 0 { throw SystemError("KVM_CREATE_IRQCHIP", code: Int32(-r)) }
     }
 
     /// The in-kernel PIT, with its port 0x61 speaker stub: Linux's PIT
     /// calibration polls channel 2's output there, which a sink would hang.
     func createPIT() throws {
         let e = ckvm_create_pit2(fd, UInt32(KVM_PIT_SPEAKER_DUMMY))
-        if e != 0 { throw VMMError.system("KVM_CREATE_PIT2", errno: e) }
+        if e != 0 { throw SystemError("KVM_CREATE_PIT2", code: e) }
     }
 
     func setMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws {
         let e = ckvm_set_user_memory_region(fd, slot, guestPhysical, size, host)
-        if e != 0 { throw VMMError.system("KVM_SET_USER_MEMORY_REGION slot \(slot) at 0x\(hex(guestPhysical))", errno: e) }
+        if e != 0 { throw SystemError("KVM_SET_USER_MEMORY_REGION slot \(slot) at 0x\(hex(guestPhysical))", code: e) }
     }
 
     func setELCR(master: UInt8, slave: UInt8) throws {
         let e = ckvm_set_pic_elcr(fd, master, slave)
-        if e != 0 { throw VMMError.system("KVM_SET_IRQCHIP (ELCR)", errno: e) }
+        if e != 0 { throw SystemError("KVM_SET_IRQCHIP (ELCR)", code: e) }
     }
 
     func elcr() throws -> (master: UInt8, slave: UInt8) {
         var master: UInt8 = 0, slave: UInt8 = 0
         let e = ckvm_get_pic_elcr(fd, &master, &slave)
-        if e != 0 { throw VMMError.system("KVM_GET_IRQCHIP", errno: e) }
+        if e != 0 { throw SystemError("KVM_GET_IRQCHIP", code: e) }
         return (master, slave)
     }
 
@@ -114,13 +115,13 @@ final class KVMVirtualMachine: InterruptController {
 
     func createVCPU(id: Int, mmapSize: Int) throws -> KVMVCPU {
         let r = ckvm_ioctl(fd, CKVM_CREATE_VCPU, UInt(id))
-        if r < 0 { throw VMMError.system("KVM_CREATE_VCPU \(id)", errno: Int32(-r)) }
+        if r < 0 { throw SystemError("KVM_CREATE_VCPU \(id)", code: Int32(-r)) }
         let vcpuFD = Int32(r)
         do {
-            let run = try System.mapShared(fd: vcpuFD, size: mmapSize, what: "kvm_run of vCPU \(id)")
+            let run = try SharedMemory.map(fd: vcpuFD, size: mmapSize, what: "kvm_run of vCPU \(id)")
             return KVMVCPU(id: id, fd: vcpuFD, run: run, mmapSize: mmapSize)
         } catch {
-            System.close(vcpuFD)
+            FD.close(vcpuFD)
             throw error
         }
     }
@@ -141,8 +142,8 @@ final class KVMVCPU {
     }
 
     deinit {
-        System.unmap(run, size: mmapSize)
-        System.close(fd)
+        SharedMemory.unmap(run, size: mmapSize)
+        FD.close(fd)
     }
 
     private var runStruct: UnsafeMutablePointer<kvm_run> { run.assumingMemoryBound(to: kvm_run.self) }
@@ -178,7 +179,7 @@ final class KVMVCPU {
     /// One register-file ioctl: `value` is read or written in place.
     private func registerIoctl<T>(_ request: UInt, _ name: String, _ value: inout T) throws {
         let r = ckvm_ioctl_ptr(fd, request, &value)
-        if r < 0 { throw VMMError.system(name, errno: Int32(-r)) }
+        if r < 0 { throw SystemError(name, code: Int32(-r)) }
     }
 
     func getRegisters() throws -> kvm_regs {
@@ -205,6 +206,6 @@ final class KVMVCPU {
 
     func setCPUID(_ entries: [kvm_cpuid_entry2]) throws {
         let e = ckvm_set_cpuid2(fd, entries, UInt32(entries.count))
-        if e != 0 { throw VMMError.system("KVM_SET_CPUID2 on vCPU \(id)", errno: e) }
+        if e != 0 { throw SystemError("KVM_SET_CPUID2 on vCPU \(id)", code: e) }
     }
 }

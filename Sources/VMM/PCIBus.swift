@@ -1,3 +1,4 @@
+import VMDSystem
 /// PCI bus 0 behind a host bridge, reached with configuration mechanism #1
 /// (address at port 0xCF8, data at 0xCFC-0xCFF). Function 0 of each slot only.
 ///
@@ -28,7 +29,7 @@ final class PCIBus: BusDevice {
 
     static func intxIRQ(slot: Int) -> UInt32 { intxIRQs[(max(slot, 1) - 1) % intxIRQs.count] }
 
-    private let lock = Lock()
+    private let lock = Mutex()
     private var address: UInt32 = 0
     private(set) var slots: [Int: PCISlot] = [:]
     private var nextIOBar = ioBarStart
@@ -49,7 +50,7 @@ final class PCIBus: BusDevice {
 
     /// Puts `function` in the next free slot. Returns (slot, IRQ).
     func add(_ function: PCIFunction) throws -> (slot: Int, irq: UInt32) {
-        try lock.withLock {
+        try lock.locked {
             guard let slot = (1..<Self.maxSlots).first(where: { slots[$0] == nil }) else {
                 throw VMMError("pci: all \(Self.maxSlots - 1) slots are taken")
             }
@@ -91,7 +92,7 @@ final class PCIBus: BusDevice {
     // MARK: ports 0xCF8-0xCFF
 
     func read(offset: UInt64, size: Int) -> UInt64 {
-        let (address, enabled): (UInt32, Bool) = lock.withLock { (self.address, self.address & 0x8000_0000 != 0) }
+        let (address, enabled): (UInt32, Bool) = lock.locked { (self.address, self.address & 0x8000_0000 != 0) }
         switch offset {
         case 0..<4:
             guard offset == 0, size == 4 else { return allOnes(size: size) }
@@ -107,13 +108,13 @@ final class PCIBus: BusDevice {
         switch offset {
         case 0..<4:
             if offset == 0 && size == 4 {
-                lock.withLock { address = UInt32(truncatingIfNeeded: value) }
+                lock.locked { address = UInt32(truncatingIfNeeded: value) }
             } else if offset == 1 && size == 1 && value & 0x04 != 0 {
                 log("pci: reset through port 0xCF9")
                 onReset?()
             }
         default:
-            let address = lock.withLock { self.address }
+            let address = lock.locked { self.address }
             guard address & 0x8000_0000 != 0, let (slot, register) = decode(address) else { return }
             let at = register + Int(offset - 4)
             slot.configWrite(at, size: min(size, 4 - Int(offset - 4)), value: UInt32(truncatingIfNeeded: value))
@@ -126,7 +127,7 @@ final class PCIBus: BusDevice {
         let device = Int((address >> 11) & 0x1F)
         let function = (address >> 8) & 0x07
         guard bus == 0, function == 0 else { return nil }
-        guard let slot = lock.withLock({ slots[device] }) else { return nil }
+        guard let slot = lock.locked({ slots[device] }) else { return nil }
         return (slot, Int(address & 0xFC))
     }
 }
@@ -148,7 +149,7 @@ final class PCISlot {
     let header: PCIConfigHeader
     let irq: UInt32
     private let function: PCIFunction?  // kept alive by the bus
-    private let lock = Lock()
+    private let lock = Mutex()
     private var config = [UInt8](repeating: 0, count: 256)
     /// Current BAR registers (address | type bits) by index.
     private var barRegisters = [UInt32](repeating: 0, count: 6)
@@ -215,7 +216,7 @@ final class PCISlot {
 
     /// Sets initial BAR addresses and enables decoding, as firmware would.
     func program(_ addresses: [Int: UInt64]) throws {
-        try lock.withLock {
+        try lock.locked {
             for (index, base) in addresses {
                 barRegisters[index] = UInt32(truncatingIfNeeded: base) | typeBits(index)
             }
@@ -239,7 +240,7 @@ final class PCISlot {
     // MARK: config space access (size 1, 2 or 4 within one dword)
 
     func configRead(_ at: Int, size: Int) -> UInt32 {
-        lock.withLock {
+        lock.locked {
             var value: UInt32 = 0
             for i in 0..<max(size, 0) where at + i < 256 {
                 value |= UInt32(byte(at + i)) << (8 * UInt32(i))
@@ -257,7 +258,7 @@ final class PCISlot {
     }
 
     func configWrite(_ at: Int, size: Int, value: UInt32) {
-        let failure: String? = lock.withLock {
+        let failure: String? = lock.locked {
             let dword = at & ~3
             guard dword < 256 else { return nil }
             // Merge the written bytes into the current dword.

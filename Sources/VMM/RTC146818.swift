@@ -1,4 +1,5 @@
 import Glibc
+import VMDSystem
 
 /// mc146818 RTC/CMOS on ports 0x70 (index, bit 7 = NMI mask) and 0x71 (data).
 ///
@@ -15,7 +16,7 @@ final class RTC146818: BusDevice {
     static let regA = 0x0A, regB = 0x0B, regC = 0x0C, regD = 0x0D
     static let regBSet: UInt8 = 0x80, regBBinary: UInt8 = 0x04, regB24h: UInt8 = 0x02
 
-    private let lock = Lock()
+    private let lock = Mutex()
     private var index = 0
     private var cmos = [UInt8](repeating: 0, count: 128)
     private var offsetSeconds: Int64 = 0
@@ -23,7 +24,7 @@ final class RTC146818: BusDevice {
     private let clock: () -> Int64
 
     /// - lowMemoryBytes: RAM below the PCI hole; highMemoryBytes: RAM above 4 GiB.
-    init(lowMemoryBytes: UInt64, highMemoryBytes: UInt64, cpus: Int, clock: @escaping () -> Int64 = System.now) {
+    init(lowMemoryBytes: UInt64, highMemoryBytes: UInt64, cpus: Int, clock: @escaping () -> Int64 = Clock.wallSeconds) {
         self.clock = clock
         cmos[Self.regA] = 0x26  // 32.768 kHz time base, 1024 Hz rate
         cmos[Self.regB] = Self.regB24h
@@ -51,14 +52,14 @@ final class RTC146818: BusDevice {
     }
 
     func read(offset: UInt64, size: Int) -> UInt64 {
-        lock.withLock {
+        lock.locked {
             if offset == 0 { return 0xFF }  // the index port is write-only
             return UInt64(readRegister(index))
         }
     }
 
     func write(offset: UInt64, size: Int, value: UInt64) {
-        lock.withLock {
+        lock.locked {
             let byte = UInt8(truncatingIfNeeded: value)
             if offset == 0 { index = Int(byte & 0x7F); return }
             writeRegister(index, byte)

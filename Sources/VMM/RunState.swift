@@ -1,21 +1,22 @@
 import Glibc
+import VMDSystem
 
 /// The run state all vCPU threads share: running, paused or stopping.
 final class RunState: VCPUControl {
     enum Mode { case running, paused, stopping }
 
-    private let lock = Lock()
+    private let lock = Mutex()
     private let changed = Condition()
     private var mode = Mode.running
     private var parked = 0
     private var live = 0
     private var exitReported = false
-    private var logLine: (String) -> Void = System.log
+    private var logLine: (String) -> Void = { Log.info($0) }
     /// Set once, before any vCPU thread starts.
     var vcpus: [VCPU] = []
     var onExit: ((VMExitReason) -> Void)?
-    private(set) var ioBus = Bus(name: "io", log: System.log)
-    private(set) var mmioBus = Bus(name: "mmio", log: System.log)
+    private(set) var ioBus = Bus(name: "io", log: { Log.info($0) })
+    private(set) var mmioBus = Bus(name: "mmio", log: { Log.info($0) })
 
     func attach(ioBus: Bus, mmioBus: Bus, log: @escaping (String) -> Void) {
         self.ioBus = ioBus
@@ -25,26 +26,26 @@ final class RunState: VCPUControl {
 
     func log(_ message: String) { logLine(message) }
 
-    var isPaused: Bool { lock.withLock { mode == .paused && parked == live } }
+    var isPaused: Bool { lock.locked { mode == .paused && parked == live } }
 
-    func threadStarted() { lock.withLock { live += 1 } }
+    func threadStarted() { lock.locked { live += 1 } }
     /// Kicks read `vcpu.thread` under the same lock.
     func record(_ thread: pthread_t, for vcpu: VCPU) {
-        lock.withLock {
+        lock.locked {
             vcpu.thread = thread
             // A kick that came before the thread id was known: deliver it now.
-            if mode != .running { vcpu.kvm.setImmediateExit(true); System.kick(thread) }
+            if mode != .running { vcpu.kvm.setImmediateExit(true); Threads.wake(thread) }
         }
     }
     func threadEnded() {
-        lock.withLock {
+        lock.locked {
             live -= 1
             changed.broadcast()
         }
     }
 
     func checkpoint(_ vcpu: VCPU) -> Bool {
-        lock.withLock {
+        lock.locked {
             while mode == .paused {
                 parked += 1
                 changed.broadcast()
@@ -63,12 +64,12 @@ final class RunState: VCPUControl {
     private func kickAll() {
         for vcpu in vcpus {
             vcpu.kvm.setImmediateExit(true)
-            if let thread = vcpu.thread { System.kick(thread) }
+            if let thread = vcpu.thread { Threads.wake(thread) }
         }
     }
 
     func pause() {
-        lock.withLock {
+        lock.locked {
             guard mode == .running else { return }
             mode = .paused
             kickAll()
@@ -77,7 +78,7 @@ final class RunState: VCPUControl {
     }
 
     func unpause() {
-        lock.withLock {
+        lock.locked {
             guard mode == .paused else { return }
             mode = .running
             changed.broadcast()
@@ -85,7 +86,7 @@ final class RunState: VCPUControl {
     }
 
     func stop() {
-        lock.withLock {
+        lock.locked {
             guard mode != .stopping else { return }
             mode = .stopping
             kickAll()
@@ -93,8 +94,30 @@ final class RunState: VCPUControl {
         }
     }
 
+    /// Waits until every vCPU thread has ended, at most `seconds`; false
+    /// when some are still running (blocked outside KVM_RUN).
+    func waitForThreads(seconds: Double) -> Bool {
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        let whole = seconds.rounded(.down)
+        deadline.tv_sec += Int(whole)
+        deadline.tv_nsec += Int((seconds - whole) * 1e9)
+        if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
+        return lock.locked {
+            while live > 0 {
+                var now = timespec()
+                clock_gettime(CLOCK_REALTIME, &now)
+                if now.tv_sec > deadline.tv_sec || (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec) {
+                    return false
+                }
+                changed.wait(lock, until: deadline)
+            }
+            return true
+        }
+    }
+
     func requestExit(_ reason: VMExitReason) {
-        let report: ((VMExitReason) -> Void)? = lock.withLock {
+        let report: ((VMExitReason) -> Void)? = lock.locked {
             guard !exitReported else { return nil }
             exitReported = true
             if mode != .stopping {

@@ -1,4 +1,5 @@
 import Glibc
+import VMDSystem
 
 /// ns8250/16550A UART (COM1, ports 0x3F8-0x3FF, IRQ 4): the guest's console.
 ///
@@ -24,7 +25,7 @@ final class Serial8250: BusDevice {
 
     static let receiveCapacity = 4096
 
-    private let lock = Lock()
+    private let lock = Mutex()
     private let irq: InterruptLine
     private let output: ([UInt8]) -> Void
 
@@ -50,7 +51,7 @@ final class Serial8250: BusDevice {
     /// were queued; the rest were dropped with an overrun.
     @discardableResult
     func receive(_ bytes: [UInt8]) -> Int {
-        lock.withLock {
+        lock.locked {
             let accepted = queue(bytes)
             updateIRQ()
             return accepted
@@ -58,10 +59,10 @@ final class Serial8250: BusDevice {
     }
 
     /// Free space of the receive queue: the event loop may read this much.
-    var receiveSpace: Int { lock.withLock { Self.receiveCapacity - (rx.count - rxHead) } }
+    var receiveSpace: Int { lock.locked { Self.receiveCapacity - (rx.count - rxHead) } }
 
     func read(offset: UInt64, size: Int) -> UInt64 {
-        lock.withLock {
+        lock.locked {
             let value = readRegister(Int(offset & 7))
             updateIRQ()
             return UInt64(value)
@@ -70,7 +71,7 @@ final class Serial8250: BusDevice {
 
     func write(offset: UInt64, size: Int, value: UInt64) {
         var sent: [UInt8] = []
-        lock.withLock {
+        lock.locked {
             if let byte = writeRegister(Int(offset & 7), UInt8(truncatingIfNeeded: value)) { sent.append(byte) }
             updateIRQ()
         }

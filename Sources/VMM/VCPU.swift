@@ -1,4 +1,5 @@
 import CKVM
+import VMDSystem
 import Glibc
 
 /// What a vCPU thread asks of the VM between two KVM_RUNs.
@@ -27,7 +28,7 @@ final class VCPU {
     }
 
     func loop() {
-        System.unblockKickSignal()
+        Threads.unblockWakeSignal()
         while control.checkpoint(self) {
             let error = kvm.runOnce()
             if error == EINTR || error == EAGAIN { continue }  // kicked, or immediate_exit

@@ -7,8 +7,4 @@ public struct VMMError: Error, CustomStringConvertible, Equatable {
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 
-    /// `what: strerror(errno)`.
-    static func system(_ what: String, errno code: Int32) -> VMMError {
-        VMMError("\(what): \(String(cString: strerror(code)))")
-    }
 }

@@ -1,4 +1,5 @@
 import CKVM
+import VMDSystem
 import Glibc
 
 /// What to run.
@@ -48,7 +49,7 @@ public enum VMExitReason: Equatable {
 /// ## Threads, signals and fds the host process must know about
 /// - One pthread per vCPU, started by `start`, ended by `stop` (joined) or after
 ///   the guest exits on its own (they end by themselves; `stop` joins them).
-/// - vCPUs are kicked out of KVM_RUN with SIGRTMIN (`ckvm_kick_signal()`), whose
+/// - vCPUs are kicked out of KVM_RUN with SIGRTMIN (`Threads.wake`), whose
 ///   empty handler `init` installs (no SA_RESTART). vCPU threads unblock it
 ///   themselves; other threads may block it. Do not use SIGRTMIN for anything else.
 /// - `onExit` is called once, on a vCPU thread, when the guest powers off, resets
@@ -105,6 +106,7 @@ public final class VirtualMachine {
     private var vcpus: [VCPU] = []
     private var started = false
     private var joined = false
+    private var abandoned = false
     let ioBus: Bus
     let mmioBus: Bus
 
@@ -136,10 +138,10 @@ public final class VirtualMachine {
     public init(spec: VMSpec) throws {
         self.spec = spec
         let name = spec.name
-        let logSink = LogSink { System.log("vm \(name): \($0)") }
+        let logSink = LogSink { { Log.info($0) }("vm \(name): \($0)") }
         self.logSink = logSink
         let logger: (String) -> Void = { logSink.write($0) }
-        try System.installKickHandler()
+        try Threads.installWakeHandler()
 
         kvm = try KVMSystem()
         let maxVCPUs = min(kvm.maxVCPUs, MPTable.maxCPUs)
@@ -168,7 +170,7 @@ public final class VirtualMachine {
                                    memory: memory)
         try memory.write(MPTable.build(cpus: spec.vcpus).bytes, at: BootLayout.mpTable, what: "MP table")
 
-        let pty = try System.openPTY()
+        let pty = try Pty.open()
         console = Console(pty: pty, ringCapacity: spec.consoleHistoryBytes)
         ioBus = Bus(name: "io", log: logger)
         mmioBus = Bus(name: "mmio", log: logger)
@@ -223,7 +225,7 @@ public final class VirtualMachine {
     public func portEventFD(_ eventfd: Int32, port: UInt16, length: Int, value: UInt64?, assign: Bool) throws {
         let e = ckvm_port_ioeventfd(kvmVM.fd, port, UInt32(length), eventfd, value == nil ? 0 : 1,
                                     value ?? 0, assign ? 1 : 0)
-        if e != 0 { throw VMMError.system("KVM_IOEVENTFD port 0x\(hex(UInt64(port)))", errno: e) }
+        if e != 0 { throw SystemError("KVM_IOEVENTFD port 0x\(hex(UInt64(port)))", code: e) }
     }
 
     public func addPCIFunction(_ function: PCIFunction) throws -> InterruptLine {
@@ -240,7 +242,7 @@ public final class VirtualMachine {
         for vcpu in vcpus {
             state.threadStarted()
             do {
-                let thread = try System.startThread { [vcpu, state] in
+                let thread = try Threads.start { [vcpu, state] in
                     vcpu.loop()
                     state.threadEnded()
                 }
@@ -259,13 +261,26 @@ public final class VirtualMachine {
 
     /// Ends the vCPU threads and joins them. From a vCPU thread (inside
     /// `onExit`) it only asks them to end: a thread cannot join itself.
-    public func stop() {
+    /// Every vCPU is kicked out of KVM_RUN (a signal, with immediate_exit
+    /// set); a vCPU blocked in a device's `barRead`/`barWrite` ends only
+    /// when that access returns, so the owner of such devices must release
+    /// them first. With `timeout`, waits at most that long and returns false
+    /// if some thread has not ended (it is left running; the process should
+    /// exit); without, waits as long as it takes.
+    @discardableResult
+    public func stop(timeout: Double? = nil) -> Bool {
         state.stop()
-        let current = System.currentThread()
-        if vcpus.contains(where: { $0.thread.map { pthread_equal($0, current) != 0 } ?? false }) { return }
-        guard started, !joined else { return }
+        let current = Threads.current
+        if vcpus.contains(where: { $0.thread.map { pthread_equal($0, current) != 0 } ?? false }) { return false }
+        guard started, !joined else { return !abandoned }
+        if let timeout, !state.waitForThreads(seconds: timeout) {
+            abandoned = true
+            joined = true
+            return false
+        }
         joined = true
-        for vcpu in vcpus { if let thread = vcpu.thread { System.join(thread) } }
+        for vcpu in vcpus { if let thread = vcpu.thread { Threads.join(thread) } }
+        return true
     }
 
     /// True while paused (all vCPUs parked).

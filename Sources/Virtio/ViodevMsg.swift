@@ -90,6 +90,8 @@ public struct ViodevMsg: Equatable, Sendable {
 public protocol VirtioRegisterFile: AnyObject {
     func read(offset: UInt16, size: Int) -> UInt32
     func write(offset: UInt16, size: Int, value: UInt32)
+    /// The driver notified queue `index` (a kick from a queue-notify eventfd).
+    func notify(queue index: Int)
     var isInterruptAsserted: Bool { get }
 }
 

@@ -13,9 +13,9 @@
 //      IO_WRITEs and are served inside `handle`.
 //   4. `InterruptSink.setInterrupt(_:)` is told every change of the INTx
 //      level: send KICK with state ASSERT/DEASSERT on the async channel.
-//   5. vionet only: call `tapReadable()` when the tap is readable; stop
+//   5. vionet only: call `backendReadable()` when the tap is readable; stop
 //      watching the tap while it returns false, resume on
-//      `onReceiveBuffersAvailable`.
+//      `onInputWanted`.
 
 /// Level-triggered interrupt line of one device (INTx; there is no MSI-X).
 /// In a device process the sink sends viodev_msg KICK with state ASSERT or

@@ -111,12 +111,9 @@ public final class VirtioPCITransport: VirtioDeviceHost {
     }
 
     /// The vendor-specific capabilities (struct virtio_pci_cap, spec 4.1.4)
-    /// describing this BAR layout, to be placed at `firstOffset` in the PCI
-    /// configuration space (point the capabilities pointer at 0x34 there and
-    /// set the status register's capabilities-list bit). The last
-    /// capability's next pointer is `nextAfterLast`.
-    public static func capabilityList(firstOffset: UInt8 = 0x40, bar: UInt8 = 0,
-                                      nextAfterLast: UInt8 = 0) -> [UInt8] {
+    /// describing this BAR layout, one structure each with its next pointer
+    /// left 0: the PCI bus places and links them.
+    public static func capabilities(bar: UInt8 = 0) -> [[UInt8]] {
         // (cfg_type, offset, length)
         let caps: [(UInt8, UInt32, UInt32)] = [
             (1, UInt32(VirtioPCILayout.commonConfig), UInt32(VirtioPCILayout.commonConfigLength)),
@@ -124,17 +121,14 @@ public final class VirtioPCITransport: VirtioDeviceHost {
             (3, UInt32(VirtioPCILayout.isr), 1),
             (4, UInt32(VirtioPCILayout.deviceConfig), UInt32(VirtioPCILayout.deviceConfigLength)),
         ]
-        var bytes: [UInt8] = []
-        for (i, cap) in caps.enumerated() {
+        return caps.map { cap in
             let length: UInt8 = cap.0 == 2 ? 20 : 16
-            let last = i == caps.count - 1
-            let next = last ? nextAfterLast : firstOffset &+ UInt8(bytes.count) &+ length
-            bytes += [0x09, next, length, cap.0, bar, 0, 0, 0]
+            var bytes: [UInt8] = [0x09, 0, length, cap.0, bar, 0, 0, 0]
             appendLittleEndian(cap.1, to: &bytes)
             appendLittleEndian(cap.2, to: &bytes)
             if cap.0 == 2 { appendLittleEndian(VirtioPCILayout.notifyOffsetMultiplier, to: &bytes) }
+            return bytes
         }
-        return bytes
     }
 
     // MARK: register access

@@ -1,8 +1,9 @@
 // What a disk (or ISO) image must do for vioblk and vioscsi, and the raw
 // image implementation: pread/pwrite/fdatasync/fallocate on one fd, which
-// is all a sandboxed device process may touch.
+// is all a sandboxed device process may touch (through VMDSystem's FileIO).
 import Glibc
 import Virtio
+import VMDSystem
 
 public struct BlockBackendError: Error, Equatable, CustomStringConvertible {
     public var errno: Int32
@@ -11,6 +12,15 @@ public struct BlockBackendError: Error, Equatable, CustomStringConvertible {
     public init(errno: Int32, operation: String) {
         self.errno = errno
         self.operation = operation
+    }
+
+    init(_ error: SystemError) {
+        self.init(errno: error.code, operation: error.what)
+    }
+
+    /// Runs `body`, turning a system error into a block backend error.
+    static func mapping<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as SystemError { throw BlockBackendError(e) }
     }
 
     /// The backend cannot do this at all (not a failure of this request).
@@ -37,16 +47,6 @@ public protocol BlockBackend: AnyObject {
     func writeZeroes(offset: UInt64, length: UInt64) throws
 }
 
-// fallocate(2) is not exported by Swift's Glibc module (it needs
-// _GNU_SOURCE). Its arguments are plain integers, which the Swift and C
-// calling conventions pass alike on x86_64 and arm64.
-@_silgen_name("fallocate")
-private func c_fallocate(_ fd: CInt, _ mode: CInt, _ offset: Int, _ length: Int) -> CInt
-
-private let fallocateKeepSize: CInt = 0x01     // FALLOC_FL_KEEP_SIZE
-private let fallocatePunchHole: CInt = 0x02    // FALLOC_FL_PUNCH_HOLE
-private let fallocateZeroRange: CInt = 0x10    // FALLOC_FL_ZERO_RANGE
-
 /// A raw image on an open file descriptor (owned by the caller).
 public final class RawImageBackend: BlockBackend {
     public let fd: Int32
@@ -61,16 +61,8 @@ public final class RawImageBackend: BlockBackend {
     public private(set) var hasUnflushedWrites = true
 
     public init(fd: Int32, readOnly: Bool) throws {
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw BlockBackendError(errno: errno, operation: "fstat") }
-        var size = UInt64(max(info.st_size, 0))
-        if info.st_mode & S_IFMT == S_IFBLK {
-            let end = lseek(fd, 0, SEEK_END)
-            guard end >= 0 else { throw BlockBackendError(errno: errno, operation: "lseek") }
-            size = UInt64(end)
-        }
         self.fd = fd
-        self.capacity = size
+        self.capacity = try BlockBackendError.mapping { try FileIO.size(of: fd) }
         self.isReadOnly = readOnly
     }
 
@@ -79,11 +71,8 @@ public final class RawImageBackend: BlockBackend {
         while done < buffer.count {
             guard let base = buffer.baseAddress else { return }
             let position = offset &+ UInt64(done)
-            guard position <= UInt64(Int64.max) else { throw BlockBackendError(errno: EINVAL, operation: "pread") }
-            let n = pread(fd, base + done, buffer.count - done, off_t(position))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw BlockBackendError(errno: errno, operation: "pread at \(position)")
+            let n = try BlockBackendError.mapping {
+                try FileIO.read(fd, into: base + done, count: buffer.count - done, at: position)
             }
             if n == 0 {
                 // Past the end of a file that shrank under us: zeroes.
@@ -101,35 +90,27 @@ public final class RawImageBackend: BlockBackend {
         while done < buffer.count {
             guard let base = buffer.baseAddress else { return }
             let position = offset &+ UInt64(done)
-            guard position <= UInt64(Int64.max) else { throw BlockBackendError(errno: EINVAL, operation: "pwrite") }
-            let n = pwrite(fd, base + done, buffer.count - done, off_t(position))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw BlockBackendError(errno: errno, operation: "pwrite at \(position)")
+            done += try BlockBackendError.mapping {
+                try FileIO.write(fd, from: base + done, count: buffer.count - done, at: position)
             }
-            done += n
         }
     }
 
     public func flush() throws {
         guard hasUnflushedWrites else { return }
-        while fdatasync(fd) != 0 {
-            if errno != EINTR { throw BlockBackendError(errno: errno, operation: "fdatasync") }
-        }
+        try BlockBackendError.mapping { try FileIO.syncData(fd) }
         hasUnflushedWrites = false
     }
 
     public func discard(offset: UInt64, length: UInt64) throws {
         hasUnflushedWrites = true
-        try allocate(mode: fallocatePunchHole | fallocateKeepSize, offset: offset, length: length,
-                     operation: "discard")
+        try deallocate(.punchHole, offset: offset, length: length, operation: "discard")
     }
 
     public func writeZeroes(offset: UInt64, length: UInt64) throws {
         hasUnflushedWrites = true
         do {
-            try allocate(mode: fallocateZeroRange | fallocateKeepSize, offset: offset, length: length,
-                         operation: "write zeroes")
+            try deallocate(.zeroRange, offset: offset, length: length, operation: "write zeroes")
         } catch let error as BlockBackendError where error.isUnsupported {
             // The file system cannot zero a range in place: write the zeroes.
             let chunk = 64 * 1024
@@ -145,14 +126,13 @@ public final class RawImageBackend: BlockBackend {
         }
     }
 
-    private func allocate(mode: CInt, offset: UInt64, length: UInt64, operation: String) throws {
+    private func deallocate(_ how: FileIO.Deallocation, offset: UInt64, length: UInt64, operation: String) throws {
         guard !isReadOnly else { throw BlockBackendError(errno: EROFS, operation: operation) }
         guard length > 0 else { return }
-        guard offset <= UInt64(Int64.max), length <= UInt64(Int64.max) - offset else {
-            throw BlockBackendError(errno: EINVAL, operation: operation)
-        }
-        while c_fallocate(fd, mode, Int(offset), Int(length)) != 0 {
-            if errno != EINTR { throw BlockBackendError(errno: errno, operation: "\(operation) at \(offset)") }
+        do {
+            try FileIO.deallocate(fd, how, offset: offset, length: length)
+        } catch let e as SystemError {
+            throw BlockBackendError(errno: e.code, operation: "\(operation) at \(offset)")
         }
     }
 }

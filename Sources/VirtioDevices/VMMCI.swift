@@ -23,10 +23,10 @@ public enum VMMCIFeature {
     public static let syncRTC: UInt64 = 1 << 2
 }
 
-public final class VMMCI: VirtioDevice {
+public final class VMMCI: HostCommandDevice {
     public let name: String
     public let deviceFeatures: UInt64 = VMMCIFeature.timeSync | VMMCIFeature.ack | VMMCIFeature.syncRTC
-    public let queueMaxSizes: [UInt16] = []
+    public let queueMaxSizes = VMMCI.model.queueSizes
     /// The guest acknowledged (or, unprompted, requested) this command.
     public var onAcknowledge: ((VMMCICommand) -> Void)?
     /// Host time source, replaceable in tests: (seconds, microseconds).
@@ -83,4 +83,13 @@ public final class VMMCI: VirtioDevice {
         if command == pendingCommand || command == .syncRTC { pendingCommand = .none }
         onAcknowledge?(command)
     }
+}
+
+extension VMMCI {
+    /// Legacy virtio with OpenBSD's ids, as vmd presents it; no queues.
+    public static let model = DeviceModel(
+        kind: .vmmci, baseName: "vmmci", single: true,
+        presentation: .legacy(VirtioLegacyPCITransport.vmmciIdentity),
+        queueSizes: [], backends: [], syscalls: [], takesHostCommands: true,
+        make: { c in VMMCI(name: c.name) })
 }

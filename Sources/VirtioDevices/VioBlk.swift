@@ -44,7 +44,7 @@ public final class VioBlk: VirtioDevice {
     public let backend: BlockBackend
     /// GET_ID answer: the image's name, at most 20 bytes, NUL-padded.
     public let identifier: [UInt8]
-    public let queueMaxSizes: [UInt16] = [VioBlk.queueSize]
+    public let queueMaxSizes = VioBlk.model.queueSizes
     private weak var host: VirtioDeviceHost?
 
     public init(name: String, backend: BlockBackend, identifier: String) {
@@ -237,4 +237,28 @@ public final class VioBlk: VirtioDevice {
             return VirtioBlockStatus.ioError
         }
     }
+}
+
+extension VioBlk {
+    public static let model = DeviceModel(
+        kind: .blk, baseName: "vioblk", single: false, presentation: .modern(.block),
+        queueSizes: [queueSize], backends: [.disk],
+        syscalls: ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate",
+                   "lseek", "fstat", "newfstatat"],
+        make: { c in
+            let formats = c.parameters.diskFormats
+            let disk = try c.backend(.disk)
+            let backend: BlockBackend
+            if formats.isEmpty || formats == ["raw"] {
+                backend = try RawImageBackend(fd: disk, readOnly: c.parameters.readOnly)
+            } else {
+                // qcow2 (through DiskImage), with its bases in chain order.
+                let bases = c.backends.filter { $0.role == .baseImage }.map(\.fd)
+                guard bases.count == formats.count - 1 else {
+                    throw DeviceConstructionError("\(c.name): \(formats.count) disk formats for \(bases.count + 1) images")
+                }
+                backend = try DiskImageBackend(fds: [disk] + bases, formats: formats, readOnly: c.parameters.readOnly)
+            }
+            return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier)
+        })
 }

@@ -4,12 +4,13 @@
 // TUNSETVNETHDRSZ 12, the VERSION_1 header size), so the guest's header and
 // the tap's line up and frames are copied once each way.
 //
-// Receive is driven by the event loop: call `tapReadable()` when the tap fd
+// Receive is driven by the event loop: call `backendReadable()` when the tap fd
 // is readable. When the guest has no receive buffers it returns false: stop
-// watching the tap until `onReceiveBuffersAvailable` fires (the guest added
+// watching the tap until `onInputWanted` fires (the guest added
 // buffers), so frames wait in the kernel instead of being read and dropped.
 import Glibc
 import Virtio
+import VMDSystem
 
 public enum VirtioNetFeature {
     public static let mac: UInt64 = 1 << 5
@@ -18,6 +19,8 @@ public enum VirtioNetFeature {
 
 /// One frame per read and per write, each with a 12-byte virtio_net_hdr.
 public protocol NetworkBackend: AnyObject {
+    /// Readable when a frame is waiting (the tap).
+    var descriptor: Int32 { get }
     /// Read one frame into `buffer`; nil when none is waiting.
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> Int?
     func send(_ frame: UnsafeRawBufferPointer) throws
@@ -32,57 +35,42 @@ public struct NetworkBackendError: Error, CustomStringConvertible {
 /// A tap fd (or, in tests, a SOCK_SEQPACKET socket): one read is one frame.
 public final class TapBackend: NetworkBackend {
     public let fd: Int32
+    public var descriptor: Int32 { fd }
 
     public init(fd: Int32) {
         self.fd = fd
     }
 
-    /// TUNSETVNETHDRSZ = _IOW('T', 216, int).
-    public static let setVnetHeaderSize: UInt = 0x4004_54d8
-
     /// Make a tap opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR use the 12-byte
     /// header and never block. Call before the sandbox forbids ioctl.
     public static func prepareTap(fd: Int32) throws {
-        // The kernel reads the size through a pointer (copy_from_user).
-        var size = CInt(VioNet.headerSize)
-        guard ioctl(fd, setVnetHeaderSize, &size) == 0 else {
-            throw NetworkBackendError(errno: errno, operation: "TUNSETVNETHDRSZ")
-        }
-        try setNonBlocking(fd: fd)
-    }
-
-    public static func setNonBlocking(fd: Int32) throws {
-        let flags = fcntl(fd, F_GETFL)
-        guard flags >= 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 else {
-            throw NetworkBackendError(errno: errno, operation: "fcntl O_NONBLOCK")
+        do {
+            try Tap.prepare(fd, vnetHeaderSize: Int32(VioNet.headerSize))
+        } catch let e as SystemError {
+            throw NetworkBackendError(errno: e.code, operation: e.what)
         }
     }
 
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> Int? {
-        while true {
-            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
-            if n >= 0 { return n }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN, EWOULDBLOCK: return nil
-            default: throw NetworkBackendError(errno: errno, operation: "tap read")
-            }
+        do {
+            return try FileIO.readRecord(fd, into: buffer)
+        } catch let e as SystemError {
+            throw NetworkBackendError(errno: e.code, operation: "tap read")
         }
     }
 
     public func send(_ frame: UnsafeRawBufferPointer) throws {
-        while Glibc.write(fd, frame.baseAddress, frame.count) < 0 {
-            switch errno {
-            case EINTR: continue
+        do {
+            try FileIO.writeRecord(fd, frame)
+        } catch let e as SystemError {
             // A full tap queue drops the frame, as a wire would.
-            case EAGAIN, EWOULDBLOCK, ENOBUFS: return
-            default: throw NetworkBackendError(errno: errno, operation: "tap write")
-            }
+            if e.code == EAGAIN || e.code == EWOULDBLOCK || e.code == ENOBUFS { return }
+            throw NetworkBackendError(errno: e.code, operation: "tap write")
         }
     }
 }
 
-public final class VioNet: VirtioDevice {
+public final class VioNet: BackendInputDevice {
     public static let headerSize = 12
     public static let queueSize: UInt16 = 256
     public static let receiveQueue = 0
@@ -97,18 +85,18 @@ public final class VioNet: VirtioDevice {
     public let mac: [UInt8]
     /// `locked lladdr`: drop transmitted frames whose source MAC isn't ours.
     public let lockedLinkAddress: Bool
-    public let queueMaxSizes: [UInt16] = [VioNet.queueSize, VioNet.queueSize]
+    public let queueMaxSizes = VioNet.model.queueSizes
     public let deviceFeatures: UInt64 = VirtioNetFeature.mac | VirtioNetFeature.status
-    /// Called when the guest adds receive buffers after `tapReadable()`
+    /// Called when the guest adds receive buffers after `backendReadable()`
     /// returned false: resume watching the tap.
-    public var onReceiveBuffersAvailable: (() -> Void)?
+    public var onInputWanted: (() -> Void)?
 
     private weak var host: VirtioDeviceHost?
     private let frameBuffer: UnsafeMutableRawBufferPointer
     /// The guest had no receive buffers at the last look.
     private var receiveStalled = false
-    /// `tapReadable()` said to stop watching the tap; the next receive-queue
-    /// notify calls `onReceiveBuffersAvailable`.
+    /// `backendReadable()` said to stop watching the tap; the next receive-queue
+    /// notify calls `onInputWanted`.
     private var tapWatchSuspended = false
     public private(set) var droppedTransmitFrames = 0
     public private(set) var droppedReceiveFrames = 0
@@ -116,6 +104,8 @@ public final class VioNet: VirtioDevice {
     public var linkUp = true {
         didSet { if linkUp != oldValue { host?.configurationChanged() } }
     }
+
+    public var inputDescriptor: Int32 { backend.descriptor }
 
     /// `mac` must be 6 bytes; use `VioNet.randomMAC(index:)` when unset.
     public init?(name: String, backend: NetworkBackend, mac: [UInt8], lockedLinkAddress: Bool) {
@@ -158,7 +148,7 @@ public final class VioNet: VirtioDevice {
             // now and have the event loop watch the tap again.
             if tapWatchSuspended {
                 tapWatchSuspended = false
-                onReceiveBuffersAvailable?()
+                onInputWanted?()
             }
             try receiveFrames(queue: queue)
         case VioNet.transmitQueue:
@@ -172,7 +162,7 @@ public final class VioNet: VirtioDevice {
     /// buffers. Returns whether to keep watching the tap (false: the guest
     /// has no buffers, or the device is not running).
     @discardableResult
-    public func tapReadable() -> Bool {
+    public func backendReadable() -> Bool {
         guard let host = host, host.isDriverReady else {
             tapWatchSuspended = true
             return false
@@ -246,4 +236,21 @@ public final class VioNet: VirtioDevice {
             }
         }
     }
+}
+
+extension VioNet {
+    public static let model = DeviceModel(
+        kind: .net, baseName: "vionet", single: false, presentation: .modern(.network),
+        queueSizes: [queueSize, queueSize], backends: [.tap],
+        // Frames in and out of the tap with read/write; no ioctl after set-up.
+        syscalls: [],
+        make: { c in
+            let tap = try c.backend(.tap)
+            try TapBackend.prepareTap(fd: tap)
+            guard let net = VioNet(name: c.name, backend: TapBackend(fd: tap), mac: c.parameters.mac,
+                                   lockedLinkAddress: c.parameters.lockedLladdr) else {
+                throw DeviceConstructionError("\(c.name): bad MAC address")
+            }
+            return net
+        })
 }

@@ -10,7 +10,7 @@ public final class VioRnd: VirtioDevice {
 
     public let name: String
     public let deviceFeatures: UInt64 = 0
-    public let queueMaxSizes: [UInt16] = [VioRnd.queueSize]
+    public let queueMaxSizes = VioRnd.model.queueSizes
 
     public init(name: String = "viornd") {
         self.name = name
@@ -47,4 +47,11 @@ public final class VioRnd: VirtioDevice {
         }
         return true
     }
+}
+
+extension VioRnd {
+    public static let model = DeviceModel(
+        kind: .rnd, baseName: "viornd", single: true, presentation: .modern(.entropy),
+        queueSizes: [queueSize], backends: [], syscalls: [],
+        make: { c in VioRnd(name: c.name) })
 }

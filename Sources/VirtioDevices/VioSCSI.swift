@@ -53,7 +53,7 @@ public final class VioSCSI: VirtioDevice {
     public let name: String
     public let backend: BlockBackend
     public let deviceFeatures: UInt64 = 0
-    public let queueMaxSizes: [UInt16] = [VioSCSI.queueSize, VioSCSI.queueSize, VioSCSI.queueSize]
+    public let queueMaxSizes = VioSCSI.model.queueSizes
     public var blockCount: UInt64 { backend.capacity / VioSCSI.blockSize }
 
     public init(name: String = "vioscsi", backend: BlockBackend) {
@@ -288,4 +288,14 @@ public final class VioSCSI: VirtioDevice {
         }
         return Outcome()
     }
+}
+
+extension VioSCSI {
+    public static let model = DeviceModel(
+        kind: .scsi, baseName: "vioscsi", single: true, presentation: .modern(.scsi),
+        queueSizes: [queueSize, queueSize, queueSize], backends: [.readOnlyImage],
+        syscalls: ["pread64", "preadv", "lseek", "fstat", "newfstatat"],
+        make: { c in
+            VioSCSI(name: c.name, backend: try RawImageBackend(fd: try c.backend(.readOnlyImage), readOnly: true))
+        })
 }

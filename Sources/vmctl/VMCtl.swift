@@ -39,7 +39,18 @@ struct VMCtl: ParsableCommand {
             Output.writeError(usage + "\nRun 'vmctl help' for the list of commands.\n")
             exit(withError: ExitCode.failure)
         }
-        main(rewritten)
+        do {
+            var command = try parseAsRoot(rewritten)
+            try command.run()
+        } catch {
+            // As vmctl: every usage error exits 1 (ArgumentParser's own
+            // validation errors would exit 64).
+            if exitCode(for: error) == .validationFailure {
+                Output.writeError(fullMessage(for: error) + "\n")
+                exit(withError: ExitCode.failure)
+            }
+            exit(withError: error)
+        }
         exit()
     }
 }

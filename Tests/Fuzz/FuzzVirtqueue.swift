@@ -57,6 +57,7 @@ final class FuzzDisk: BlockBackend {
 }
 
 final class FuzzNet: NetworkBackend {
+    var descriptor: Int32 { -1 }
     var frames: [[UInt8]] = []
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> Int? {
         guard !frames.isEmpty else { return nil }
@@ -134,7 +135,7 @@ public func fuzzVirtqueue(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             for q in 0..<transport.queues.count {
                 transport.write(offset: 0x100, size: 2, value: UInt32(q))
             }
-            if let vionet = device as? VioNet { vionet.tapReadable() }
+            if let vionet = device as? VioNet { vionet.backendReadable() }
             if transport.needsReset { _ = transport.read(offset: 0x200, size: 1); break }
             // Let the guest move its available index between rounds.
             memory.store16(UInt16(input[3]) &* UInt16(round + 1), at: availRing + 2)
@@ -152,7 +153,7 @@ public func fuzzVirtqueue(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             } else {
                 _ = transport.read(offset: offset, size: width)
             }
-            if input[i] & 0x80 != 0, let vionet = device as? VioNet { vionet.tapReadable() }
+            if input[i] & 0x80 != 0, let vionet = device as? VioNet { vionet.backendReadable() }
             i += 8
         }
     }
@@ -214,7 +215,7 @@ func fuzzRequests(_ input: UnsafeBufferPointer<UInt8>, memory: PlainGuestMemory,
         availIndex[q] &+= 1
         memory.store16(availIndex[q], at: base + 0x200 + 2)
         transport.write(offset: 0x100, size: 2, value: UInt32(q))
-        if let vionet = device as? VioNet { vionet.tapReadable() }
+        if let vionet = device as? VioNet { vionet.backendReadable() }
         if transport.needsReset { return }
         i += 4 * chainLength
     }

@@ -20,15 +20,28 @@ build() {
     fi
 }
 : >"$BUILD/build.log"
+# VMDSystem (the libc wrapper layer the devices' backends use) and its C shim.
+mkdir -p "$BUILD/CVMDSys"
+printf 'module CVMDSys {\n    header "%s"\n    export *\n}\n' "$ROOT/Sources/CVMDSys/include/cvmdsys.h" \
+    >"$BUILD/CVMDSys/module.modulemap"
+if ! clang -c -O1 -I "$ROOT/Sources/CVMDSys/include" "$ROOT/Sources/CVMDSys/cvmdsys.c" \
+        -o "$BUILD/cvmdsys.o" >>"$BUILD/build.log" 2>&1; then
+    tail -20 "$BUILD/build.log" >&2
+    exit 2
+fi
+build -wmo -c -module-name VMDSystem -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -emit-module \
+    -emit-module-path "$BUILD/VMDSystem.swiftmodule" -o "$BUILD/VMDSystem.o" "$ROOT"/Sources/VMDSystem/*.swift
+SYSTEM_OBJS="$BUILD/VMDSystem.o $BUILD/cvmdsys.o -lbsd -lseccomp -levent_core"
 build -wmo -c -module-name Virtio -emit-module -emit-module-path "$BUILD/Virtio.swiftmodule" \
     -o "$BUILD/Virtio.o" "$ROOT"/Sources/Virtio/*.swift
 # qcow2 parsing and metadata updates (DiskImage, with zlib for compressed clusters).
 build -wmo -c -module-name DiskImage -I "$ROOT/Sources/CZlib" -emit-module -emit-module-path "$BUILD/DiskImage.swiftmodule" \
     -o "$BUILD/DiskImage.o" "$ROOT"/Sources/DiskImage/*.swift
-build -wmo -c -module-name VirtioDevices -I "$BUILD" -I "$ROOT/Sources/CZlib" -emit-module \
-    -emit-module-path "$BUILD/VirtioDevices.swiftmodule" -o "$BUILD/VirtioDevices.o" "$ROOT"/Sources/VirtioDevices/*.swift
-build -I "$BUILD" -I "$ROOT/Sources/CZlib" "$HERE/FuzzVirtqueue.swift" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" \
-    "$BUILD/DiskImage.o" -lz -o "$BUILD/fuzz-virtqueue"
+build -wmo -c -module-name VirtioDevices -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" \
+    -emit-module -emit-module-path "$BUILD/VirtioDevices.swiftmodule" -o "$BUILD/VirtioDevices.o" "$ROOT"/Sources/VirtioDevices/*.swift
+# shellcheck disable=SC2086
+build -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" "$HERE/FuzzVirtqueue.swift" \
+    "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" "$BUILD/DiskImage.o" $SYSTEM_OBJS -lz -o "$BUILD/fuzz-virtqueue"
 build -I "$BUILD" "$HERE/FuzzViodevMsg.swift" "$BUILD/Virtio.o" -o "$BUILD/fuzz-viodevmsg"
 # imsg framing and the control payloads are pure Swift: compiled with the harness.
 build "$HERE/FuzzImsg.swift" "$ROOT/Sources/Imsg/ImsgFraming.swift" -o "$BUILD/fuzz-imsg"

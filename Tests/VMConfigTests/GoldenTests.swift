@@ -3,7 +3,9 @@
 // then the canonical configuration); Golden/fail-N.conf must fail with
 // exactly the error lines of fail-N.ok. Lines `# -D name=value` in a .conf
 // are passed as `vmd -D` macros. Files are parsed with the Golden directory
-// as the current directory, so messages name them as `fail-3.conf`.
+// as the current directory, so messages name them as `fail-3.conf`. Files
+// they name for boot, disk and cdrom exist under Golden/images (the parser
+// resolves them with realpath, as vmd's does).
 
 import Foundation
 import XCTest
@@ -38,12 +40,18 @@ final class GoldenTests: XCTestCase {
     /// What `vmd -nv -f FILE` would show: warnings, then the configuration;
     /// or the errors, one per line.
     static func output(of result: Result<VMDConfiguration, ConfigErrors>) -> String {
+        let text: String
         switch result {
         case .success(let config):
-            return config.warnings.map { "warning: \($0)\n" }.joined() + config.printed()
+            text = config.warnings.map { "warning: \($0)\n" }.joined() + config.printed()
         case .failure(let errors):
-            return errors.errors.map { "\($0)\n" }.joined()
+            text = errors.errors.map { "\($0)\n" }.joined()
         }
+        // Paths are resolved with realpath: files under images/ print as
+        // absolute paths into the Golden directory, shown relative here.
+        let cwd = FileManager.default.currentDirectoryPath
+        let real = realpath(cwd, nil).map { p in defer { free(p) }; return String(cString: p) } ?? cwd
+        return text.replacingOccurrences(of: real + "/", with: "")
     }
 
     private func goldenNames(_ prefix: String) throws -> [String] {

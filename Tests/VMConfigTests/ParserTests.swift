@@ -6,6 +6,32 @@ import XCTest
 @testable import VMConfig
 
 final class ParserTests: XCTestCase {
+    /// A directory holding the files the configurations below name (the
+    /// parser resolves boot, initrd, disk and cdrom with realpath and
+    /// refuses missing ones); the tests run inside it.
+    private var root = ""
+    private var savedDirectory = ""
+
+    override func setUpWithError() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vmconfig-files-\(UUID().uuidString)")
+        for f in ["k", "bsd", "a", "a.img", "b.qcow2", "x.iso", "boot/vmlinuz", "boot/initrd", "var/vm/base.img", "var/vm/leaf.img"] {
+            let url = dir.appendingPathComponent(f)
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            FileManager.default.createFile(atPath: url.path, contents: nil)
+        }
+        root = realpath(dir.path, nil).map { p in defer { free(p) }; return String(cString: p) } ?? dir.path
+        savedDirectory = FileManager.default.currentDirectoryPath
+        XCTAssertTrue(FileManager.default.changeCurrentDirectoryPath(root))
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+    }
+
+    override func tearDown() {
+        if !savedDirectory.isEmpty { _ = FileManager.default.changeCurrentDirectoryPath(savedDirectory) }
+    }
+
+    /// Where a file named relative to the test directory resolves to.
+    private func abs(_ name: String) -> String { root + "/" + name }
+
     private func parse(_ text: String, macros: [String: String] = [:]) -> Result<VMDConfiguration, ConfigErrors> {
         ConfigParser.parse(text: text, filename: "vm.conf", macros: macros)
     }
@@ -31,14 +57,14 @@ final class ParserTests: XCTestCase {
             vm "web" {
             	memory 1536M
             	cpus 2
-            	boot "/boot/vmlinuz"
-            	initrd "/boot/initrd"
+            	boot "boot/vmlinuz"
+            	initrd "boot/initrd"
             	cmdline "console=ttyS0"
-            	disk "/a.img"
-            	disk "/b.qcow2" format qcow2
+            	disk "a.img"
+            	disk "b.qcow2" format qcow2
             	interface tap3 { switch "sw", locked lladdr fe:e1:ba:d0:00:01, group vms, rdomain 7, down }
             	interfaces 2
-            	owner joe:staff
+            	owner daemon:staff
             	disable
             }
             switch "sw" { interface br0 }
@@ -46,14 +72,14 @@ final class ParserTests: XCTestCase {
         let vm = try XCTUnwrap(config.vm(named: "web"))
         XCTAssertEqual(vm.memoryBytes, 1536 << 20)
         XCTAssertEqual(vm.effectiveCPUs, 2)
-        XCTAssertEqual(vm.bootPath, "/boot/vmlinuz")
-        XCTAssertEqual(vm.initrd, "/boot/initrd")
+        XCTAssertEqual(vm.bootPath, abs("boot/vmlinuz"))
+        XCTAssertEqual(vm.initrd, abs("boot/initrd"))
         XCTAssertEqual(vm.cmdline, "console=ttyS0")
-        XCTAssertEqual(vm.disks.map(\.path), ["/a.img", "/b.qcow2"])
+        XCTAssertEqual(vm.disks.map(\.path), [abs("a.img"), abs("b.qcow2")])
         XCTAssertEqual(vm.disks.map(\.format), [nil, .qcow2])
         XCTAssertEqual(vm.disks.map(\.location.line), [7, 8])
         XCTAssertFalse(vm.enabled)
-        XCTAssertEqual(vm.owner, Owner(user: "joe", group: "staff"))
+        XCTAssertEqual(vm.owner, Owner(user: "daemon", group: "staff"))
         XCTAssertEqual(vm.interfaceCount, 2)
         XCTAssertEqual(vm.effectiveInterfaceCount, 2)
         let interface = try XCTUnwrap(vm.interfaces.first)
@@ -69,7 +95,7 @@ final class ParserTests: XCTestCase {
     }
 
     func testDefaults() throws {
-        let config = try config("vm \"v\" { boot \"/k\" }")
+        let config = try config("vm \"v\" { boot \"k\" }")
         let vm = try XCTUnwrap(config.vms.first)
         XCTAssertNil(vm.memoryBytes)
         XCTAssertEqual(vm.effectiveMemoryBytes, 512 << 20)
@@ -94,21 +120,21 @@ final class ParserTests: XCTestCase {
             vm "base" {
             	memory 2G
             	cpus 2
-            	boot "/boot/vmlinuz"
+            	boot "boot/vmlinuz"
             	cmdline "console=ttyS0"
-            	disk "/var/vm/base.img"
+            	disk "var/vm/base.img"
             	interface tap1 { switch "sw" }
             	interface { group vms }
-            	owner joe:staff
+            	owner daemon:staff
             	allow instance { memory, instance }
             }
             vm "base" instance "mid" {
             	memory 1G
             	interface { lladdr fe:e1:ba:d0:00:07 }
-            	owner :wheel
+            	owner :root
             }
             vm "mid" instance "leaf" {
-            	disk "/var/vm/leaf.img"
+            	disk "var/vm/leaf.img"
             	disable
             }
             switch "sw" { interface br0 }
@@ -121,12 +147,12 @@ final class ParserTests: XCTestCase {
         XCTAssertFalse(leaf.enabled)
         XCTAssertEqual(leaf.memoryBytes, 1 << 30, "from mid, which overrides base")
         XCTAssertEqual(leaf.cpus, 2)
-        XCTAssertEqual(leaf.bootPath, "/boot/vmlinuz")
+        XCTAssertEqual(leaf.bootPath, abs("boot/vmlinuz"))
         XCTAssertEqual(leaf.cmdline, "console=ttyS0")
-        XCTAssertEqual(leaf.disks.map(\.path), ["/var/vm/leaf.img"], "disks are never inherited")
+        XCTAssertEqual(leaf.disks.map(\.path), [abs("var/vm/leaf.img")], "disks are never inherited")
         XCTAssertEqual(leaf.interfaces.map(\.lladdr?.description), ["fe:e1:ba:d0:00:07", nil])
         XCTAssertEqual(leaf.interfaces.map(\.group), [nil, "vms"], "the second interface is base's")
-        XCTAssertEqual(leaf.owner, Owner(user: "joe", group: "wheel"))
+        XCTAssertEqual(leaf.owner, Owner(user: "daemon", group: "root"))
         XCTAssertEqual(leaf.allowInstance.memory, true, "base allows instances of instances")
         let mid = config.resolved(try XCTUnwrap(config.vm(named: "mid")))
         XCTAssertEqual(mid.disks, [])
@@ -137,13 +163,13 @@ final class ParserTests: XCTestCase {
         let config = try config("""
             local prefix 10.1.0.0/16
             local inet6 prefix FD00:0000::/48
-            socket owner :vmusers
+            socket owner :nogroup
             staggered start parallel 3 delay 15
             """)
         XCTAssertEqual(config.localPrefix, IPPrefix(address: "10.1.0.0", length: 16))
         XCTAssertEqual(config.localInet6Prefix, IPPrefix(address: "fd00::", length: 48))
         XCTAssertTrue(config.localInet6)
-        XCTAssertEqual(config.socketOwner, Owner(user: nil, group: "vmusers"))
+        XCTAssertEqual(config.socketOwner, Owner(user: nil, group: "nogroup"))
         XCTAssertEqual(config.staggeredStart, StaggeredStart(parallel: 3, delaySeconds: 15))
     }
 
@@ -155,10 +181,10 @@ final class ParserTests: XCTestCase {
         }
         XCTAssertEqual(overridden.vms.first?.memoryBytes, 3 << 30)
         // A -D macro needs no definition in the file.
-        guard case .success(let only) = parse("vm \"v\" { boot $k }", macros: ["k": "/bsd"]) else {
+        guard case .success(let only) = parse("vm \"v\" { boot $k }", macros: ["k": "bsd"]) else {
             return XCTFail("-D macro not visible")
         }
-        XCTAssertEqual(only.vms.first?.bootPath, "/bsd")
+        XCTAssertEqual(only.vms.first?.bootPath, abs("bsd"))
     }
 
     func testMacroDefinitionArgument() {
@@ -183,7 +209,7 @@ final class ParserTests: XCTestCase {
             	memory 0
             	cpus 99
             	nonsense here
-            	disk "/a" format zip
+            	disk "a" format zip
             }
             garbage
             vm "b" { interfaces 7 }
@@ -200,6 +226,39 @@ final class ParserTests: XCTestCase {
         ])
     }
 
+    /// Issue 9: files that do not exist and owners that do not exist are
+    /// errors with file:line, as in vmd (vmd -n, start-up and reload alike).
+    func testMissingFilesAndUnknownOwnersAreErrors() throws {
+        let found = errors("""
+            socket owner nosuchuser9:nosuchgroup9
+            vm "a" {
+            	boot "/nonexistent/kernel"
+            	initrd "missing.img"
+            	disk "/nonexistent/disk.img"
+            	cdrom "/nonexistent/x.iso"
+            	owner nosuchuser9
+            }
+            vm "b" { boot "k"
+            	owner :nosuchgroup9 }
+            vm "c" { boot "k"
+            	owner 4000 }
+            """)
+        XCTAssertEqual(found, [
+            "vm.conf:1: failed to get user: nosuchuser9",
+            "vm.conf:3: boot /nonexistent/kernel: No such file or directory",
+            "vm.conf:4: initrd missing.img: No such file or directory",
+            "vm.conf:5: disk /nonexistent/disk.img: No such file or directory",
+            "vm.conf:6: cdrom /nonexistent/x.iso: No such file or directory",
+            "vm.conf:7: failed to get user: nosuchuser9",
+            "vm.conf:10: failed to get group: nosuchgroup9",
+        ])
+        XCTAssertEqual(errors("socket owner :nosuchgroup9"), ["vm.conf:1: failed to get group: nosuchgroup9"])
+        // Existing names and plain ids are fine; relative paths resolve.
+        let ok = try config("socket owner root:root\nvm \"v\" { boot \"./boot/../k\"\n owner 4000:4001 }")
+        XCTAssertEqual(ok.vms.first?.bootPath, abs("k"))
+        XCTAssertEqual(ok.vms.first?.owner, Owner(user: "4000", group: "4001"))
+    }
+
     func testErrorsDoNotLeakPartialVMs() {
         XCTAssertEqual(errors("vm \"a\" { memory 1G }\nvm \"a\" { memory 2G }"),
                        ["vm.conf:2: vm \"a\" is already defined at vm.conf:1"])
@@ -208,20 +267,20 @@ final class ParserTests: XCTestCase {
     func testUnsupportedFeatures() throws {
         let config = try config("""
             switch "sw" { interface br0 }
-            vm "plain" { boot "/k"
-            	disk "/a.img" format raw
+            vm "plain" { boot "k"
+            	disk "a.img" format raw
             	interface tap0 }
             vm "fancy" {
             	interface { switch "sw" }
             	local interface
             	interface { locked lladdr }
             	interface { group vms rdomain 1 }
-            	disk "/b.qcow2" format qcow2
+            	disk "b.qcow2" format qcow2
             	boot device disk
-            	cdrom "/x.iso"
+            	cdrom "x.iso"
             }
-            vm "iso-with-kernel" { boot "/k"
-            	cdrom "/x.iso" }
+            vm "iso-with-kernel" { boot "k"
+            	cdrom "x.iso" }
             local inet6
             """)
         XCTAssertEqual(try XCTUnwrap(config.vm(named: "plain")).unsupportedFeatures, [])
@@ -229,7 +288,8 @@ final class ParserTests: XCTestCase {
                        ["interface switch", "local interface", "interface group",
                         "interface rdomain", "boot device", "cdrom boot through a BIOS"])
         XCTAssertEqual(try XCTUnwrap(config.vm(named: "iso-with-kernel")).unsupportedFeatures, [])
-        XCTAssertEqual(unsupportedFeatures(of: config), ["switch", "local inet6"])
+        XCTAssertEqual(unsupportedStatements(of: config).map(\.description),
+                       ["vm.conf:1: not supported yet: switch \"sw\"", "vm.conf:16: not supported yet: local inet6"])
     }
 
     func testSizes() {
@@ -254,12 +314,12 @@ final class ParserTests: XCTestCase {
     func testPrintedFormParsesBack() throws {
         let text = """
             local prefix 10.0.0.0/8
-            socket owner "a:b"
+            socket owner "daemon:bin"
             switch "s" { interface br0
             	group g
             	rdomain 4 }
             vm "q\\"uote" { cmdline "say \\"hi\\"" 
-            	boot "/k" }
+            	boot "k" }
             vm "q\\"uote" instance "i" { owner 0 }
             """
         // A quote in a vm name is invalid, but in a cmdline it must survive.
@@ -285,7 +345,7 @@ final class ParserTests: XCTestCase {
     func testQuotingSurvivesBackslashes() throws {
         for text in [#"a\b"#, #"a\"b"#, #"a\ b"#, "a\\\tb", #"\\x"#, #"C:\path\n"#] {
             let printed = quoted(text)
-            let parsed = try config("vm \"v\" { boot \"/k\"\ncmdline \(printed) }")
+            let parsed = try config("vm \"v\" { boot \"k\"\ncmdline \(printed) }")
             XCTAssertEqual(parsed.vms.first?.cmdline, text, "printed as \(printed)")
         }
     }

@@ -238,5 +238,12 @@ final class CLITests: XCTestCase {
         r = try run(["start", ".bad"])
         XCTAssertEqual(r.status, 1)
         XCTAssertEqual(r.err, "vmctl: start .bad: invalid vm name\n")
+        // Argument-parser errors too: 1, as vmctl, never 64 (issue 9).
+        for args in [["status", "--bogus"], ["start"], ["stop", "-z", "a"], ["start", "-m", "lots", "a"],
+                     ["pause"], ["wait", "a", "b"], ["log", "sideways"]] {
+            r = try run(["-s", path] + args)
+            XCTAssertEqual(r.status, 1, "vmctl \(args): \(r.err)")
+            XCTAssertFalse(r.err.isEmpty, "vmctl \(args) says why")
+        }
     }
 }

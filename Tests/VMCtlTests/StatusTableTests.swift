@@ -127,4 +127,20 @@ final class StatusTableTests: XCTestCase {
         _ = withVaList(args) { vsnprintf(&buffer, buffer.count, format, $0) }
         return String(cString: buffer)
     }
+
+    /// A group-only owner is shown as vmd shows it, `:group`.
+    func testOwnerColumnForGroupOnlyOwners() {
+        let user: (UInt32) -> String? = { $0 == 0 ? "root" : nil }
+        let group: (UInt32) -> String? = { $0 == 0 ? "wheel" : nil }
+        XCTAssertEqual(StatusTable.ownerName(":0", user: user, group: group), ":wheel")
+        XCTAssertEqual(StatusTable.ownerName(":staff", user: user, group: group), ":staff")
+        XCTAssertEqual(StatusTable.ownerName("0:0", user: user, group: group), "root:wheel")
+        XCTAssertEqual(StatusTable.ownerName("1000", user: user, group: group), "1000")
+        var info = VMInfo(id: 1, pid: 0, vcpus: 1, maxMemory: 1 << 29, curMemory: 0, tty: "", owner: ":0",
+                          state: "stopped", name: "g")
+        XCTAssertTrue(StatusTable.line(info, ownerName: { StatusTable.ownerName($0, user: user, group: group) })
+                        .contains(" :wheel "))
+        info.owner = ""
+        XCTAssertTrue(StatusTable.line(info).contains(" root "))
+    }
 }

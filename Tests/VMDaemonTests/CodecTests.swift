@@ -1,6 +1,7 @@
 import XCTest
 @testable import VMDaemon
 import VMDControl
+import VirtioDevices
 
 final class OptionsTests: XCTestCase {
     func testDefaultsAndGroupedFlags() throws {
@@ -31,23 +32,34 @@ final class OptionsTests: XCTestCase {
 
 final class CodecTests: XCTestCase {
     func testLaunchSpecRoundTrip() throws {
-        let s = LaunchSpec(vmid: 7, name: "web", memoryBytes: 64 << 20, cpus: 2, cmdline: "console=ttyS0",
-                           hasInitrd: true, disks: [.init(name: "a.img", readOnly: true)], hasCDROM: false,
-                           nics: [.init(mac: [0xfe, 0xe1, 0xbb, 0xd1, 1, 2], lockedLladdr: true, ifname: "tap3")])
+        var s = LaunchSpec(vmid: 7, name: "web", memoryBytes: 64 << 20, cpus: 2, cmdline: "console=ttyS0",
+                           kernelDescriptor: 0, initrdDescriptor: 1)
+        s.devices = [
+            .init(kind: .blk, parameters: .init(readOnly: true, identifier: "a.img"), descriptors: [2]),
+            .init(kind: .net, parameters: .init(mac: [0xfe, 0xe1, 0xbb, 0xd1, 1, 2], lockedLladdr: true),
+                  descriptors: [3]),
+            .init(kind: .rnd), .init(kind: .vmmci),
+        ]
         XCTAssertEqual(try LaunchSpec(decoding: s.encoded()), s)
-        XCTAssertEqual(s.descriptorCount, 4)
+        XCTAssertEqual((0..<4).map(s.deviceName), ["vioblk0", "vionet0", "viornd", "vmmci"])
+    }
+
+    func testLaunchSpecRefusesDescriptorsTheModelDoesNotTake() {
+        var s = LaunchSpec(vmid: 1, name: "x", memoryBytes: 1, cpus: 1, cmdline: "")
+        s.devices = [.init(kind: .rnd, descriptors: [1])]
+        XCTAssertThrowsError(try LaunchSpec(decoding: s.encoded()))
     }
 
     func testTruncatedPayloadsAreErrorsNotCrashes() {
-        let s = LaunchSpec(vmid: 1, name: "x", memoryBytes: 1, cpus: 1, cmdline: "", hasInitrd: false,
-                           disks: [], hasCDROM: false, nics: [])
+        var s = LaunchSpec(vmid: 1, name: "x", memoryBytes: 1, cpus: 1, cmdline: "")
+        s.devices = [.init(kind: .blk, descriptors: [1])]
         let bytes = s.encoded()
         for n in 0..<bytes.count {
             XCTAssertThrowsError(try LaunchSpec(decoding: Array(bytes.prefix(n))), "prefix \(n)")
         }
         // A hostile count does not allocate or loop.
         var w = WireWriter()
-        w.u32(1); w.string("x"); w.u64(1); w.u32(1); w.string(""); w.u32(0); w.u32(0xffff_ffff)
+        w.u32(1); w.string("x"); w.u64(1); w.u32(1); w.string(""); w.u32(0); w.i32(-1); w.u32(0xffff_ffff)
         XCTAssertThrowsError(try LaunchSpec(decoding: w.bytes))
         var big = WireWriter()
         big.u32(0x7fff_ffff)
@@ -67,9 +79,18 @@ final class CodecTests: XCTestCase {
         var d = DeviceSetup(kind: .net, name: "vionet0", vmName: "web",
                             regions: [.init(guestPhysicalAddress: 0, size: 1 << 20, offsetInMapping: 0),
                                       .init(guestPhysicalAddress: 1 << 32, size: 1 << 20, offsetInMapping: 1 << 20)])
-        d.mac = [1, 2, 3, 4, 5, 6]
-        d.lockedLladdr = true
-        XCTAssertEqual(try DeviceSetup(decoding: d.encoded()), d)
+        d.parameters.mac = [1, 2, 3, 4, 5, 6]
+        d.parameters.lockedLladdr = true
+        d.descriptors.append(.sync)
+        d.descriptors.append(.async)
+        d.descriptors.append(.guestMemory)
+        d.descriptors.append(.backend(.tap))
+        d.descriptors.append(.queueNotify(0))
+        d.descriptors.append(.queueNotify(1))
+        let decoded = try DeviceSetup(decoding: d.encoded())
+        XCTAssertEqual(decoded, d)
+        XCTAssertEqual(decoded.descriptors.first(.backend(.tap)), 6)
+        XCTAssertEqual(decoded.descriptors.queueNotifies.map(\.fd), [7, 8])
     }
 
     func testControlPayloads() throws {
@@ -85,15 +106,15 @@ final class CodecTests: XCTestCase {
         XCTAssertEqual(try Failure(decoding: f.encoded()), f)
     }
 
-    func testCapabilityChunksSplitTheTransportsList() {
-        let list: [UInt8] = [0x09, 0x50, 16] + [UInt8](repeating: 1, count: 13)
-            + [0x09, 0x00, 20] + [UInt8](repeating: 2, count: 17)
-        let chunks = VirtioProxy.capabilityChunks(list)
-        XCTAssertEqual(chunks.count, 2)
-        XCTAssertEqual(chunks[0].count, 16)
-        XCTAssertEqual(chunks[1].count, 20)
-        XCTAssertEqual(chunks[0][1], 0, "the bus links them itself")
-        XCTAssertEqual(VirtioProxy.capabilityChunks([0x09, 0, 200]).count, 0, "a bad length stops the walk")
+    func testPCIHeaderComesFromTheDeviceTable() {
+        let blk = VirtioProxy.configHeader(for: DeviceKind.blk.model.presentation)
+        XCTAssertEqual(blk.deviceID, 0x1042)
+        XCTAssertEqual(blk.bars.first??.size, 0x400)
+        XCTAssertEqual(blk.capabilities.count, 4)
+        let vmmci = VirtioProxy.configHeader(for: DeviceKind.vmmci.model.presentation)
+        XCTAssertEqual(vmmci.vendorID, 0x0b5d)
+        XCTAssertEqual(vmmci.bars.first??.size, 0x100)
+        XCTAssertTrue(vmmci.capabilities.isEmpty)
     }
 }
 

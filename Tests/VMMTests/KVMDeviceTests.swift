@@ -327,7 +327,7 @@ final class KVMDeviceTests: XCTestCase {
         let (fdsBefore, threadsBefore) = (openFDs(), threads())
         for _ in 0..<3 { XCTAssertEqual(try GuestRun(spec: spec).run(timeout: 30), .powerOff) }
         XCTAssertThrowsError(try VirtualMachine(spec: VMSpec(name: "t", memoryBytes: 16 << 20, kernelPath: "/nonexistent")))
-        if openFDs() != fdsBefore || threads() != threadsBefore {
+        if openFDs() != fdsBefore || threads() > threadsBefore {
             for fd in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
                 print("fd \(fd) -> \((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + fd)) ?? "?")")
             }
@@ -336,7 +336,8 @@ final class KVMDeviceTests: XCTestCase {
             }
         }
         XCTAssertEqual(openFDs(), fdsBefore)
-        XCTAssertEqual(threads(), threadsBefore)
+        // Fewer is fine: the test runner's own Dispatch workers come and go.
+        XCTAssertLessThanOrEqual(threads(), threadsBefore)
     }
 
     func testKernelOpenedThroughAnFDIsNamedByItsName() throws {

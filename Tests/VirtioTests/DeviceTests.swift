@@ -1,4 +1,5 @@
 import XCTest
+import VMDSystem
 import Foundation
 @testable import Virtio
 @testable import VirtioDevices
@@ -15,8 +16,8 @@ final class VioNetTests: XCTestCase {
         virtioLogHook = { _ in }
         // A SOCK_SEQPACKET pair stands in for the tap: one read, one frame.
         XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &fds), 0)
-        XCTAssertNoThrow(try TapBackend.setNonBlocking(fd: fds[0]))
-        XCTAssertNoThrow(try TapBackend.setNonBlocking(fd: fds[1]))
+        XCTAssertNoThrow(try FD.setNonBlocking(fds[0]))
+        XCTAssertNoThrow(try FD.setNonBlocking(fds[1]))
     }
 
     override func tearDown() {
@@ -95,10 +96,10 @@ final class VioNetTests: XCTestCase {
     func testReceive() {
         start(locked: false)
         var resumed = 0
-        net.onReceiveBuffersAvailable = { resumed += 1 }
+        net.onInputWanted = { resumed += 1 }
         let incoming = [UInt8](repeating: 0, count: 12) + frame(source: [2, 0, 0, 0, 0, 9])
         hostSend(incoming)
-        XCTAssertFalse(net.tapReadable(), "no receive buffers yet: stop watching the tap")
+        XCTAssertFalse(net.backendReadable(), "no receive buffers yet: stop watching the tap")
         let buffer = driver.allocate(length: 1526)
         driver.submit(0, [(buffer, 1526, true)])          // guest adds a buffer: the waiting frame moves in
         XCTAssertEqual(resumed, 1)
@@ -112,7 +113,7 @@ final class VioNetTests: XCTestCase {
         driver.submit(0, [(driver.allocate(length: 1526), 1526, true)])
         driver.submit(0, [(driver.allocate(length: 1526), 1526, true)])
         hostSend(incoming)
-        XCTAssertTrue(net.tapReadable())
+        XCTAssertTrue(net.backendReadable())
         XCTAssertEqual(driver.takeUsed(0).count, 1)
     }
 
@@ -123,7 +124,7 @@ final class VioNetTests: XCTestCase {
         driver.makeAvailable(0, head)
         let payload = [UInt8](repeating: 0, count: 12) + frame(source: [2, 0, 0, 0, 0, 9], payload: [UInt8](repeating: 0xab, count: 100))
         hostSend(payload)
-        net.tapReadable()
+        net.backendReadable()
         XCTAssertEqual(driver.takeUsed(0).first?.length, UInt32(payload.count))
         XCTAssertEqual(driver.memory.readBytes(at: b, count: payload.count - 12), Array(payload[12...]))
     }
@@ -132,7 +133,7 @@ final class VioNetTests: XCTestCase {
         start(locked: false)
         driver.submit(0, [(driver.allocate(length: 20), 20, true)])
         hostSend([UInt8](repeating: 0, count: 12) + frame(source: [2, 0, 0, 0, 0, 9]))
-        net.tapReadable()
+        net.backendReadable()
         XCTAssertEqual(driver.takeUsed(0).first?.length, 0)
         XCTAssertEqual(net.droppedReceiveFrames, 1)
         XCTAssertFalse(driver.needsReset)
@@ -141,11 +142,11 @@ final class VioNetTests: XCTestCase {
     func testNothingBeforeDriverOKThenResumeOnFirstBuffers() {
         net = VioNet(name: "vionet0", backend: TapBackend(fd: fds[0]), mac: guestMAC, lockedLinkAddress: false)
         var resumed = 0
-        net.onReceiveBuffersAvailable = { resumed += 1 }
+        net.onInputWanted = { resumed += 1 }
         driver = TestDriver(device: net, type: .network)
         let incoming = [UInt8](repeating: 0, count: 12) + frame(source: [2, 0, 0, 0, 0, 9])
         hostSend(incoming)
-        XCTAssertFalse(net.tapReadable(), "driver not ready: stop watching the tap")
+        XCTAssertFalse(net.backendReadable(), "driver not ready: stop watching the tap")
         XCTAssertTrue(driver.initialize())
         XCTAssertEqual(resumed, 0)
         driver.submit(0, [(driver.allocate(length: 1526), 1526, true)])

@@ -150,14 +150,14 @@ final class TransportTests: XCTestCase {
     }
 
     func testCapabilityList() {
-        let caps = VirtioPCITransport.capabilityList(firstOffset: 0x40)
-        XCTAssertEqual(caps.count, 16 + 20 + 16 + 16)
-        // common: vendor cap, next at 0x50, length 16, type 1, BAR 0, offset 0, length 0x38
-        XCTAssertEqual(Array(caps[0..<16]), [0x09, 0x50, 16, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0x38, 0, 0, 0])
+        let caps = VirtioPCITransport.capabilities()
+        XCTAssertEqual(caps.map(\.count), [16, 20, 16, 16])
+        // common: vendor cap, next left to the bus, length 16, type 1, BAR 0, offset 0, length 0x38
+        XCTAssertEqual(caps[0], [0x09, 0, 16, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0x38, 0, 0, 0])
         // notify: type 2 at 0x100, multiplier 0
-        XCTAssertEqual(Array(caps[16..<36]), [0x09, 0x64, 20, 2, 0, 0, 0, 0, 0, 1, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0])
-        XCTAssertEqual(Array(caps[36..<52]), [0x09, 0x74, 16, 3, 0, 0, 0, 0, 0, 2, 0, 0, 1, 0, 0, 0])
-        XCTAssertEqual(Array(caps[52..<68]), [0x09, 0x00, 16, 4, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0])
+        XCTAssertEqual(caps[1], [0x09, 0, 20, 2, 0, 0, 0, 0, 0, 1, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0])
+        XCTAssertEqual(caps[2], [0x09, 0, 16, 3, 0, 0, 0, 0, 0, 2, 0, 0, 1, 0, 0, 0])
+        XCTAssertEqual(caps[3], [0x09, 0, 16, 4, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0])
         let identity = VirtioPCITransport.identity(for: .network)
         XCTAssertEqual(identity.vendorID, 0x1af4)
         XCTAssertEqual(identity.deviceID, 0x1041)

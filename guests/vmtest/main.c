@@ -126,6 +126,8 @@ static void parse_options(const char *s)
             opt.cpus_mptable_only = true;
         } else if (word_is(w, len, "pci_reassign")) {
             opt.pci_reassign = true;
+        } else if (word_is(w, len, "regloop")) {
+            opt.regloop = true;
         } else if (len > 12 && memcmp(w, "bench_scale=", 12) == 0) {
             u32 v = 0;
             for (const char *p = w + 12; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
@@ -230,6 +232,8 @@ void vmtest_main(void)
     }
     printf("vmtest: checks took %lu ms since entry\n", tsc_to_us(rdtsc() - boot_tsc) / 1000);
     printf("vmtest summary: passed=%u failed=%u\n", passed, failed);
+    if (opt.regloop)
+        regloop(blk);
     if (opt.reboot) {
         printf("vmtest: reboot: resetting through the i8042\n");
         reboot();

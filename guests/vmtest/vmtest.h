@@ -87,6 +87,7 @@ struct options {
     u32 bench_scale;            /* percent of the default bench op counts */
     bool cpus_mptable_only;     /* cpus_from=mptable: skip the MADT (tests the MP table path) */
     bool pci_reassign;          /* pci_reassign: clear virtio BARs first (tests BAR assignment) */
+    bool regloop;               /* regloop: read a vioblk register forever after the checks */
 };
 extern struct options opt;
 
@@ -179,5 +180,6 @@ void vmmci_check(struct pci_dev *p);
 bool vmmci_present(void);
 void vmmci_wait(void) __attribute__((noreturn));
 void cpus_check(void);
+void regloop(const struct pci_dev *blk);   /* regloop.c; returns only if it cannot run */
 
 #endif

@@ -88,18 +88,4 @@ uint32_t ckvm_run_system_event_type(const struct kvm_run *run);
 uint64_t ckvm_run_fail_entry_reason(const struct kvm_run *run);
 uint32_t ckvm_run_internal_suberror(const struct kvm_run *run);
 
-/* The vCPU kick signal: SIGRTMIN (a macro calling into libc in glibc) with an
- * empty handler installed without SA_RESTART, so KVM_RUN returns EINTR. */
-int ckvm_kick_signal(void);
-int ckvm_install_kick_handler(void);
-
-/* libc calls glibc hides from Swift (they need _GNU_SOURCE / _XOPEN_SOURCE).
- * Both return 0 or an errno. */
-/* memfd_create(MFD_CLOEXEC | MFD_ALLOW_SEALING), ftruncate to size, then seal
- * against shrinking so no process holding the fd can pull guest RAM away. */
-int ckvm_memfd_create(const char *name, uint64_t size, int *fd);
-/* A pty pair for the console: master O_NONBLOCK (a vCPU never blocks writing
- * it), slave in raw mode (the guest's bytes pass unchanged), both CLOEXEC. */
-int ckvm_open_pty(int *master, int *slave, char *slave_name, size_t name_size);
-
 #endif

@@ -24,6 +24,7 @@ ssize_t cvmd_recv_with_fd(int sock, void *buf, size_t len, int *fd_out, int *tru
 int cvmd_set_no_new_privs(void);
 int cvmd_get_no_new_privs(void);
 int cvmd_set_parent_death_signal(int sig);
+int cvmd_set_child_subreaper(void);
 int cvmd_set_dumpable(int on);
 
 /* ioctl (variadic). */
@@ -50,7 +51,8 @@ int cvmd_peer_credentials(int sock, uid_t *uid, gid_t *gid, pid_t *pid);
 int cvmd_memfd_create(const char *name);
 int cvmd_seal_shrink(int fd);
 
-/* openpty: the master and the slave's path; both fds close-on-exec. */
+/* A pty for a console: raw mode, both fds close-on-exec, the master
+ * non-blocking; the slave's path in name. -1/errno on failure. */
 int cvmd_openpty(int *master, int *slave, char *name, size_t namelen);
 
 /* tap device: open /dev/net/tun with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; name in/out. */
@@ -102,5 +104,18 @@ int cvmd_event_base_loopbreak(void *base);
 void *cvmd_event_new(void *base, int fd, short what, cvmd_event_cb cb, void *arg);
 int cvmd_event_add(void *ev, double timeout);
 void cvmd_event_free(void *ev);
+
+/* The signal that wakes a thread out of a blocking call (SIGRTMIN), and a
+ * handler for it that does nothing and does not restart the call. */
+int cvmd_wake_signal(void);
+int cvmd_install_wake_handler(void);
+
+/* fallocate(2) (GNU-only in glibc) and its mode bits, KEEP_SIZE included. */
+int cvmd_fallocate(int fd, int mode, int64_t offset, int64_t length);
+int cvmd_fallocate_punch_hole(void);
+int cvmd_fallocate_zero_range(void);
+
+/* TUNSETVNETHDRSZ on a tap opened with IFF_VNET_HDR. */
+int cvmd_tap_set_vnet_header_size(int fd, int size);
 
 #endif

@@ -1,0 +1,55 @@
+import XCTest
+@testable import VMDaemon
+import VMDControl
+
+/// Issue 9: who may send what, and control's connection limits.
+final class MessagePolicyTests: XCTestCase {
+    func testClientsCanSendOnlyRequests() {
+        let allowed = MessagePolicy.allowed(.clientToControl)
+        for t in [MessageType.ctlClientConnected, .ctlClientClosed, .vmmStartVM, .vmmStartVMFD, .vmmStopVM,
+                  .vmmVMStarted, .vmmVMExited, .privOpenTap, .privTapOpened, .devopMsg, .devopVMInfo,
+                  .vmmciCommand, .ctlOK, .ctlFail, .vmdInfoVMData, .ping, .pong, .none] {
+            XCTAssertFalse(allowed.contains(t), "\(t)")
+        }
+        XCTAssertFalse(MessagePolicy.permits(4242, on: .clientToControl))
+        XCTAssertTrue(MessagePolicy.permits(MessageType.vmdGetInfoVMRequest.rawValue, on: .clientToControl))
+        XCTAssertTrue(MessagePolicy.unprivilegedRequests.isSubset(of: MessagePolicy.clientRequests))
+        XCTAssertFalse(MessagePolicy.unprivilegedRequests.contains(.ctlReload))
+        XCTAssertFalse(MessagePolicy.unprivilegedRequests.contains(.ctlReset))
+        XCTAssertFalse(MessagePolicy.unprivilegedRequests.contains(.ctlVerbose))
+    }
+
+    func testOnlyControlSendsBookkeepingAndEveryRouteIsNarrow() {
+        for r in MessageRoute.allCases where r != .controlToParent {
+            XCTAssertTrue(MessagePolicy.allowed(r).isDisjoint(with: MessagePolicy.controlBookkeeping), "\(r)")
+        }
+        XCTAssertTrue(MessagePolicy.controlBookkeeping.isSubset(of: MessagePolicy.allowed(.controlToParent)))
+        // A VM (guest-facing) cannot start VMs or open taps through vmm.
+        XCTAssertFalse(MessagePolicy.allowed(.vmToVMM).contains(.vmmStartVM))
+        XCTAssertFalse(MessagePolicy.allowed(.vmmToParent).contains(.privOpenTap))
+        XCTAssertFalse(MessagePolicy.allowed(.deviceToVMAsync).contains(.vmmPauseVM))
+        XCTAssertEqual(MessagePolicy.allowed(.parentToControl).subtracting([.ping]), MessagePolicy.clientReplies)
+        XCTAssertTrue(MessagePolicy.finalReplies.isSubset(of: MessagePolicy.clientReplies))
+        for r in MessageRoute.allCases { XCTAssertFalse(MessagePolicy.allowed(r).contains(.none), "\(r)") }
+    }
+
+    func testConnectionLimitsKeepRootIn() {
+        let l = ControlLimits()
+        XCTAssertNil(l.refusal(uid: 1000, total: 0, sameUID: 0))
+        XCTAssertNotNil(l.refusal(uid: 1000, total: 10, sameUID: l.maxPerUID))
+        XCTAssertNotNil(l.refusal(uid: 1001, total: l.maxClients - l.reservedForRoot, sameUID: 0))
+        XCTAssertNil(l.refusal(uid: 0, total: l.maxClients - 1, sameUID: 0))
+        XCTAssertNotNil(l.refusal(uid: 0, total: l.maxClients, sameUID: 0))
+        XCTAssertLessThan(l.maxPerUID, l.maxClients - l.reservedForRoot)
+    }
+
+    /// The VM process names its console; only a pty name is passed on.
+    func testOnlyPTYNamesAreConsoles() {
+        XCTAssertTrue(VMTable.isPTY("/dev/pts/0"))
+        XCTAssertTrue(VMTable.isPTY("/dev/pts/123"))
+        for bad in ["", "/dev/pts/", "/etc/shadow", "/dev/pts/../../etc/shadow", "/dev/pts/1/x", "/dev/tty1",
+                    "/dev/pts/12345678901"] {
+            XCTAssertFalse(VMTable.isPTY(bad), bad)
+        }
+    }
+}
