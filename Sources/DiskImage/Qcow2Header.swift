@@ -197,8 +197,9 @@ public struct Qcow2Header: Equatable {
             guard h.backingFileSize <= maxBackingNameLength else {
                 throw DiskImageError.invalid("backing file name of \(h.backingFileSize) bytes is too long (at most \(maxBackingNameLength))")
             }
-            let end = h.backingFileOffset + UInt64(h.backingFileSize)  // both bounded: no overflow
-            guard h.backingFileOffset >= UInt64(h.headerLength), end <= cs else {
+            // The offset is not bounded yet: check the sum for overflow.
+            let (end, overflow) = h.backingFileOffset.addingReportingOverflow(UInt64(h.backingFileSize))
+            guard !overflow, h.backingFileOffset >= UInt64(h.headerLength), end <= cs else {
                 throw DiskImageError.invalid("backing file name at offset \(h.backingFileOffset) is outside the header cluster")
             }
             guard end <= UInt64(b.count) else {

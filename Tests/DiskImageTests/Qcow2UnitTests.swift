@@ -170,6 +170,9 @@ final class Qcow2UnitTests: XCTestCase {
         XCTAssertEqual(openError(try header { putBE64(&$0, 40, 1 << 40) }), "L1 table at offset 1099511627776 is past the end of the file")
         XCTAssertEqual(openError(try header { putBE64(&$0, 8, 200); putBE32(&$0, 16, 4096) }),
                        "backing file name of 4096 bytes is too long (at most 1023)")
+        // Found by the fuzzer: a backing name offset near 2^64 (the sum overflowed).
+        XCTAssertEqual(openError(try header { putBE64(&$0, 8, 0xffff_ffff_ffff_ff47); putBE32(&$0, 16, 256) }),
+                       "backing file name at offset 18446744073709551431 is outside the header cluster")
         XCTAssertEqual(openError(try header { putBE64(&$0, 72, 2) }, readOnly: false),
                        "image is marked corrupt: refused for writing (repair it with qemu-img check -r all)")
         XCTAssertEqual(openError(try header { putBE64(&$0, 72, 2) }), "opened")
