@@ -22,6 +22,7 @@ let package = Package(
                        providers: [.apt(["libbsd-dev"])]),
         .systemLibrary(name: "CLibseccomp", pkgConfig: "libseccomp",
                        providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // C shims for what Swift cannot import: macros, variadics, kernel structs.
         .target(name: "CVMDSys", dependencies: ["CLibbsd", "CLibseccomp", "CLibevent"]),
@@ -33,19 +34,21 @@ let package = Package(
         .target(name: "VMConfig"),
         .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
         .target(name: "Virtio"),
-        .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem"]),
+        // qcow2 and raw images on already-open files (no Foundation, no open()).
+        .target(name: "DiskImage", dependencies: ["CZlib"]),
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem", "DiskImage"]),
         // vhost-user: the same devices as backends of QEMU (and others).
         .target(name: "CVhostUser"),
         .target(name: "VhostUser", dependencies: ["CVhostUser", "Virtio"]),
         // The control protocol vmctl and the daemon share (message types, payloads).
         .target(name: "VMDControl"),
         .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMDControl", "VMConfig", "VMM",
-                                            "Virtio", "VirtioDevices", "VhostUser"]),
+                                            "Virtio", "VirtioDevices", "VhostUser", "DiskImage"]),
 
         // Thin executables.
         .executableTarget(name: "vmd", dependencies: ["VMDaemon"]),
         .executableTarget(name: "vmctl", dependencies: [
-            "VMDControl", "Imsg", "VMDSystem",
+            "VMDControl", "Imsg", "VMDSystem", "DiskImage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -59,6 +62,9 @@ let package = Package(
         .testTarget(name: "VMCtlTests", dependencies: ["vmctl", "VMDControl", "Imsg", "VMDSystem"]),
         .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl", "VirtioDevices"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
+        .testTarget(name: "DiskImageTests", dependencies: ["DiskImage"]),
+        // The child the qcow2 kill -9 tests kill: writes through DiskImage.
+        .executableTarget(name: "qcow2-stress", dependencies: ["DiskImage"], path: "Tests/Tools/qcow2-stress"),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -151,6 +151,7 @@ extension DeviceParameters {
         w.u32(UInt32(mac.count))
         for b in mac { w.u32(UInt32(b)) }
         w.u32(lockedLladdr ? 1 : 0)
+        w.u32(UInt32(diskFormats.count)); for f in diskFormats { w.string(f) }
     }
 
     init(_ r: inout WireReader) throws {
@@ -161,5 +162,8 @@ extension DeviceParameters {
         guard m == 0 || m == 6 else { throw WireReader.Truncated() }
         for _ in 0..<m { mac.append(UInt8(truncatingIfNeeded: try r.u32())) }
         lockedLladdr = try r.u32() != 0
+        let nf = try r.u32()
+        guard nf <= 17 else { throw WireReader.Truncated() }
+        diskFormats = try (0..<nf).map { _ in try r.string(max: 8) }
     }
 }

@@ -3,6 +3,7 @@ import VMDSystem
 import VMDControl
 import VMConfig
 import VirtioDevices
+import DiskImage
 
 /// A VM's launch as the parent assembles it: the spec for the VM process
 /// and the descriptors it names, in order. Taps come later from priv.
@@ -22,8 +23,9 @@ struct PreparedLaunch {
         descriptors.append(fd)
     }
 
+    /// Every device that takes descriptors has them (taps arrive last).
     var isComplete: Bool {
-        spec.devices.allSatisfy { $0.descriptors.count == $0.kind.model.backends.count }
+        spec.devices.allSatisfy { $0.descriptors.count >= $0.kind.model.backends.count }
     }
 
     func closeDescriptors() { descriptors.forEach(FD.close) }
@@ -37,11 +39,10 @@ struct LaunchRefusal: Error, Equatable, CustomStringConvertible {
 }
 
 /// The only place that opens a VM's files and probes image formats. Every
-/// file is opened here, in the parent, as root; the VM and device
-/// processes get descriptors. On a refusal nothing stays open.
+/// file is opened here, in the parent, as root (a qcow2 image's whole
+/// backing chain too); the VM and device processes get descriptors. On a
+/// refusal nothing stays open.
 enum LaunchBuilder {
-    static let qcow2Magic: [UInt8] = [0x51, 0x46, 0x49, 0xfb]
-
     static func prepare(vmid: UInt32, config: VMConfiguration, ownerUID: uid_t) -> Result<PreparedLaunch, LaunchRefusal> {
         var opened: [Int32] = []
         do {
@@ -74,12 +75,16 @@ enum LaunchBuilder {
         }
         // PCI slot order: disks, interfaces, rng, CD-ROM, vmmci.
         for disk in config.disks {
+            let first = opened.count
             let (fd, readOnly) = try open("disk", disk.path, writable: true)
             opened.append(fd)
-            try checkDisk(disk, fd: fd, readOnly: readOnly)
+            try lock(disk.path, fd: fd, readOnly: readOnly)
+            let chain = try backingChain(disk, fd: fd, readOnly: readOnly, opened: &opened)
             let name = disk.path.split(separator: "/").last.map(String.init) ?? disk.path
-            spec.devices.append(.init(kind: .blk, parameters: .init(readOnly: readOnly, identifier: name),
-                                      descriptors: [opened.count - 1]))
+            var parameters = DeviceParameters(readOnly: readOnly, identifier: name)
+            parameters.diskFormats = chain.map(\.format.rawValue)
+            // The image, then its bases in chain order.
+            spec.devices.append(.init(kind: .blk, parameters: parameters, descriptors: Array(first..<opened.count)))
         }
         var tapNames: [String] = []
         for i in 0..<config.effectiveInterfaceCount {
@@ -120,15 +125,42 @@ enum LaunchBuilder {
     }
 
     /// One writer per image (a second VM gets a clear error, not a corrupt
-    /// disk), and a format we can serve.
-    private static func checkDisk(_ disk: Disk, fd: Int32, readOnly: Bool) throws {
+    /// disk), and QEMU's own locks too: an image QEMU uses is refused, and
+    /// QEMU refuses ours.
+    private static func lock(_ path: String, fd: Int32, readOnly: Bool) throws {
         guard FileLock.tryLock(fd, shared: readOnly) else {
-            throw LaunchRefusal(code: EBUSY, message: "disk \(disk.path): in use by another VM")
+            throw LaunchRefusal(code: EBUSY, message: "disk \(path): in use by another VM")
         }
-        var magic = [UInt8](repeating: 0, count: 4)
-        let n = (try? magic.withUnsafeMutableBytes { try FileIO.read(fd, into: $0.baseAddress!, count: 4, at: 0) }) ?? 0
-        if n == 4 && magic == qcow2Magic || disk.format == .qcow2 {
-            throw LaunchRefusal(code: ENOTSUP, message: "disk \(disk.path): not supported yet: qcow2 disk")
+        if let conflict = QEMULocks.acquire(fd: fd, write: !readOnly) {
+            throw LaunchRefusal(code: EBUSY, message: "disk \(path): \(conflict)")
+        }
+    }
+
+    /// The format (given, else by magic) and a qcow2 image's backing chain:
+    /// every base opened read-only and share-locked here, in chain order.
+    private static func backingChain(_ disk: Disk, fd: Int32, readOnly: Bool,
+                                     opened: inout [Int32]) throws -> [ChainLink] {
+        var bases: [Int32] = []
+        defer { opened += bases }
+        do {
+            return try BackingChain.resolve(path: disk.path, file: FDImageFile(fd: fd),
+                                            format: disk.format.flatMap { DiskImage.DiskFormat(rawValue: $0.rawValue) },
+                                            writable: !readOnly) { path in
+                let base: Int32
+                do {
+                    base = try FD.open(path, flags: O_RDONLY)
+                } catch let e as SystemError {
+                    throw DiskImageError.io(errno: e.code, operation: "open")
+                }
+                bases.append(base)
+                guard FileLock.tryLock(base, shared: true) else { throw DiskImageError.io(errno: EBUSY, operation: "lock") }
+                if let conflict = QEMULocks.acquire(fd: base, write: false) {
+                    throw DiskImageError.invalid("\(path): \(conflict)")
+                }
+                return FDImageFile(fd: base)
+            }
+        } catch {
+            throw LaunchRefusal(code: EINVAL, message: "disk \(error)")
         }
     }
 }

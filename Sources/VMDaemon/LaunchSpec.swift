@@ -21,7 +21,8 @@ public struct LaunchSpec: Equatable, Sendable {
     }
 
     public static let maxDevices = 16
-    public static let maxDescriptors = 32
+    /// Kernel, initrd, taps, a CD-ROM and disks with backing chains.
+    public static let maxDescriptors = 96
 
     public var vmid: UInt32
     public var name: String
@@ -86,7 +87,10 @@ public struct LaunchSpec: Equatable, Sendable {
             guard let kind = DeviceKind(rawValue: try r.string(max: 16)) else { throw WireReader.Truncated() }
             let p = try DeviceParameters(&r)
             let nd = try r.u32()
-            guard nd == kind.model.backends.count else { throw WireReader.Truncated() }
+            let model = kind.model
+            guard nd >= model.backends.count, nd <= model.backends.count + model.maxBaseImages else {
+                throw WireReader.Truncated()
+            }
             var descriptors: [Int] = []
             for _ in 0..<nd { descriptors.append(try index()) }
             devices.append(Device(kind: kind, parameters: p, descriptors: descriptors))

@@ -228,6 +228,8 @@ final class VMProcess {
         pass(asyncTheirs, as: .async)
         pass(vm.memoryFD, as: .guestMemory)
         for (role, fd) in zip(model.backends, backends) { pass(fd, as: .backend(role)) }
+        // A disk's backing chain follows its image, read-only.
+        for fd in backends.dropFirst(model.backends.count) { pass(fd, as: .backend(.baseImage)) }
         for (queue, fd) in notifyFDs.enumerated() { pass(fd, as: .queueNotify(queue)) }
 
         var args = ["vmd", "-X", s.name]

@@ -81,7 +81,7 @@ struct VhostUserOptions: Equatable {
         }
         let sources = [o.imagePath != nil, o.tapName != nil, o.backendFD != nil].filter { $0 }.count
         switch kind.model.backends.first {
-        case .disk?, .readOnlyImage?:
+        case .disk?, .readOnlyImage?, .baseImage?:
             guard sources == 1, o.tapName == nil else { throw ParseError(description: "\(o.kind) needs -i image or -B fd") }
         case .tap?:
             guard sources == 1, o.imagePath == nil else { throw ParseError(description: "\(o.kind) needs -n tap or -B fd") }

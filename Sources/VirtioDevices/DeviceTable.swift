@@ -76,6 +76,10 @@ public enum BackendRole: String, CaseIterable, Sendable {
     case readOnlyImage
     /// A tap device opened with IFF_VNET_HDR.
     case tap
+    /// A read-only base of a disk's qcow2 backing chain; a device whose
+    /// backends include `.disk` may get up to `DeviceModel.maxBaseImages`
+    /// of these after its own, in chain order.
+    case baseImage
 }
 
 /// What a device instance is told besides its descriptors; each device
@@ -87,6 +91,8 @@ public struct DeviceParameters: Equatable, Sendable {
     /// vionet: 6 bytes.
     public var mac: [UInt8] = []
     public var lockedLladdr = false
+    /// vioblk: "raw" or "qcow2" for the image, then for each base (empty: raw).
+    public var diskFormats: [String] = []
 
     public init(readOnly: Bool = false, identifier: String = "", mac: [UInt8] = [], lockedLladdr: Bool = false) {
         self.readOnly = readOnly
@@ -121,6 +127,12 @@ public struct DeviceConstruction {
 public struct DeviceConstructionError: Error, CustomStringConvertible, Equatable {
     public let description: String
     public init(_ description: String) { self.description = description }
+}
+
+extension DeviceModel {
+    /// The most `.baseImage` descriptors an instance may get after its own
+    /// backends: a disk's backing chain (16 bases at most), none otherwise.
+    public var maxBaseImages: Int { backends.contains(.disk) ? 16 : 0 }
 }
 
 /// One row of the device table.

@@ -243,8 +243,19 @@ extension VioBlk {
         syscalls: ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate",
                    "lseek", "fstat", "newfstatat"],
         make: { c in
-            VioBlk(name: c.name,
-                   backend: try RawImageBackend(fd: try c.backend(.disk), readOnly: c.parameters.readOnly),
-                   identifier: c.parameters.identifier)
+            let formats = c.parameters.diskFormats
+            let disk = try c.backend(.disk)
+            let backend: BlockBackend
+            if formats.isEmpty || formats == ["raw"] {
+                backend = try RawImageBackend(fd: disk, readOnly: c.parameters.readOnly)
+            } else {
+                // qcow2 (through DiskImage), with its bases in chain order.
+                let bases = c.backends.filter { $0.role == .baseImage }.map(\.fd)
+                guard bases.count == formats.count - 1 else {
+                    throw DeviceConstructionError("\(c.name): \(formats.count) disk formats for \(bases.count + 1) images")
+                }
+                backend = try DiskImageBackend(fds: [disk] + bases, formats: formats, readOnly: c.parameters.readOnly)
+            }
+            return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier)
         })
 }

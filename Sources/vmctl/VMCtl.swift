@@ -14,7 +14,7 @@ struct VMCtl: ParsableCommand {
             Commands may be abbreviated to any unique prefix (vmctl stat = vmctl status).
             See vmctl(8).
             """,
-        subcommands: [Console.self, Load.self, Log.self, Pause.self, Reload.self, Reset.self,
+        subcommands: [Console.self, Create.self, Load.self, Log.self, Pause.self, Reload.self, Reset.self,
                       Start.self, Status.self, Stop.self, Unpause.self, Wait.self])
 
     static let usage = "usage: vmctl [-v] [-s socket] command [arg ...]"

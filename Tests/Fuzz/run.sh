@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build the fuzz targets (virtqueue, viodev_msg, vhost-user, imsg, control payloads) with libFuzzer + AddressSanitizer and run
+# Build the fuzz targets (virtqueue, viodev_msg, vhost-user, imsg, control payloads, qcow2) with libFuzzer + AddressSanitizer and run
 # each for N seconds (default 60). Usage: Tests/Fuzz/run.sh [seconds]
 # Findings (crash-*, leak-*, timeout-*) land in $FUZZ_BUILD_DIR/findings/
 # (default /tmp/vmd-virtio-fuzz); the corpus is kept there between runs.
@@ -34,11 +34,14 @@ build -wmo -c -module-name VMDSystem -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibs
 SYSTEM_OBJS="$BUILD/VMDSystem.o $BUILD/cvmdsys.o -lbsd -lseccomp -levent_core"
 build -wmo -c -module-name Virtio -emit-module -emit-module-path "$BUILD/Virtio.swiftmodule" \
     -o "$BUILD/Virtio.o" "$ROOT"/Sources/Virtio/*.swift
-build -wmo -c -module-name VirtioDevices -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -emit-module \
-    -emit-module-path "$BUILD/VirtioDevices.swiftmodule" -o "$BUILD/VirtioDevices.o" "$ROOT"/Sources/VirtioDevices/*.swift
+# qcow2 parsing and metadata updates (DiskImage, with zlib for compressed clusters).
+build -wmo -c -module-name DiskImage -I "$ROOT/Sources/CZlib" -emit-module -emit-module-path "$BUILD/DiskImage.swiftmodule" \
+    -o "$BUILD/DiskImage.o" "$ROOT"/Sources/DiskImage/*.swift
+build -wmo -c -module-name VirtioDevices -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" \
+    -emit-module -emit-module-path "$BUILD/VirtioDevices.swiftmodule" -o "$BUILD/VirtioDevices.o" "$ROOT"/Sources/VirtioDevices/*.swift
 # shellcheck disable=SC2086
-build -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" "$HERE/FuzzVirtqueue.swift" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" \
-    $SYSTEM_OBJS -o "$BUILD/fuzz-virtqueue"
+build -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" "$HERE/FuzzVirtqueue.swift" \
+    "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" "$BUILD/DiskImage.o" $SYSTEM_OBJS -lz -o "$BUILD/fuzz-virtqueue"
 build -I "$BUILD" "$HERE/FuzzViodevMsg.swift" "$BUILD/Virtio.o" -o "$BUILD/fuzz-viodevmsg"
 # vhost-user: the backend state machine over a fuzzed stream and guest memory.
 mkdir -p "$BUILD/cvhostuser"
@@ -50,20 +53,40 @@ build -wmo -c -module-name VhostUser -I "$BUILD" -I "$BUILD/cvhostuser" -emit-mo
     -emit-module-path "$BUILD/VhostUser.swiftmodule" -o "$BUILD/VhostUser.o" "$ROOT"/Sources/VhostUser/*.swift
 # shellcheck disable=SC2086
 build -I "$BUILD" -I "$BUILD/cvhostuser" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" "$HERE/FuzzVhostUser.swift" \
-    "$BUILD/VhostUser.o" "$BUILD/cvhostuser.o" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" $SYSTEM_OBJS -o "$BUILD/fuzz-vhostuser"
+    "$BUILD/VhostUser.o" "$BUILD/cvhostuser.o" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" "$BUILD/DiskImage.o" \
+    $SYSTEM_OBJS -lz -o "$BUILD/fuzz-vhostuser"
 # imsg framing and the control payloads are pure Swift: compiled with the harness.
 build "$HERE/FuzzImsg.swift" "$ROOT/Sources/Imsg/ImsgFraming.swift" -o "$BUILD/fuzz-imsg"
 build "$HERE/FuzzControl.swift" "$ROOT"/Sources/VMDControl/*.swift -o "$BUILD/fuzz-control"
+build -I "$BUILD" -I "$ROOT/Sources/CZlib" "$HERE/FuzzQcow2.swift" "$BUILD/DiskImage.o" -lz -o "$BUILD/fuzz-qcow2"
+# Seeds: small images from qemu-img (512-byte clusters, every refcount width,
+# v2 and v3, a backing name, compressed clusters), if it is installed.
+seeds="$BUILD/corpus-fuzz-qcow2"
+if command -v qemu-img >/dev/null && [ ! -e "$seeds/.seeded" ]; then
+    mkdir -p "$seeds"
+    tmp=$(mktemp -d)
+    for opts in compat=0.10 compat=1.1,refcount_bits=1 compat=1.1,refcount_bits=4 compat=1.1,refcount_bits=64 \
+            compat=1.1,backing_file=base.raw,backing_fmt=raw; do
+        qemu-img create -q -f qcow2 -o "cluster_size=512,$opts" "$tmp/i.qcow2" 64K 2>/dev/null || continue
+        qemu-io -f qcow2 -c "write -P 1 0 1k" -c "write -z 8k 1k" -c "write -P 2 40k 600" "$tmp/i.qcow2" >/dev/null 2>&1 || true
+        cp "$tmp/i.qcow2" "$seeds/seed-$(echo "$opts" | tr ',=' '__')"
+    done
+    qemu-img create -q -f raw "$tmp/r.raw" 64K
+    qemu-io -f raw -c "write -P 3 0 20k" -c "write -P 4 30k 2k" "$tmp/r.raw" >/dev/null 2>&1 || true
+    qemu-img convert -c -O qcow2 -o cluster_size=512 "$tmp/r.raw" "$tmp/c.qcow2" 2>/dev/null && cp "$tmp/c.qcow2" "$seeds/seed-compressed" || true
+    rm -rf "$tmp"
+    touch "$seeds/.seeded"
+fi
 
 mkdir -p "$BUILD/corpus-fuzz-vhostuser"
 python3 "$HERE/vhostuser-seed.py" "$BUILD/corpus-fuzz-vhostuser/seed-start-sequence"
 
 status=0
-for target in fuzz-virtqueue fuzz-viodevmsg fuzz-vhostuser fuzz-imsg fuzz-control; do
+for target in ${FUZZ_TARGETS:-fuzz-virtqueue fuzz-viodevmsg fuzz-vhostuser fuzz-imsg fuzz-control fuzz-qcow2}; do
     corpus="$BUILD/corpus-$target"
     mkdir -p "$corpus"
     echo "== $target: $SECONDS_EACH s"
-    if ! "$BUILD/$target" -max_total_time="$SECONDS_EACH" -max_len=8192 -print_final_stats=1 \
+    if ! "$BUILD/$target" -max_total_time="$SECONDS_EACH" -max_len=${FUZZ_MAX_LEN:-8192} -print_final_stats=1 \
             -artifact_prefix="$BUILD/findings/$target-" "$corpus" 2>"$BUILD/$target.log"; then
         status=1
         echo "!! $target found a problem; see $BUILD/$target.log and $BUILD/findings/"

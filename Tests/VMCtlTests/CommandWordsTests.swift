@@ -6,7 +6,7 @@ final class CommandWordsTests: XCTestCase {
     let names = VMCtl.commandNames
 
     func testCommandList() {
-        XCTAssertEqual(Set(names), ["console", "load", "log", "pause", "reload", "reset", "start", "status",
+        XCTAssertEqual(Set(names), ["console", "create", "load", "log", "pause", "reload", "reset", "start", "status",
                                     "show", "stop", "unpause", "wait", "help"])
     }
 
@@ -17,7 +17,8 @@ final class CommandWordsTests: XCTestCase {
         XCTAssertEqual(CommandWords.resolve("sh", among: names), .command("show"))
         XCTAssertEqual(CommandWords.resolve("unp", among: names), .command("unpause"))
         XCTAssertEqual(CommandWords.resolve("p", among: names), .command("pause"))
-        XCTAssertEqual(CommandWords.resolve("c", among: names), .command("console"))
+        XCTAssertEqual(CommandWords.resolve("con", among: names), .command("console"))
+        XCTAssertEqual(CommandWords.resolve("cr", among: names), .command("create"))
         XCTAssertEqual(CommandWords.resolve("w", among: names), .command("wait"))
         XCTAssertEqual(CommandWords.resolve("rel", among: names), .command("reload"))
         XCTAssertEqual(CommandWords.resolve("stop", among: names), .command("stop"))
@@ -28,6 +29,7 @@ final class CommandWordsTests: XCTestCase {
         XCTAssertEqual(CommandWords.resolve("st", among: names),
                        .ambiguous("st", candidates: ["start", "status", "stop"]))
         XCTAssertEqual(CommandWords.resolve("lo", among: names), .ambiguous("lo", candidates: ["load", "log"]))
+        XCTAssertEqual(CommandWords.resolve("c", among: names), .ambiguous("c", candidates: ["console", "create"]))
         XCTAssertEqual(CommandWords.resolve("re", among: names), .ambiguous("re", candidates: ["reload", "reset"]))
         XCTAssertEqual(CommandWords.resolve("frobnicate", among: names), .unknown("frobnicate"))
         XCTAssertEqual(CommandWords.resolve("", among: names), .unknown(""))

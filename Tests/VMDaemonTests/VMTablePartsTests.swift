@@ -162,12 +162,14 @@ final class LaunchBuilderTests: XCTestCase {
         XCTAssertEqual(r1.code, ENOENT)
         XCTAssertEqual(r1.message, "disk \(dir)/nope.img: No such file or directory")
 
-        let qcow = file("disk.qcow2", LaunchBuilder.qcow2Magic + [0, 0, 0, 3])
+        // qcow2 magic and a version, then nothing: a hostile header.
+        let qcow = file("disk.qcow2", [0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3])
         let q = vm { $0.disks = [Disk(path: qcow, format: nil, location: $0.location)] }
         guard case .failure(let r2) = LaunchBuilder.prepare(vmid: 1, config: q, ownerUID: 0) else {
-            return XCTFail("qcow2 is refused for now")
+            return XCTFail("a truncated qcow2 header must refuse")
         }
-        XCTAssertEqual(r2.code, ENOTSUP)
+        XCTAssertEqual(r2.code, EINVAL)
+        XCTAssertTrue(r2.message.hasPrefix("disk \(qcow)"), r2.message)
         XCTAssertEqual(openDescriptorCount(), before, "nothing left open after a refusal")
     }
 

@@ -1,0 +1,48 @@
+// A qcow2 disk (with its backing chain) for vioblk: the image and its bases
+// arrive as open descriptors, in chain order; DiskImage does the format.
+import DiskImage
+import Glibc
+
+public final class DiskImageBackend: BlockBackend {
+    let disk: VirtualDisk
+    public var capacity: UInt64 { disk.virtualSize }
+    public var isReadOnly: Bool { disk.isReadOnly }
+    public var supportsDiscard: Bool { !disk.isReadOnly }
+    public var supportsWriteZeroes: Bool { !disk.isReadOnly }
+
+    /// `fds`: the image, then each base; `formats`: "raw" or "qcow2" for each.
+    public init(fds: [Int32], formats: [String], readOnly: Bool) throws {
+        var links: [(file: ImageFile, format: DiskFormat)] = []
+        for (fd, name) in zip(fds, formats) {
+            guard let format = DiskFormat(rawValue: name) else {
+                throw BlockBackendError(errno: EINVAL, operation: "disk format \(name)")
+            }
+            links.append((FDImageFile(fd: fd), format))
+        }
+        do {
+            disk = try BackingChain.open(links, readOnly: readOnly)
+        } catch let error as DiskImageError {
+            throw BlockBackendError(errno: error.errnoValue, operation: "\(error)")
+        }
+    }
+
+    func map<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let error as DiskImageError {
+            throw BlockBackendError(errno: error.errnoValue, operation: "\(error)")
+        }
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        try map { try disk.read(into: buffer, at: offset) }
+    }
+    public func write(from buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        try map { try disk.write(from: buffer, at: offset) }
+    }
+    public func flush() throws { try map { try disk.flush() } }
+    public func discard(offset: UInt64, length: UInt64) throws {
+        try map { try disk.discard(offset: offset, length: length) }
+    }
+    public func writeZeroes(offset: UInt64, length: UInt64) throws {
+        try map { try disk.writeZeroes(offset: offset, length: length) }
+    }
+}
