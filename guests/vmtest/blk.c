@@ -274,11 +274,12 @@ static bool randread(int depth, u32 total, u64 *iops, char *why, size_t whysz)
             return false;
         }
     vq_kick(q);
-    /* `waited` counts only time this vCPU spent polling: a gap between two polls
+    /* The clock counts only time this vCPU spent polling: a gap between two polls
      * (the vCPU descheduled, or this whole machine paused, seconds at a time on
      * a nested host) counts as at most 50 ms, so the device gets as much running
      * time as the deadline says before a stall is declared. */
-    u64 prev = rdtsc(), longest_gap = 0, waited = 0, cap = us_to_tsc(50000);
+    struct poll_clock clock;
+    poll_clock_start(&clock);
     while (completed < total) {
         bool resubmitted = false;
         int id;
@@ -289,7 +290,7 @@ static bool randread(int depth, u32 total, u64 *iops, char *why, size_t whysz)
                 return false;
             }
             completed++;
-            waited = 0;
+            clock.waited = 0;
             if (submitted < total) {
                 submit(s, T_IN, random_4k_sector(), slots[s].data, 4096);
                 submitted++;
@@ -298,12 +299,8 @@ static bool randread(int depth, u32 total, u64 *iops, char *why, size_t whysz)
         }
         if (resubmitted)
             vq_kick(q);
-        u64 now = rdtsc();
-        if (now - prev > longest_gap)
-            longest_gap = now - prev;
-        waited += now - prev < cap ? now - prev : cap;
-        prev = now;
-        if (waited > us_to_tsc(5000000)) {
+        poll_clock_tick(&clock);
+        if (clock.waited > us_to_tsc(5000000)) {
             /* A completion that is there was missed because this vCPU did not
              * run (the deadline passed between the ring check and the clock
              * check): not a stall. Else say what the rings hold, and whether a
@@ -312,22 +309,14 @@ static bool randread(int depth, u32 total, u64 *iops, char *why, size_t whysz)
             u16 seen = *used_idx;
             if (seen != q->last_used) {
                 printf("vmtest: note vioblk0: a completion was found only after the 5 s deadline "
-                       "(this vCPU was away up to %lu us)\n", tsc_to_us(longest_gap));
-                waited = 0;
+                       "(this vCPU was away up to %lu us)\n", tsc_to_us(clock.longest_gap));
+                clock.waited = 0;
                 continue;
             }
-            const char *verdict = "";
-            {
-                vq_kick(q);
-                u64 t = rdtsc();
-                while (*used_idx == q->last_used && rdtsc() - t < us_to_tsc(1000000))
-                    cpu_relax();
-                verdict = *used_idx != q->last_used ? "a second kick completed it: a kick was lost"
-                                                    : "a second kick did not help";
-            }
+            const char *verdict = vq_kick_again_verdict(q);
             snprintf(why, whysz, "vioblk0: no completion for 5 s (%u of %u done; avail_idx=%u used_idx=%u "
                      "last_used=%u status=0x%02x longest_gap_us=%lu; %s)", completed, total, q->avail_idx, seen,
-                     q->last_used, vr_read8(&blk.common, 0x14), tsc_to_us(longest_gap), verdict);
+                     q->last_used, vr_read8(&blk.common, 0x14), tsc_to_us(clock.longest_gap), verdict);
             return false;
         }
     }

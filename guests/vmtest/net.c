@@ -65,7 +65,8 @@ static bool tx_send(const u8 *frame, u32 len, bool kick)
 {
     struct vq *q = &net.vqs[1];
     /* As in blk.c: only time spent polling counts towards the deadline. */
-    u64 prev = rdtsc(), longest_gap = 0, waited = 0, cap = us_to_tsc(50000);
+    struct poll_clock clock;
+    poll_clock_start(&clock);
     while (q->num_free == 0 || tx_inflight >= TX_COUNT) {
         if (kick)
             vq_kick(q);
@@ -74,33 +75,21 @@ static bool tx_send(const u8 *frame, u32 len, bool kick)
          * (the deadline below must not fire after a reclaim that worked). */
         if (q->num_free != 0 && tx_inflight < TX_COUNT)
             break;
-        u64 now = rdtsc();
-        if (now - prev > longest_gap)
-            longest_gap = now - prev;
-        waited += now - prev < cap ? now - prev : cap;
-        prev = now;
-        if (waited > us_to_tsc(2000000)) {
+        poll_clock_tick(&clock);
+        if (clock.waited > us_to_tsc(2000000)) {
             /* As in blk.c: a completion that is there is not a stall. */
             volatile u16 *used_idx = (volatile u16 *)(q->used + 2);
             u16 seen = *used_idx;
             if (seen != q->last_used) {
                 printf("vmtest: note vionet0: a transmit completion was found only after the 2 s deadline "
-                       "(this vCPU was away up to %lu us)\n", tsc_to_us(longest_gap));
-                waited = 0;
+                       "(this vCPU was away up to %lu us)\n", tsc_to_us(clock.longest_gap));
+                clock.waited = 0;
                 continue;
             }
-            const char *verdict = "";
-            {
-                vq_kick(q);
-                u64 t = rdtsc();
-                while (*used_idx == q->last_used && rdtsc() - t < us_to_tsc(1000000))
-                    cpu_relax();
-                verdict = *used_idx != q->last_used ? "a second kick completed it: a kick was lost"
-                                                    : "a second kick did not help";
-            }
+            const char *verdict = vq_kick_again_verdict(q);
             snprintf(tx_stall, sizeof(tx_stall), "avail_idx=%u used_idx=%u last_used=%u inflight=%u status=0x%02x "
                      "longest_gap_us=%lu; %s", q->avail_idx, seen, q->last_used, tx_inflight,
-                     vr_read8(&net.common, 0x14), tsc_to_us(longest_gap), verdict);
+                     vr_read8(&net.common, 0x14), tsc_to_us(clock.longest_gap), verdict);
             return false;
         }
     }

@@ -320,3 +320,31 @@ void irq_service(void)
             pic_unmask(line);
     }
 }
+
+const char *vq_kick_again_verdict(struct vq *q)
+{
+    volatile u16 *used_idx = (volatile u16 *)(q->used + 2);
+    vq_kick(q);
+    u64 t = rdtsc();
+    while (*used_idx == q->last_used && rdtsc() - t < us_to_tsc(1000000))
+        cpu_relax();
+    return *used_idx != q->last_used ? "a second kick completed it: a kick was lost"
+                                     : "a second kick did not help";
+}
+
+void poll_clock_start(struct poll_clock *c)
+{
+    c->prev = rdtsc();
+    c->longest_gap = 0;
+    c->waited = 0;
+    c->cap = us_to_tsc(50000);
+}
+
+void poll_clock_tick(struct poll_clock *c)
+{
+    u64 now = rdtsc();
+    if (now - c->prev > c->longest_gap)
+        c->longest_gap = now - c->prev;
+    c->waited += now - c->prev < c->cap ? now - c->prev : c->cap;
+    c->prev = now;
+}

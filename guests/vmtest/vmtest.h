@@ -167,6 +167,14 @@ bool vdev_setup_queue(struct vdev *d, u16 index, u16 max_size, char *why, size_t
 void vdev_driver_ok(struct vdev *d);
 int vq_add(struct vq *q, const struct vseg *segs, int n);   /* head id or -1 */
 void vq_kick(struct vq *q);
+/* A queue that seems stalled: kick once more, wait up to 1 s, and say
+ * whether that completed something (a lost kick) or not. */
+const char *vq_kick_again_verdict(struct vq *q);
+/* Time a vCPU spent polling a ring: a gap longer than the cap (this vCPU
+ * did not run; these machines are guests themselves) counts as the cap. */
+struct poll_clock { u64 prev, longest_gap, waited, cap; };
+void poll_clock_start(struct poll_clock *c);
+void poll_clock_tick(struct poll_clock *c);
 int vq_get_used(struct vq *q, u32 *len);                      /* head id or -1 */
 void vq_no_interrupts(struct vq *q, bool off);
 void irq_register(struct vdev *d);
