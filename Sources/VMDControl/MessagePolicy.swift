@@ -22,6 +22,8 @@ public enum MessageRoute: String, CaseIterable, Sendable {
     case vmToDeviceAsync, deviceToVMAsync
     /// VM process <-> device process, synchronous register channel.
     case vmToDeviceSync, deviceToVMSync
+    /// A vhost-user backend process vmd manages -> the parent.
+    case vhostUserToParent
 }
 
 public enum MessagePolicy {
@@ -43,7 +45,7 @@ public enum MessagePolicy {
     /// What the parent says to clients (through control).
     public static let clientReplies: Set<MessageType> = [
         .ctlOK, .ctlFail, .vmdStartVMResponse, .vmdTerminateVMResponse,
-        .vmdInfoVMData, .vmdInfoVMEnd, .vmdConsoleData,
+        .vmdInfoVMData, .vmdInfoBackendData, .vmdInfoVMEnd, .vmdConsoleData,
     ]
 
     /// Connection bookkeeping only `vmd: control` itself generates.
@@ -68,6 +70,7 @@ public enum MessagePolicy {
         case .deviceToVMAsync: return [.devopMsg, .vmmciAck]
         case .vmToDeviceSync: return [.devopVMInfo, .devopMsg]
         case .deviceToVMSync: return [.devopMsg]
+        case .vhostUserToParent: return [.vhostUserFrontend]
         }
     }
 

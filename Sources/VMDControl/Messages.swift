@@ -25,6 +25,7 @@ public enum MessageType: UInt32, CaseIterable {
     case vmdConsoleData
     case ctlClientConnected          // control -> parent only: ClientConnected (peerID = client)
     case ctlClientClosed             // control -> parent only: empty (peerID = client)
+    case vmdInfoBackendData          // BackendInfo: one vhost-user backend, before vmdInfoVMEnd
 
     // parent <-> vmm <-> vm (payloads: VMDaemon/InternalMessages.swift,
     // LaunchSpec.swift; the imsg peerID is the vmid)
@@ -43,6 +44,9 @@ public enum MessageType: UInt32, CaseIterable {
     // priv
     case privOpenTap = 200           // UTF-8 text: the tap's name, "" for the kernel's choice
     case privTapOpened               // the tap's name with its fd, or the error text without one
+
+    // vhost-user backend process -> parent
+    case vhostUserFrontend = 250     // FrontendReport: a frontend connected (its pid) or left (0)
 
     // VM process <-> device process (viodev_msg inside)
     case devopMsg = 300              // ViodevMsg

@@ -35,6 +35,8 @@ public final class Parent {
     let user: Credentials
     /// VMs, stable ids for the daemon's lifetime.
     var vms: VMTable!
+    /// The vhost-user backends of vm.conf.
+    var vhostUsers: VhostUserManager!
     /// The control socket this daemon bound (device, inode): on exit it is
     /// removed only if it is still that file, never another daemon's.
     var socketIdentity: (dev: UInt64, ino: UInt64)?
@@ -109,6 +111,11 @@ public final class Parent {
             Log.debug("started \(role.rawValue) process, pid \(pid)")
         }
         vms = VMTable(parent: self)
+        vhostUsers = VhostUserManager(options: options, loop: loop)
+        if case .failure(let errors) = vhostUsers.apply(config.vhostUsers) {
+            for e in errors.errors { Log.error("\(e)") }
+            shutdown(status: 1)
+        }
         loop.onSignal(SIGTERM) { [unowned self] in
             Log.info("SIGTERM: shutting down")
             self.shutdown(status: 0)
@@ -147,6 +154,7 @@ public final class Parent {
 
     private func reap() {
         while let (pid, status) = Spawn.reapAny() {
+            if vhostUsers?.reaped(pid, status) == true { continue }
             guard let child = children.values.first(where: { $0.pid == pid }) else {
                 Log.debug("reaped unknown child \(pid): \(status)")
                 continue
@@ -165,6 +173,7 @@ public final class Parent {
     func shutdown(status: Int32) -> Never {
         shuttingDown = true
         notifySystemd("STOPPING=1")
+        vhostUsers?.stopAll()
         for child in children.values {
             Spawn.signal(child.pid, SIGTERM)
         }
@@ -197,6 +206,9 @@ public final class Parent {
         switch Parent.loadConfiguration(o, missingIsEmpty: path == nil) {
         case .failure(let e): return .failure(e)
         case .success(let c):
+            // Backends first: a socket or file that cannot be had fails the
+            // whole reload, with nothing applied.
+            if case .failure(let e) = vhostUsers.apply(c.vhostUsers) { return .failure(e) }
             for w in c.warnings { Log.warning("\(w.description)") }
             config = c
             vms.applyConfiguration()
