@@ -33,6 +33,17 @@ final class MessagePolicyTests: XCTestCase {
         for r in MessageRoute.allCases { XCTAssertFalse(MessagePolicy.allowed(r).contains(.none), "\(r)") }
     }
 
+    /// A vhost-user backend process may only tell its parent about its
+    /// frontend; clients only read backend information.
+    func testVhostUserBackendRouteIsNarrow() {
+        XCTAssertEqual(MessagePolicy.allowed(.vhostUserToParent), [.vhostUserFrontend])
+        XCTAssertTrue(MessagePolicy.clientReplies.contains(.vmdInfoBackendData))
+        XCTAssertFalse(MessagePolicy.allowed(.clientToControl).contains(.vmdInfoBackendData))
+        XCTAssertFalse(MessagePolicy.allowed(.clientToControl).contains(.vhostUserFrontend))
+        XCTAssertEqual(try FrontendReport(decoding: FrontendReport(pid: 77).encoded()), FrontendReport(pid: 77))
+        XCTAssertThrowsError(try FrontendReport(decoding: [1, 2]))
+    }
+
     func testConnectionLimitsKeepRootIn() {
         let l = ControlLimits()
         XCTAssertNil(l.refusal(uid: 1000, total: 0, sameUID: 0))
