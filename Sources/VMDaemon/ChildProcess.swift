@@ -41,7 +41,9 @@ final class ChildProcess {
     /// Test hook: after the role restricted itself, attempt a forbidden
     /// system call so tests can watch the sandbox kill the process.
     /// `VMD_SANDBOX_SELFTEST=control:openat` (or socket, execve).
-    func sandboxSelfTest() {
+    func sandboxSelfTest() { Self.sandboxSelfTest(role: role) }
+
+    static func sandboxSelfTest(role: String) {
         guard let spec = getenv("VMD_SANDBOX_SELFTEST").map({ String(cString: $0) }) else { return }
         let parts = spec.split(separator: ":").map(String.init)
         guard parts.count == 2, parts[0] == role else { return }

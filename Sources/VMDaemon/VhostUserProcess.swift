@@ -238,6 +238,7 @@ final class VhostUserProcess: VhostUserBackendDelegate {
         let user = getuid() == 0 ? Users.lookup(Users.daemonUser) : nil
         if getuid() == 0 && user == nil { fail("user \(Users.daemonUser) does not exist") }
         restrict(name, user: user, denyFileSystem: true, policy: SandboxPolicies.vhostUser(model))
+        ChildProcess.sandboxSelfTest(role: "vhost-user")
         input?.onInputWanted = { [unowned self] in self.watchTap() }
         loop.onSignal(SIGTERM) { [unowned self] in self.loop.exit() }
         watchListener()

@@ -136,3 +136,26 @@ final class VhostUserManagedTests: XCTestCase {
         try waitFor("the backend gone with vmd") { backendPIDs("disk0").isEmpty }
     }
 }
+
+extension VhostUserManagedTests {
+    /// A backend that dies at every start (here: killed by its seccomp
+    /// filter, VMD_SANDBOX_SELFTEST) is given up after 5 deaths without a
+    /// frontend, logged, and shown as failed; vmd itself carries on.
+    func testCrashLoopIsBounded() throws {
+        try requireRoot()
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vhost-loop-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let socket = dir.appendingPathComponent("rng.sock").path
+        let d = try Daemon(config: "vhost-user \"rng\" {\n\ttype rnd\n\tsocket \"\(socket)\"\n}\n",
+                           env: ["VMD_SANDBOX_SELFTEST": "vhost-user:socket"])
+        defer { d.stop() }
+        try d.waitReady()
+        try waitFor("the backend given up", timeout: 20) { d.log.contains("giving up") }
+        XCTAssertTrue(d.log.contains("vhost-user rng: backend process"), d.log)
+        XCTAssertTrue(d.log.contains("died 5 times in a row without serving a frontend"), d.log)
+        XCTAssertEqual(try row(d, "rng"), ["rng", "rnd", socket, "failed", "-", "4"])
+        XCTAssertTrue(backendPIDs("rng").isEmpty)
+        XCTAssertEqual(try d.vmctl(["status", "--json"]).status, 0)
+    }
+}
