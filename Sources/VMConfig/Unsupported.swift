@@ -26,10 +26,6 @@ public func unsupportedStatements(of config: VMDConfiguration) -> [ConfigError] 
     for sw in config.switches {
         errors.append(ConfigError(sw.location, "not supported yet: switch \"\(sw.name)\""))
     }
-    for backend in config.vhostUsers where backend.enabled && backend.kind == .net {
-        errors.append(ConfigError(backend.location, "not supported yet: vhost-user \"\(backend.name)\" of type net "
-                                  + "managed by vmd (run `vmd -P vhost-user -t net` yourself)"))
-    }
     if config.localInet6 {
         errors.append(ConfigError(config.localInet6Location ?? SourceLocation(file: "", line: 0),
                                   "not supported yet: local inet6"))

@@ -111,7 +111,8 @@ public final class Parent {
             Log.debug("started \(role.rawValue) process, pid \(pid)")
         }
         vms = VMTable(parent: self)
-        vhostUsers = VhostUserManager(options: options, loop: loop)
+        vhostUsers = VhostUserManager(options: options, loop: loop,
+                                      sendPriv: { [unowned self] m in self.send(.priv, m) })
         if case .failure(let errors) = vhostUsers.apply(config.vhostUsers) {
             for e in errors.errors { Log.error("\(e)") }
             shutdown(status: 1)
@@ -148,6 +149,7 @@ public final class Parent {
         switch role {
         case .control: vms.fromControl(m)
         case .vmm: vms.fromVMM(m)
+        case .priv where m.peerID & VhostUserManager.tapRequestBit != 0: vhostUsers.fromPriv(m)
         case .priv: vms.fromPriv(m)
         }
     }

@@ -3,6 +3,7 @@ import VMDSystem
 import VMDControl
 import Imsg
 import VMConfig
+import VirtioDevices
 
 /// The parent's vhost-user backends (`vhost-user NAME { ... }` in vm.conf).
 /// The parent binds each socket as root with the stanza's owner (as it does
@@ -19,8 +20,14 @@ final class VhostUserManager {
     final class Backend {
         let config: VhostUserConfiguration
         let listenFD: Int32
-        let fileFD: Int32?
+        /// The image, or for net the tap once priv has opened it.
+        var fileFD: Int32?
         let identity: (dev: UInt64, ino: UInt64)?
+        /// net: the address, chosen once so a restart keeps it.
+        var mac: [UInt8] = []
+        /// net: the priv request (imsg peer id) the tap will answer.
+        var tapRequest: UInt32 = 0
+        var tapName = ""
         var pid: pid_t = 0
         var channel: ImsgChannel?
         var frontendPID: Int32 = 0
@@ -54,10 +61,16 @@ final class VhostUserManager {
     let loop: EventLoop
     /// In configuration order.
     private(set) var backends: [Backend] = []
+    /// Sends a message to priv (the taps of net backends).
+    let sendPriv: (Imsg) -> Void
+    /// Priv replies for backends carry peer ids with this bit; VM ids never do.
+    static let tapRequestBit: UInt32 = 0x8000_0000
+    private var nextTapRequest: UInt32 = 0
 
-    init(options: DaemonOptions, loop: EventLoop) {
+    init(options: DaemonOptions, loop: EventLoop, sendPriv: @escaping (Imsg) -> Void) {
         self.options = options
         self.loop = loop
+        self.sendPriv = sendPriv
     }
 
     var infos: [BackendInfo] { backends.map(\.info) }
@@ -89,14 +102,19 @@ final class VhostUserManager {
         if !errors.isEmpty {
             for b in prepared { release(b) }
             // The stopped ones whose socket was wanted are started again.
-            for b in stopFirst { if case .success(let again) = prepare(b.config) { start(again); backends.append(again) } }
+            for b in stopFirst {
+                if case .success(let again) = prepare(b.config) {
+                    backends.append(again)
+                    if again.config.kind == .net { requestTap(again) } else { start(again) }
+                }
+            }
             return .failure(ConfigErrors(errors))
         }
         for b in stop where !stopFirst.contains(where: { $0 === b }) { stopBackend(b) }
         backends = backends.filter { b in keep.contains { $0 === b } }
         for b in prepared {
             backends.append(b)
-            start(b)
+            if b.config.kind == .net { requestTap(b) } else { start(b) }
         }
         // Configuration order.
         backends.sort { a, b in
@@ -139,7 +157,7 @@ final class VhostUserManager {
             case .rnd:
                 break
             case .net:
-                return .failure(Problem(message: "vhost-user \"\(c.name)\": type net is not managed by vmd yet"))
+                break // the tap comes from priv once the socket is bound
             }
         } catch {
             return .failure(Problem(message: "vhost-user \"\(c.name)\": \(error)"))
@@ -177,6 +195,35 @@ final class VhostUserManager {
         backends.removeAll { $0 === b }
     }
 
+    // MARK: taps
+
+    /// Asks priv for the backend's tap, as for a VM's interface.
+    private func requestTap(_ b: Backend) {
+        nextTapRequest = (nextTapRequest &+ 1) & ~Self.tapRequestBit
+        b.tapRequest = Self.tapRequestBit | nextTapRequest
+        if b.mac.isEmpty { b.mac = b.config.lladdr?.bytes ?? VioNet.randomMAC(index: 0) }
+        sendPriv(Imsg(type: MessageType.privOpenTap.rawValue, peerID: b.tapRequest,
+                      data: Array((b.config.interfaceName ?? "").utf8)))
+    }
+
+    /// priv's answer: the tap (then the backend starts) or why not.
+    func fromPriv(_ m: Imsg) {
+        guard MessageType(rawValue: m.type) == .privTapOpened,
+              let b = backends.first(where: { $0.tapRequest == m.peerID && $0.fileFD == nil }) else {
+            if let f = m.fd { FD.close(f) }
+            return
+        }
+        guard let fd = m.fd else {
+            b.failed = true
+            Log.error("vhost-user \(b.config.name): tap: \(String(decoding: m.data.prefix(512), as: UTF8.self))")
+            return
+        }
+        b.fileFD = fd
+        b.tapName = String(decoding: m.data.prefix(15), as: UTF8.self)
+        Log.info("vhost-user \(b.config.name): tap \(b.tapName)")
+        start(b)
+    }
+
     // MARK: processes
 
     private func start(_ b: Backend) {
@@ -192,6 +239,7 @@ final class VhostUserManager {
                 fds.append(f)
             }
             if b.config.readOnly { args.append("-r") }
+            if !b.mac.isEmpty { args += ["-m", b.mac.map { String($0, radix: 16) }.joined(separator: ":")] }
             if options.foreground { args.append("-d") }
             if options.verbosity > 0 { args.append("-" + String(repeating: "v", count: options.verbosity)) }
             let pid = try Spawn.spawnSelf(arguments: args, descriptors: fds)

@@ -159,3 +159,43 @@ extension VhostUserManagedTests {
         XCTAssertEqual(try d.vmctl(["status", "--json"]).status, 0)
     }
 }
+
+extension VhostUserManagedTests {
+    /// A net backend's tap comes from priv (in a namespace the test made),
+    /// with the stanza's name; the backend serves a frontend; the tap goes
+    /// with the backend on reload.
+    func testManagedNetBackendGetsItsTapFromPriv() throws {
+        try requireRoot()
+        let ns = try NetNamespace()
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vhost-net-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let socket = dir.appendingPathComponent("net0.sock").path
+        let tap = "vhut\(getpid() % 100000)"
+        let d = try Daemon(config: """
+            vhost-user "net0" {
+            \ttype net
+            \tinterface "\(tap)"
+            \tlladdr fe:e1:ba:d0:00:42
+            \tsocket "\(socket)"
+            }
+
+            """, netns: ns.name)
+        defer { d.stop() }
+        try d.waitReady()
+        try waitFor("the backend") { backendPIDs("net0").count == 1 }
+        XCTAssertEqual(try runCommand("/usr/sbin/ip", ["-n", ns.name, "link", "show", tap]).status, 0, d.log)
+        XCTAssertTrue(d.log.contains("vhost-user net0: tap \(tap)"), d.log)
+        XCTAssertTrue(vmdProcesses().contains { $0.args == "vmd: vhost-user net0" && $0.user == "_vmd" })
+        let frontend = try Frontend(socket: socket)
+        try waitFor("connected") { try row(d, "net0") == ["net0", "net", socket, "connected", String(frontend.pid), "0"] }
+        frontend.finish()
+        try "".write(toFile: d.config, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try d.vmctl(["reload"]).status, 0)
+        try waitFor("the backend stopped") { backendPIDs("net0").isEmpty }
+        try waitFor("the tap gone") {
+            try runCommand("/usr/sbin/ip", ["-n", ns.name, "link", "show", tap]).status != 0
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socket))
+    }
+}
