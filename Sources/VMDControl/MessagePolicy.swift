@@ -58,9 +58,11 @@ public enum MessagePolicy {
         case .parentToControl: return clientReplies.union([.ping])
         case .parentToVMM:
             return [.vmmStartVM, .vmmStartVMFD, .vmmStartVMEnd, .vmmStopVM, .vmmPauseVM,
-                    .vmmUnpauseVM, .vmmConsoleReplay, .ping]
+                    .vmmUnpauseVM, .vmmConsoleReplay, .ping,
+                    .vmmStartBackend, .vmmStartBackendFD, .vmmStartBackendEnd, .vmmStopBackend]
         case .vmmToParent:
-            return [.vmmVMStarted, .vmmVMExited, .vmmPaused, .vmmUnpaused, .vmmConsoleReplay, .pong]
+            return [.vmmVMStarted, .vmmVMExited, .vmmPaused, .vmmUnpaused, .vmmConsoleReplay, .pong,
+                    .vmmBackendStarted, .vmmBackendExited]
         case .parentToPriv: return [.privOpenTap, .ping]
         case .privToParent: return [.privTapOpened, .pong]
         case .vmmToVM: return [.vmmStopVM, .vmmPauseVM, .vmmUnpauseVM, .vmmConsoleReplay]

@@ -40,6 +40,13 @@ public enum MessageType: UInt32, CaseIterable {
     case vmmPaused                   // empty
     case vmmUnpaused                 // empty
     case vmmConsoleReplay            // empty -> the console ring's bytes
+    // vhost-user backends (the imsg peerID is the parent's launch id)
+    case vmmStartBackend             // BackendLaunch (the descriptors follow)
+    case vmmStartBackendFD           // one descriptor: listening socket, status channel, then the image or tap
+    case vmmStartBackendEnd          // empty
+    case vmmBackendStarted           // FrontendReport-shaped: the backend's pid
+    case vmmBackendExited            // UTF-8 text: how it ended
+    case vmmStopBackend              // empty
 
     // priv
     case privOpenTap = 200           // UTF-8 text: the tap's name, "" for the kernel's choice

@@ -112,7 +112,8 @@ public final class Parent {
         }
         vms = VMTable(parent: self)
         vhostUsers = VhostUserManager(options: options, loop: loop,
-                                      sendPriv: { [unowned self] m in self.send(.priv, m) })
+                                      sendPriv: { [unowned self] m in self.send(.priv, m) },
+                                      sendVMM: { [unowned self] m in self.send(.vmm, m) })
         if case .failure(let errors) = vhostUsers.apply(config.vhostUsers) {
             for e in errors.errors { Log.error("\(e)") }
             shutdown(status: 1)
@@ -148,6 +149,9 @@ public final class Parent {
     private func dispatch(_ role: Role, _ m: Imsg) {
         switch role {
         case .control: vms.fromControl(m)
+        case .vmm where m.type == MessageType.vmmBackendStarted.rawValue
+                     || m.type == MessageType.vmmBackendExited.rawValue:
+            vhostUsers.fromVMM(m)
         case .vmm: vms.fromVMM(m)
         case .priv where m.peerID & VhostUserManager.tapRequestBit != 0: vhostUsers.fromPriv(m)
         case .priv: vms.fromPriv(m)
@@ -156,7 +160,6 @@ public final class Parent {
 
     private func reap() {
         while let (pid, status) = Spawn.reapAny() {
-            if vhostUsers?.reaped(pid, status) == true { continue }
             guard let child = children.values.first(where: { $0.pid == pid }) else {
                 Log.debug("reaped unknown child \(pid): \(status)")
                 continue

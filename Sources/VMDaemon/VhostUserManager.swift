@@ -29,6 +29,10 @@ final class VhostUserManager {
         var tapRequest: UInt32 = 0
         var tapName = ""
         var pid: pid_t = 0
+        /// The current launch's id (vmm's reports carry it); 0: none.
+        var launch: UInt32 = 0
+        /// Sent to vmm, its pid not known yet.
+        var starting = false
         var channel: ImsgChannel?
         var frontendPID: Int32 = 0
         var restarts: UInt32 = 0
@@ -47,6 +51,7 @@ final class VhostUserManager {
         var state: String {
             if !config.enabled { return "disabled" }
             if failed { return "failed" }
+            if starting { return "starting" }
             if pid == 0 { return "restarting" }
             return frontendPID != 0 ? "connected" : "listening"
         }
@@ -63,14 +68,19 @@ final class VhostUserManager {
     private(set) var backends: [Backend] = []
     /// Sends a message to priv (the taps of net backends).
     let sendPriv: (Imsg) -> Void
+    /// Sends a message to vmm, which spawns the backend processes.
+    let sendVMM: (Imsg) -> Void
+    private var nextLaunch: UInt32 = 0
     /// Priv replies for backends carry peer ids with this bit; VM ids never do.
     static let tapRequestBit: UInt32 = 0x8000_0000
     private var nextTapRequest: UInt32 = 0
 
-    init(options: DaemonOptions, loop: EventLoop, sendPriv: @escaping (Imsg) -> Void) {
+    init(options: DaemonOptions, loop: EventLoop, sendPriv: @escaping (Imsg) -> Void,
+         sendVMM: @escaping (Imsg) -> Void) {
         self.options = options
         self.loop = loop
         self.sendPriv = sendPriv
+        self.sendVMM = sendVMM
     }
 
     var infos: [BackendInfo] { backends.map(\.info) }
@@ -186,9 +196,11 @@ final class VhostUserManager {
         b.respawnTimer = nil
         b.channel?.close(reason: nil)
         b.channel = nil
-        if b.pid != 0 {
+        if b.launch != 0 {
             Log.info("vhost-user \(b.config.name): stopping backend process \(b.pid)")
-            Spawn.signal(b.pid, SIGTERM)
+            // Its channel closing ends it too; vmm makes sure.
+            sendVMM(Imsg(type: MessageType.vmmStopBackend.rawValue, peerID: b.launch))
+            b.launch = 0
             b.pid = 0
         }
         release(b)
@@ -226,38 +238,70 @@ final class VhostUserManager {
 
     // MARK: processes
 
+    /// Has vmm start the backend process with duplicates of its
+    /// descriptors (the parent keeps the originals for a restart) and one
+    /// end of a fresh status channel.
     private func start(_ b: Backend) {
         b.respawnTimer = nil
         guard let kind = b.config.kind else { return }
         do {
             let (mine, theirs) = try FD.socketPair()
-            defer { FD.close(theirs) }
-            var args = ["vmd", "-P", "vhost-user", "-t", kind.rawValue, "-N", b.config.name, "-L", "3", "-C", "4"]
-            var fds = [b.listenFD, theirs]
-            if let f = b.fileFD {
-                args += ["-B", "5"]
-                fds.append(f)
+            var fds = [theirs]
+            do {
+                fds.insert(try FD.duplicate(b.listenFD), at: 0)
+                if let f = b.fileFD { fds.append(try FD.duplicate(f)) }
+            } catch {
+                FD.close(mine)
+                for f in fds { FD.close(f) }
+                throw error
             }
-            if b.config.readOnly { args.append("-r") }
-            if !b.mac.isEmpty { args += ["-m", b.mac.map { String($0, radix: 16) }.joined(separator: ":")] }
-            if options.foreground { args.append("-d") }
-            if options.verbosity > 0 { args.append("-" + String(repeating: "v", count: options.verbosity)) }
-            let pid = try Spawn.spawnSelf(arguments: args, descriptors: fds)
-            b.pid = pid
+            nextLaunch = (nextLaunch &+ 1) | 1
+            b.launch = nextLaunch
+            b.pid = 0
+            b.starting = true
             b.frontendPID = 0
+            let launch = BackendLaunch(name: b.config.name, kind: kind.rawValue, readOnly: b.config.readOnly,
+                                       mac: b.mac.map { String($0, radix: 16) }.joined(separator: ":"),
+                                       hasFile: b.fileFD != nil)
+            sendVMM(Imsg(type: MessageType.vmmStartBackend.rawValue, peerID: b.launch, data: launch.encoded()))
+            // The channel takes each descriptor over and closes it once sent.
+            for f in fds { sendVMM(Imsg(type: MessageType.vmmStartBackendFD.rawValue, peerID: b.launch, fd: f)) }
+            sendVMM(Imsg(type: MessageType.vmmStartBackendEnd.rawValue, peerID: b.launch))
             let ch = ImsgChannel(fd: mine, name: "parent: vhost-user \(b.config.name)", loop: loop,
                                  onMessage: { [unowned self, weak b] _, m in
                                      if let f = m.fd { FD.close(f) }
-                                     guard let b, b.pid != 0, self.backends.contains(where: { $0 === b }) else { return }
+                                     guard let b, self.backends.contains(where: { $0 === b }) else { return }
                                      self.report(b, m)
                                  },
                                  onClose: { _, _ in })
             ch.allowedTypes = MessagePolicy.rawTypes(.vhostUserToParent)
             b.channel = ch
-            Log.info("vhost-user \(b.config.name): backend process \(pid) on \(b.config.socketPath ?? "")")
         } catch {
             Log.error("vhost-user \(b.config.name): cannot start the backend process: \(error)")
             died(b, detail: "\(error)")
+        }
+    }
+
+    /// vmm's reports: the backend's pid, or its end. A report for an
+    /// earlier launch (a backend since stopped or restarted) is ignored.
+    func fromVMM(_ m: Imsg) {
+        if let f = m.fd { FD.close(f) }
+        guard let b = backends.first(where: { $0.launch == m.peerID && $0.launch != 0 }) else { return }
+        switch MessageType(rawValue: m.type) {
+        case .vmmBackendStarted:
+            guard b.starting, let r = try? FrontendReport(decoding: m.data) else { return }
+            b.starting = false
+            b.pid = r.pid
+            Log.info("vhost-user \(b.config.name): backend process \(r.pid) on \(b.config.socketPath ?? "")")
+        case .vmmBackendExited:
+            b.launch = 0
+            b.pid = 0
+            b.starting = false
+            b.channel?.close(reason: nil)
+            b.channel = nil
+            died(b, detail: String(decoding: m.data.prefix(512), as: UTF8.self))
+        default:
+            break
         }
     }
 
@@ -267,16 +311,6 @@ final class VhostUserManager {
         b.frontendPID = r.pid
         // It served a frontend: its next death is not part of a crash loop.
         if r.pid != 0 { b.deathsWithoutFrontend = 0 }
-    }
-
-    /// A reaped pid: true if it was one of the backends.
-    func reaped(_ pid: pid_t, _ status: ExitStatus) -> Bool {
-        guard let b = backends.first(where: { $0.pid == pid && pid != 0 }) else { return false }
-        b.pid = 0
-        b.channel?.close(reason: nil)
-        b.channel = nil
-        died(b, detail: "backend process \(pid) \(status)")
-        return true
     }
 
     private func died(_ b: Backend, detail: String) {

@@ -101,6 +101,10 @@ final class VhostUserManagedTests: XCTestCase {
         try waitFor("the backend process") { backendPIDs("disk0").count == 1 }
         let first = backendPIDs("disk0")[0]
         XCTAssertEqual(vmdProcesses().first { $0.pid == first }?.user, "_vmd")
+        // vmm spawned it, as it does VMs.
+        let vmm = descendants(of: d.pid).first { $0.args == "vmd: vmm" }
+        XCTAssertNotNil(vmm)
+        XCTAssertEqual(vmdProcesses().first { $0.pid == first }?.ppid, vmm?.pid)
         XCTAssertEqual(try row(d, "disk0"), ["disk0", "blk", socket, "listening", "-", "0"])
 
         // A frontend: connected, with its pid.
