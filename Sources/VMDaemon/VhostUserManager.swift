@@ -93,7 +93,9 @@ final class VhostUserManager {
     /// stopped and started again; unchanged ones keep running.
     func apply(_ configs: [VhostUserConfiguration]) -> Result<Void, ConfigErrors> {
         let wanted = configs.filter { $0.enabled }
-        let keep = backends.filter { b in wanted.contains { sameBackend($0, b.config) } }
+        // A backend given up (failed) is started afresh, even unchanged:
+        // reload is how one says its image or owner has been fixed.
+        let keep = backends.filter { b in !b.failed && wanted.contains { sameBackend($0, b.config) } }
         let stop = backends.filter { b in !keep.contains { $0 === b } }
         let add = wanted.filter { c in !keep.contains { sameBackend($0.config, c) } }
         // A new backend on a socket path a stopping one holds: that one
