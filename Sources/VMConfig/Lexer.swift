@@ -8,7 +8,8 @@ enum Keyword: String, CaseIterable, Sendable {
     case allow, boot, cdrom, cmdline, cpus, delay, device, disable, disk, down
     case enable, format, group, include, inet6, initrd, instance, interface
     case interfaces, lladdr, local, locked, memory, net, owner, parallel
-    case prefix, rdomain, socket, staggered, start, `switch`, up, vm
+    case prefix, rdomain, readonly, socket, staggered, start, `switch`, type, up
+    case vhostUser = "vhost-user", vm
 }
 
 enum TokenKind: Equatable, Sendable {

@@ -21,6 +21,9 @@ public enum ConfigLimits {
     public static let maxCmdlineLength = 2047
     /// RT_TABLEID_MAX.
     public static let maxRdomain = 255
+    /// sockaddr_un's sun_path is 108 bytes including the terminating NUL.
+    public static let maxSocketPathLength = 107
+    public static let maxVhostUsers = 64
     /// How deep `include` may nest before it is taken for a loop.
     public static let maxIncludeDepth = 16
     /// Larger configuration files are refused rather than read.
@@ -203,8 +206,47 @@ public struct SwitchConfiguration: Equatable, Sendable {
     }
 }
 
+/// The device a `vhost-user` backend serves (`vmd -P vhost-user -t KIND`).
+public enum VhostUserKind: String, Equatable, Sendable, CaseIterable {
+    case blk
+    case scsi
+    case rnd
+    case net
+}
+
+/// `vhost-user NAME { ... }`: a sandboxed device process that vmd runs for
+/// an outside frontend (QEMU, Cloud Hypervisor) on a socket vmd binds.
+public struct VhostUserConfiguration: Equatable, Sendable {
+    public var name: String
+    public var enabled = true
+    /// Required.
+    public var kind: VhostUserKind?
+    /// blk: the disk image (required).
+    public var disk: Disk?
+    /// blk: attach the image read-only (`disk PATH readonly`).
+    public var readOnly = false
+    /// scsi: the ISO image (required).
+    public var cdrom: String?
+    /// net: `interface [name]`: a tap from priv, the next free one when nil.
+    public var interfaceName: String?
+    public var hasInterface = false
+    /// net: nil, a random locally administered address.
+    public var lladdr: MACAddress?
+    /// The listening socket vmd binds (absolute; required).
+    public var socketPath: String?
+    /// Who may connect: the socket's owner, as `socket owner`.
+    public var owner: Owner?
+    public var location: SourceLocation
+
+    public init(name: String, location: SourceLocation) {
+        self.name = name
+        self.location = location
+    }
+}
+
 public struct VMDConfiguration: Equatable, Sendable {
     public var vms: [VMConfiguration] = []
+    public var vhostUsers: [VhostUserConfiguration] = []
     public var switches: [SwitchConfiguration] = []
     public var socketOwner: Owner?
     /// nil: the default 100.64.0.0/10.
@@ -226,6 +268,10 @@ public struct VMDConfiguration: Equatable, Sendable {
 
     public func vm(named name: String) -> VMConfiguration? {
         vms.first { $0.name == name }
+    }
+
+    public func vhostUser(named name: String) -> VhostUserConfiguration? {
+        vhostUsers.first { $0.name == name }
     }
 
     public func switchConfiguration(named name: String) -> SwitchConfiguration? {

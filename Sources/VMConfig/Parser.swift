@@ -318,6 +318,7 @@ final class FileParser {
         case .keyword(.staggered): try staggered(token); return "staggered start"
         case .keyword(.switch): try switchBlock(token); return "switch block"
         case .keyword(.vm): try vmBlock(token); return "vm block"
+        case .keyword(.vhostUser): try vhostUserBlock(token); return "vhost-user block"
         case .string(let name, _) where isPunct(peek(), "="):
             try macro(name, token)
             return "macro definition"
@@ -325,8 +326,8 @@ final class FileParser {
             error(token, "macro name '\(keyword.rawValue)' is a reserved word")
             throw SyntaxError()
         default:
-            throw fail(token, expected: "vm, switch, include, local, socket owner, staggered start "
-                + "or a macro definition")
+            throw fail(token, expected: "vm, switch, vhost-user, include, local, socket owner, "
+                + "staggered start or a macro definition")
         }
     }
 
@@ -514,6 +515,171 @@ final class FileParser {
             return nil
         }
         return Int(value)
+    }
+
+    // MARK: vhost-user
+
+    /// `vhost-user NAME { type KIND; socket PATH; owner ID; disk PATH
+    /// [readonly] | cdrom PATH | interface [NAME] [lladdr ADDR] }`.
+    private func vhostUserBlock(_ token: Token) throws {
+        let name = try string("a backend name after 'vhost-user'")
+        var valid = true
+        if let problem = Validate.name(name, what: "vhost-user") {
+            error(token, problem)
+            valid = false
+        }
+        var backend = VhostUserConfiguration(name: name, location: location(token))
+        var seen: Set<String> = []
+        try block("vhost-user \"\(name)\"", opened: token) { try self.vhostUserOption(&backend, &seen) }
+        let what = "vhost-user \"\(name)\""
+        guard let kind = backend.kind else {
+            // A `type` given but not understood has been reported already.
+            if !seen.contains("type") { error(token, "\(what) is missing its type (blk, scsi, rnd or net)") }
+            return
+        }
+        if backend.socketPath == nil {
+            error(token, "\(what) is missing its socket path")
+            valid = false
+        }
+        // Each kind takes exactly its own file; anything else is a mistake
+        // better reported than ignored.
+        let given: [(String, Bool)] = [("disk", backend.disk != nil), ("cdrom", backend.cdrom != nil),
+                                       ("interface", backend.hasInterface), ("lladdr", backend.lladdr != nil)]
+        let wanted: Set<String>
+        switch kind {
+        case .blk: wanted = ["disk"]
+        case .scsi: wanted = ["cdrom"]
+        case .rnd: wanted = []
+        case .net: wanted = ["interface", "lladdr"]
+        }
+        for (statement, present) in given where present && !wanted.contains(statement) {
+            error(token, "\(what): type \(kind.rawValue) takes no \(statement)")
+            valid = false
+        }
+        if kind == .blk && backend.disk == nil {
+            error(token, "\(what): type blk needs a disk")
+            valid = false
+        }
+        if kind == .scsi && backend.cdrom == nil {
+            error(token, "\(what): type scsi needs a cdrom")
+            valid = false
+        }
+        if backend.readOnly && kind != .blk {
+            error(token, "\(what): readonly is for type blk")
+            valid = false
+        }
+        if kind == .net && !backend.hasInterface {
+            // Like `interfaces 1`: the next free tap.
+            backend.hasInterface = true
+        }
+        if let earlier = context.config.vhostUser(named: name) {
+            error(token, "\(what) is already defined at \(earlier.location)")
+            valid = false
+        }
+        if valid, let path = backend.socketPath,
+           let earlier = context.config.vhostUsers.first(where: { $0.socketPath == path }) {
+            error(token, "\(what): socket \(path) is already used by vhost-user \"\(earlier.name)\" "
+                + "at \(earlier.location)")
+            valid = false
+        }
+        if valid && context.config.vhostUsers.count >= ConfigLimits.maxVhostUsers {
+            error(token, "too many vhost-user backends (at most \(ConfigLimits.maxVhostUsers))")
+            valid = false
+        }
+        if valid { context.config.vhostUsers.append(backend) }
+    }
+
+    private func vhostUserOption(_ backend: inout VhostUserConfiguration,
+                                 _ seen: inout Set<String>) throws -> String {
+        let option = advance()
+        switch option.kind {
+        case .keyword(.enable): backend.enabled = true; return "enable"
+        case .keyword(.disable): backend.enabled = false; return "disable"
+        case .keyword(.type):
+            let kindToken = advance()
+            let text: String
+            switch kindToken.kind {
+            case .keyword(.net): text = "net"
+            case .string(let value, _): text = value
+            default: throw fail(kindToken, expected: "blk, scsi, rnd or net after 'type'")
+            }
+            once("type", &seen, option)
+            guard let kind = VhostUserKind(rawValue: text) else {
+                error(kindToken, "unknown vhost-user type: \(text) (expected blk, scsi, rnd or net)")
+                return "type"
+            }
+            backend.kind = kind
+            return "type"
+        case .keyword(.socket):
+            let path = try string("a socket path after 'socket'")
+            once("socket", &seen, option)
+            if !path.hasPrefix("/") {
+                error(option, "socket path must be absolute: \(path)")
+            } else if path.utf8.count > ConfigLimits.maxSocketPathLength {
+                error(option, "socket path too long: \(path) (at most \(ConfigLimits.maxSocketPathLength) bytes)")
+            } else {
+                backend.socketPath = path
+            }
+            return "socket"
+        case .keyword(.owner):
+            once("owner", &seen, option)
+            backend.owner = try owner(option)
+            return "owner"
+        case .keyword(.disk):
+            let path = try string("a disk image path after 'disk'")
+            var format: DiskFormat?
+            if isKeyword(peek(), .format) {
+                advance()
+                let name = try string("raw after 'format'")
+                format = DiskFormat(rawValue: name.lowercased())
+                if format != .raw {
+                    error(option, "unsupported vhost-user disk format \(name) (expected raw)")
+                }
+            }
+            if isKeyword(peek(), .readonly) {
+                advance()
+                backend.readOnly = true
+            }
+            once("disk", &seen, option)
+            switch Validate.existingPath(path, what: "disk") {
+            case .failure(let problem): error(option, problem.text)
+            case .success(let resolved): backend.disk = Disk(path: resolved, format: format, location: location(option))
+            }
+            return "disk"
+        case .keyword(.cdrom):
+            let path = try string("an ISO image path after 'cdrom'")
+            once("cdrom", &seen, option)
+            switch Validate.existingPath(path, what: "cdrom") {
+            case .failure(let problem): error(option, problem.text)
+            case .success(let resolved): backend.cdrom = resolved
+            }
+            return "cdrom"
+        case .keyword(.interface):
+            once("interface", &seen, option)
+            backend.hasInterface = true
+            if case .string(let name, _) = peek().kind {
+                advance()
+                if name != "tap" {
+                    if let problem = Validate.interfaceName(name, what: "interface") {
+                        error(option, problem)
+                    } else {
+                        backend.interfaceName = name
+                    }
+                }
+            }
+            return "interface"
+        case .keyword(.lladdr):
+            let text = try string("an address like fe:e1:ba:d0:00:01 after 'lladdr'")
+            once("lladdr", &seen, option)
+            switch Validate.lladdr(text) {
+            case .success(let mac): backend.lladdr = mac
+            case .failure(let reason): error(option, reason.text)
+            }
+            return "lladdr"
+        default:
+            throw fail(option, expected: "a vhost-user option (cdrom, disable, disk, enable, interface, lladdr, "
+                + "owner, socket, type)")
+        }
     }
 
     // MARK: vm

@@ -20,6 +20,7 @@ extension VMDConfiguration {
         if !globals.isEmpty { sections.append(globals) }
         for sw in switches { sections.append(sw.printedLines()) }
         for vm in vms { sections.append(vm.printedLines()) }
+        for backend in vhostUsers { sections.append(backend.printedLines()) }
         return sections.map { $0.map { $0 + "\n" }.joined() }.joined(separator: "\n")
     }
 }
@@ -57,6 +58,24 @@ extension VMConfiguration {
         if !allowInstance.isEmpty { body.append(allowInstance.printed()) }
         let header = parent.map { "vm \(quoted($0)) instance \(quoted(name)) {" } ?? "vm \(quoted(name)) {"
         return [header] + body.map { "\t" + $0 } + ["}"]
+    }
+}
+
+extension VhostUserConfiguration {
+    func printedLines() -> [String] {
+        var body: [String] = []
+        if !enabled { body.append("disable") }
+        if let kind { body.append("type \(kind.rawValue)") }
+        if let socketPath { body.append("socket \(quoted(socketPath))") }
+        if let owner { body.append("owner \(quoted(owner))") }
+        if let disk {
+            body.append("disk \(quoted(disk.path))" + (disk.format.map { " format \($0.rawValue)" } ?? "")
+                + (readOnly ? " readonly" : ""))
+        }
+        if let cdrom { body.append("cdrom \(quoted(cdrom))") }
+        if hasInterface { body.append("interface" + (interfaceName.map { " \(quoted($0))" } ?? "")) }
+        if let lladdr { body.append("lladdr \(lladdr)") }
+        return ["vhost-user \(quoted(name)) {"] + body.map { "\t" + $0 } + ["}"]
     }
 }
 

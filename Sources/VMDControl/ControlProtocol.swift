@@ -155,3 +155,39 @@ public struct ClientConnected: Equatable, Sendable, WirePayload {
     public func encode(to w: inout WireWriter) { w.u32(uid); w.u32(gid) }
     public init(from r: inout WireReader) throws { uid = try r.u32(); gid = try r.u32() }
 }
+
+/// vmdInfoBackendData: one vhost-user backend vmd manages, for the second
+/// table of `vmctl status` (NAME KIND SOCKET STATE FRONTEND-PID RESTARTS).
+public struct BackendInfo: Equatable, Sendable, WirePayload {
+    public var name: String
+    public var kind: String
+    public var socket: String
+    /// listening, connected, restarting, failed, disabled.
+    public var state: String
+    /// The connected frontend's pid (SO_PEERCRED), 0 when none.
+    public var frontendPID: Int32
+    public var restarts: UInt32
+
+    public init(name: String, kind: String, socket: String, state: String, frontendPID: Int32, restarts: UInt32) {
+        self.name = name; self.kind = kind; self.socket = socket; self.state = state
+        self.frontendPID = frontendPID; self.restarts = restarts
+    }
+
+    public func encode(to w: inout WireWriter) {
+        w.string(name); w.string(kind); w.string(socket); w.string(state); w.i32(frontendPID); w.u32(restarts)
+    }
+
+    public init(from r: inout WireReader) throws {
+        name = try r.string(max: 256); kind = try r.string(max: 16); socket = try r.string(max: 4096)
+        state = try r.string(max: 32); frontendPID = try r.i32(); restarts = try r.u32()
+    }
+}
+
+/// vhostUserFrontend (backend process -> parent): the pid of the frontend
+/// that connected (SO_PEERCRED), or 0 when it disconnected.
+public struct FrontendReport: Equatable, Sendable, WirePayload {
+    public var pid: Int32
+    public init(pid: Int32) { self.pid = pid }
+    public func encode(to w: inout WireWriter) { w.i32(pid) }
+    public init(from r: inout WireReader) throws { pid = try r.i32() }
+}

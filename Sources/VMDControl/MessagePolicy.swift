@@ -22,6 +22,8 @@ public enum MessageRoute: String, CaseIterable, Sendable {
     case vmToDeviceAsync, deviceToVMAsync
     /// VM process <-> device process, synchronous register channel.
     case vmToDeviceSync, deviceToVMSync
+    /// A vhost-user backend process vmd manages -> the parent.
+    case vhostUserToParent
 }
 
 public enum MessagePolicy {
@@ -43,7 +45,7 @@ public enum MessagePolicy {
     /// What the parent says to clients (through control).
     public static let clientReplies: Set<MessageType> = [
         .ctlOK, .ctlFail, .vmdStartVMResponse, .vmdTerminateVMResponse,
-        .vmdInfoVMData, .vmdInfoVMEnd, .vmdConsoleData,
+        .vmdInfoVMData, .vmdInfoBackendData, .vmdInfoVMEnd, .vmdConsoleData,
     ]
 
     /// Connection bookkeeping only `vmd: control` itself generates.
@@ -56,9 +58,11 @@ public enum MessagePolicy {
         case .parentToControl: return clientReplies.union([.ping])
         case .parentToVMM:
             return [.vmmStartVM, .vmmStartVMFD, .vmmStartVMEnd, .vmmStopVM, .vmmPauseVM,
-                    .vmmUnpauseVM, .vmmConsoleReplay, .ping]
+                    .vmmUnpauseVM, .vmmConsoleReplay, .ping,
+                    .vmmStartBackend, .vmmStartBackendFD, .vmmStartBackendEnd, .vmmStopBackend]
         case .vmmToParent:
-            return [.vmmVMStarted, .vmmVMExited, .vmmPaused, .vmmUnpaused, .vmmConsoleReplay, .pong]
+            return [.vmmVMStarted, .vmmVMExited, .vmmPaused, .vmmUnpaused, .vmmConsoleReplay, .pong,
+                    .vmmBackendStarted, .vmmBackendExited]
         case .parentToPriv: return [.privOpenTap, .ping]
         case .privToParent: return [.privTapOpened, .pong]
         case .vmmToVM: return [.vmmStopVM, .vmmPauseVM, .vmmUnpauseVM, .vmmConsoleReplay]
@@ -68,6 +72,7 @@ public enum MessagePolicy {
         case .deviceToVMAsync: return [.devopMsg, .vmmciAck]
         case .vmToDeviceSync: return [.devopVMInfo, .devopMsg]
         case .deviceToVMSync: return [.devopMsg]
+        case .vhostUserToParent: return [.vhostUserFrontend]
         }
     }
 

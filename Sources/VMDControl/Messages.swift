@@ -25,6 +25,7 @@ public enum MessageType: UInt32, CaseIterable {
     case vmdConsoleData
     case ctlClientConnected          // control -> parent only: ClientConnected (peerID = client)
     case ctlClientClosed             // control -> parent only: empty (peerID = client)
+    case vmdInfoBackendData          // BackendInfo: one vhost-user backend, before vmdInfoVMEnd
 
     // parent <-> vmm <-> vm (payloads: VMDaemon/InternalMessages.swift,
     // LaunchSpec.swift; the imsg peerID is the vmid)
@@ -39,10 +40,20 @@ public enum MessageType: UInt32, CaseIterable {
     case vmmPaused                   // empty
     case vmmUnpaused                 // empty
     case vmmConsoleReplay            // empty -> the console ring's bytes
+    // vhost-user backends (the imsg peerID is the parent's launch id)
+    case vmmStartBackend             // BackendLaunch (the descriptors follow)
+    case vmmStartBackendFD           // one descriptor: listening socket, status channel, then the image or tap
+    case vmmStartBackendEnd          // empty
+    case vmmBackendStarted           // FrontendReport-shaped: the backend's pid
+    case vmmBackendExited            // UTF-8 text: how it ended
+    case vmmStopBackend              // empty
 
     // priv
     case privOpenTap = 200           // UTF-8 text: the tap's name, "" for the kernel's choice
     case privTapOpened               // the tap's name with its fd, or the error text without one
+
+    // vhost-user backend process -> parent
+    case vhostUserFrontend = 250     // FrontendReport: a frontend connected (its pid) or left (0)
 
     // VM process <-> device process (viodev_msg inside)
     case devopMsg = 300              // ViodevMsg

@@ -9,6 +9,12 @@ public enum FD {
         if fd >= 0 { _ = Glibc.close(fd) }
     }
 
+    /// A close-on-exec copy (F_DUPFD_CLOEXEC): to hand a descriptor on
+    /// while keeping it.
+    public static func duplicate(_ fd: Int32) throws -> Int32 {
+        try sys("dup") { fcntl(fd, F_DUPFD_CLOEXEC, 3) }
+    }
+
     /// open(2), close-on-exec; `what` names the file in errors.
     public static func open(_ path: String, flags: Int32, what: String? = nil) throws -> Int32 {
         try sys(what ?? path) { Glibc.open(path, flags | O_CLOEXEC) }

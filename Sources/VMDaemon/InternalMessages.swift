@@ -65,3 +65,42 @@ struct VMMCIMessage: Equatable, WirePayload {
         command = c
     }
 }
+
+/// vmmStartBackend (parent -> vmm): what vmm needs to build a vhost-user
+/// backend's command line; vmm spawns only `vmd -P vhost-user` from it,
+/// with the descriptors that follow (socket, status channel, image/tap).
+struct BackendLaunch: Equatable, WirePayload {
+    var name: String
+    var kind: String
+    var readOnly: Bool
+    /// "" or six hex bytes with ':'.
+    var mac: String
+    var hasFile: Bool
+
+    func encode(to w: inout WireWriter) {
+        w.string(name); w.string(kind); w.u32(readOnly ? 1 : 0); w.string(mac); w.u32(hasFile ? 1 : 0)
+    }
+
+    init(name: String, kind: String, readOnly: Bool, mac: String, hasFile: Bool) {
+        self.name = name; self.kind = kind; self.readOnly = readOnly; self.mac = mac; self.hasFile = hasFile
+    }
+
+    init(from r: inout WireReader) throws {
+        name = try r.string(max: 64); kind = try r.string(max: 8); readOnly = try r.u32() != 0
+        mac = try r.string(max: 17); hasFile = try r.u32() != 0
+    }
+
+    /// The backend's arguments, the descriptors mapped from fd 3 in order.
+    func arguments(foreground: Bool, verbosity: Int) -> [String] {
+        var args = ["vmd", "-P", "vhost-user", "-t", kind, "-N", name, "-L", "3", "-C", "4"]
+        if hasFile { args += ["-B", "5"] }
+        if readOnly { args.append("-r") }
+        if !mac.isEmpty { args += ["-m", mac] }
+        if foreground { args.append("-d") }
+        if verbosity > 0 { args.append("-" + String(repeating: "v", count: verbosity)) }
+        return args
+    }
+
+    /// The descriptors a launch carries.
+    var descriptorCount: Int { hasFile ? 3 : 2 }
+}

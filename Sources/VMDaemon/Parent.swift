@@ -35,6 +35,8 @@ public final class Parent {
     let user: Credentials
     /// VMs, stable ids for the daemon's lifetime.
     var vms: VMTable!
+    /// The vhost-user backends of vm.conf.
+    var vhostUsers: VhostUserManager!
     /// The control socket this daemon bound (device, inode): on exit it is
     /// removed only if it is still that file, never another daemon's.
     var socketIdentity: (dev: UInt64, ino: UInt64)?
@@ -109,6 +111,13 @@ public final class Parent {
             Log.debug("started \(role.rawValue) process, pid \(pid)")
         }
         vms = VMTable(parent: self)
+        vhostUsers = VhostUserManager(options: options, loop: loop,
+                                      sendPriv: { [unowned self] m in self.send(.priv, m) },
+                                      sendVMM: { [unowned self] m in self.send(.vmm, m) })
+        if case .failure(let errors) = vhostUsers.apply(config.vhostUsers) {
+            for e in errors.errors { Log.error("\(e)") }
+            shutdown(status: 1)
+        }
         loop.onSignal(SIGTERM) { [unowned self] in
             Log.info("SIGTERM: shutting down")
             self.shutdown(status: 0)
@@ -140,7 +149,11 @@ public final class Parent {
     private func dispatch(_ role: Role, _ m: Imsg) {
         switch role {
         case .control: vms.fromControl(m)
+        case .vmm where m.type == MessageType.vmmBackendStarted.rawValue
+                     || m.type == MessageType.vmmBackendExited.rawValue:
+            vhostUsers.fromVMM(m)
         case .vmm: vms.fromVMM(m)
+        case .priv where m.peerID & VhostUserManager.tapRequestBit != 0: vhostUsers.fromPriv(m)
         case .priv: vms.fromPriv(m)
         }
     }
@@ -165,6 +178,7 @@ public final class Parent {
     func shutdown(status: Int32) -> Never {
         shuttingDown = true
         notifySystemd("STOPPING=1")
+        vhostUsers?.stopAll()
         for child in children.values {
             Spawn.signal(child.pid, SIGTERM)
         }
@@ -197,6 +211,9 @@ public final class Parent {
         switch Parent.loadConfiguration(o, missingIsEmpty: path == nil) {
         case .failure(let e): return .failure(e)
         case .success(let c):
+            // Backends first: a socket or file that cannot be had fails the
+            // whole reload, with nothing applied.
+            if case .failure(let e) = vhostUsers.apply(c.vhostUsers) { return .failure(e) }
             for w in c.warnings { Log.warning("\(w.description)") }
             config = c
             vms.applyConfiguration()

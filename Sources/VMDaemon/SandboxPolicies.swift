@@ -43,7 +43,8 @@ public enum SandboxPolicies {
 
     /// vmm: starts VM processes (fork+exec of this binary) and reaps them;
     /// its filter is inherited by them, so it also covers a VM process's
-    /// privileged set-up (opening /dev/kvm, creating the VM, ptys, memfds).
+    /// privileged set-up (opening /dev/kvm, creating the VM, ptys, memfds)
+    /// and the vhost-user backends it starts (accepting their frontends).
     public static let vmm = SeccompPolicy(
         name: "vmm",
         allowing: base + [
@@ -65,6 +66,7 @@ public enum SandboxPolicies {
             "copy_file_range", "splice", "tee", "inotify_init1", "epoll_create1", "epoll_create",
             "fsetxattr", "fgetxattr", "getxattr", "mincore", "msync", "get_mempolicy", "set_mempolicy",
             "mbind", "close_range", "openat2", "setitimer", "getitimer", "times", "getrusage",
+            "accept4", "accept",
         ])
 
     /// A device process: its channels, guest memory (already mapped), its

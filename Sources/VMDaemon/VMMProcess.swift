@@ -36,6 +36,9 @@ final class VMMProcess {
     /// A launch being assembled from vmmStartVM + vmmStartVMFD... + vmmStartVMEnd.
     var pending: [UInt32: (spec: [UInt8], fds: [Int32])] = [:]
     var stopping = false
+    /// vhost-user backends being assembled, and running (launch id -> pid).
+    var pendingBackends: [UInt32: (launch: BackendLaunch, fds: [Int32])] = [:]
+    var backends: [UInt32: pid_t] = [:]
 
     init(options: DaemonOptions) {
         self.options = options
@@ -62,6 +65,24 @@ final class VMMProcess {
         case .vmmStartVMEnd:
             guard let p = pending.removeValue(forKey: vmid) else { return }
             launch(vmid: vmid, spec: p.spec, fds: p.fds)
+        case .vmmStartBackend:
+            if let f = m.fd { FD.close(f) }
+            if let old = pendingBackends.removeValue(forKey: vmid) { for f in old.fds { FD.close(f) } }
+            guard let launch = try? BackendLaunch(decoding: m.data) else {
+                Log.warning("malformed vhost-user backend launch from the parent")
+                return
+            }
+            pendingBackends[vmid] = (launch, [])
+        case .vmmStartBackendFD:
+            if let f = m.fd {
+                if pendingBackends[vmid] != nil { pendingBackends[vmid]!.fds.append(f) } else { FD.close(f) }
+            }
+        case .vmmStartBackendEnd:
+            guard let p = pendingBackends.removeValue(forKey: vmid) else { return }
+            launchBackend(id: vmid, launch: p.launch, fds: p.fds)
+        case .vmmStopBackend:
+            if let f = m.fd { FD.close(f) }
+            if let pid = backends[vmid] { Spawn.signal(pid, SIGTERM) }
         case .vmmStopVM, .vmmPauseVM, .vmmUnpauseVM, .vmmConsoleReplay:
             if let f = m.fd { FD.close(f) }
             guard let vm = vms[vmid] else {
@@ -100,6 +121,28 @@ final class VMMProcess {
             Log.error("vm \(vmid): cannot start: \(error)")
             child.parent.send(type: MessageType.vmmVMExited.rawValue, peerID: vmid,
                               data: VMExitReport(reason: .failed, detail: "cannot start VM process: \(error)").encoded())
+        }
+    }
+
+    /// `vmd -P vhost-user` with exactly the parent's descriptors (socket,
+    /// status channel, image or tap); the parent hears its pid and its end.
+    func launchBackend(id: UInt32, launch: BackendLaunch, fds: [Int32]) {
+        defer { for f in fds { FD.close(f) } }
+        guard fds.count == launch.descriptorCount else {
+            child.parent.send(type: MessageType.vmmBackendExited.rawValue, peerID: id,
+                              data: Array("not started: \(fds.count) descriptors, \(launch.descriptorCount) expected".utf8))
+            return
+        }
+        do {
+            let pid = try Spawn.spawnSelf(arguments: launch.arguments(foreground: options.foreground,
+                                                                      verbosity: options.verbosity),
+                                          descriptors: fds)
+            backends[id] = pid
+            child.parent.send(type: MessageType.vmmBackendStarted.rawValue, peerID: id,
+                              data: FrontendReport(pid: pid).encoded())
+        } catch {
+            child.parent.send(type: MessageType.vmmBackendExited.rawValue, peerID: id,
+                              data: Array("cannot start: \(error)".utf8))
         }
     }
 
@@ -149,6 +192,12 @@ final class VMMProcess {
 
     func reap() {
         while let (pid, status) = Spawn.reapAny() {
+            if let (id, _) = backends.first(where: { $0.value == pid }) {
+                backends[id] = nil
+                child.parent.send(type: MessageType.vmmBackendExited.rawValue, peerID: id,
+                                  data: Array("backend process \(pid) \(status)".utf8))
+                continue
+            }
             guard let (vmid, vm) = vms.first(where: { $0.value.pid == pid }) else { continue }
             vms[vmid] = nil
             vm.channel.close(reason: nil)
@@ -175,6 +224,7 @@ final class VMMProcess {
         // devices and exit), wait for them for a bounded time, then exit.
         child.onTerminate = { [unowned self] in
             self.stopping = true
+            for pid in self.backends.values { Spawn.signal(pid, SIGTERM) }
             if self.vms.isEmpty { exit(0) }
             for (vmid, vm) in self.vms {
                 Spawn.signal(vm.pid, SIGTERM)

@@ -203,6 +203,10 @@ final class VMTable {
         for e in entries where wanted.isEmpty || e.config.name == wanted || String(e.id) == wanted {
             reply(client, .vmdInfoVMData, info(e).encoded())
         }
+        // All of them: the vhost-user backends too, after the VMs.
+        if wanted.isEmpty {
+            for b in parent.vhostUsers?.infos ?? [] { reply(client, .vmdInfoBackendData, b.encoded()) }
+        }
         reply(client, .vmdInfoVMEnd)
     }
 

@@ -4,6 +4,8 @@ import Virtio
 import VirtioDevices
 import VhostUser
 import CVhostUser
+import Imsg
+import VMDControl
 
 /// `vmd -P vhost-user -t KIND -S SOCKET ...`: one of our virtio devices
 /// (vioblk, vioscsi, viornd, vionet) as a vhost-user backend for QEMU or
@@ -28,8 +30,11 @@ struct VhostUserOptions: Equatable {
     var foreground = false
     var verbosity = 0
     var name: String?
+    /// `-C fd`: an imsg channel to the vmd parent that manages this backend
+    /// (FrontendReport when a frontend connects or leaves).
+    var statusFD: Int32?
 
-    static let usage = "usage: vmd -P vhost-user [-drv] -t blk|scsi|rnd|net (-S socket [-u user[:group]] | -L fd)\n       [-i image | -n tap | -B fd] [-m lladdr] [-N name]"
+    static let usage = "usage: vmd -P vhost-user [-drv] -t blk|scsi|rnd|net (-S socket [-u user[:group]] | -L fd)\n       [-i image | -n tap | -B fd] [-m lladdr] [-N name] [-C fd]"
 
     struct ParseError: Error, CustomStringConvertible { var description: String }
 
@@ -59,6 +64,7 @@ struct VhostUserOptions: Equatable {
             case "-n": o.tapName = try value()
             case "-u": o.owner = try value()
             case "-N": o.name = try value()
+            case "-C": o.statusFD = try fd(try value())
             case "-m":
                 let text = try value()
                 let parts = text.split(separator: ":", omittingEmptySubsequences: false)
@@ -110,6 +116,8 @@ final class VhostUserProcess: VhostUserBackendDelegate {
     /// A frontend sending bad requests with REPLY_ACK could flood the log.
     var logBudget = LogBudget()
     var receiveBuffer = [UInt8](repeating: 0, count: 65536)
+    /// To the managing vmd parent, when there is one (`-C`).
+    var status: ImsgChannel?
 
     static func main(_ args: [String]) -> Never {
         let options: VhostUserOptions
@@ -215,11 +223,22 @@ final class VhostUserProcess: VhostUserBackendDelegate {
                 }
             }
         }
-        FD.closeAll(from: 3, except: [listenFD] + (backendFD.map { [$0] } ?? []))
+        FD.closeAll(from: 3, except: [listenFD] + (backendFD.map { [$0] } ?? []) + (options.statusFD.map { [$0] } ?? []))
         _ = loop
+        if let fd = options.statusFD {
+            // The parent that manages this backend: when it goes, so do we.
+            status = ImsgChannel(fd: fd, name: "\(name): parent", loop: loop,
+                                 onMessage: { _, m in if let f = m.fd { FD.close(f) } },
+                                 onClose: { [name] _, _ in
+                                     Log.info("\(name): the vmd parent is gone")
+                                     exit(0)
+                                 })
+            status?.allowedTypes = []
+        }
         let user = getuid() == 0 ? Users.lookup(Users.daemonUser) : nil
         if getuid() == 0 && user == nil { fail("user \(Users.daemonUser) does not exist") }
         restrict(name, user: user, denyFileSystem: true, policy: SandboxPolicies.vhostUser(model))
+        sandboxSelfTest(role: "vhost-user")
         input?.onInputWanted = { [unowned self] in self.watchTap() }
         loop.onSignal(SIGTERM) { [unowned self] in self.loop.exit() }
         watchListener()
@@ -238,14 +257,18 @@ final class VhostUserProcess: VhostUserBackendDelegate {
         connection = fd
         if let h = listenWatch { loop.remove(h) }
         listenWatch = nil
-        let pid = (try? Peer.credentials(fd).pid).map { " (pid \($0))" } ?? ""
+        let peer = try? Peer.credentials(fd).pid
+        let pid = peer.map { " (pid \($0))" } ?? ""
         Log.info("\(name): frontend connected\(pid)")
+        status?.send(type: MessageType.vhostUserFrontend.rawValue, peerID: 0,
+                     data: FrontendReport(pid: Int32(peer ?? 0)).encoded())
         connectionWatch = loop.onReadable(fd) { [unowned self] in self.readable() }
     }
 
     func disconnect(_ reason: String) {
         guard connection >= 0 else { return }
         Log.info("\(name): frontend disconnected: \(reason)")
+        status?.send(type: MessageType.vhostUserFrontend.rawValue, peerID: 0, data: FrontendReport(pid: 0).encoded())
         if let h = connectionWatch { loop.remove(h) }
         connectionWatch = nil
         unwatchTap()

@@ -27,14 +27,21 @@ extension VMCtl {
             }
             let connection = global.connect()
             var vms: [VMInfo] = []
+            var backends: [BackendInfo] = []
             try reportingFailures(verb: "status") {
-                vms = try Status.fetch(connection, name: name ?? "")
+                (vms, backends) = try Status.fetch(connection, name: name ?? "")
             }
             if runningOnly { vms = vms.filter(StatusTable.isRunning) }
-            Output.writeOut(json ? StatusTable.json(vms) : StatusTable.render(vms, ownerName: Status.ownerName))
+            if json {
+                Output.writeOut(BackendTable.json(vms: vms, backends: backends))
+            } else {
+                var text = StatusTable.render(vms, ownerName: Status.ownerName)
+                if !backends.isEmpty { text += "\n" + BackendTable.render(backends) }
+                Output.writeOut(text)
+            }
             // As vmd's vmctl: an empty listing is a failure, so scripts can
             // test `vmctl status -r name` for "is it running".
-            if vms.isEmpty {
+            if vms.isEmpty && backends.isEmpty {
                 if let name { Output.warn("status \(name): \(runningOnly ? "vm not running" : "vm not found")") }
                 throw ExitCode.failure
             }
@@ -47,15 +54,22 @@ extension VMCtl {
         }
 
         /// vmdGetInfoVMRequest with the name ("" for all), then one
-        /// vmdInfoVMData per VM until vmdInfoVMEnd.
-        static func fetch(_ connection: ControlConnection, name: String) throws -> [VMInfo] {
+        /// vmdInfoVMData per VM, then (for all) one vmdInfoBackendData per
+        /// vhost-user backend, until vmdInfoVMEnd.
+        static func fetch(_ connection: ControlConnection, name: String) throws -> ([VMInfo], [BackendInfo]) {
             try connection.send(.vmdGetInfoVMRequest, InfoRequest(name: name).encoded())
             var vms: [VMInfo] = []
+            var backends: [BackendInfo] = []
             while true {
                 let reply = try connection.receive()
                 switch reply.type {
                 case .vmdInfoVMData: vms.append(try connection.decodeInfo(reply.data))
-                case .vmdInfoVMEnd: return vms
+                case .vmdInfoBackendData:
+                    guard let b = try? BackendInfo(decoding: reply.data) else {
+                        throw Failure(code: EPROTO, message: "malformed backend information from vmd")
+                    }
+                    backends.append(b)
+                case .vmdInfoVMEnd: return (vms, backends)
                 default: throw connection.unexpected(reply.type)
                 }
             }

@@ -220,8 +220,8 @@ final class ParserTests: XCTestCase {
             "vm.conf:4: syntax error: expected a vm option (allow instance, boot, cdrom, cmdline, cpus, disable, "
                 + "disk, enable, initrd, interface, interfaces, local interface, memory, owner), found \"nonsense\"",
             "vm.conf:5: unrecognized disk format zip (expected raw or qcow2)",
-            "vm.conf:7: syntax error: expected vm, switch, include, local, socket owner, staggered start or a "
-                + "macro definition, found \"garbage\"",
+            "vm.conf:7: syntax error: expected vm, switch, vhost-user, include, local, socket owner, "
+                + "staggered start or a macro definition, found \"garbage\"",
             "vm.conf:8: too many interfaces: 7 (at most 4)",
         ])
     }

@@ -51,19 +51,30 @@ final class ControlConnectionTests: XCTestCase {
                          owner: "root", state: "running", name: "web")
         let db = VMInfo(id: 2, pid: 0, vcpus: 2, maxMemory: 1 << 30, curMemory: 0, tty: "", owner: "bob",
                         state: "stopped", name: "db")
+        let disk0 = BackendInfo(name: "disk0", kind: "blk", socket: "/run/d.sock", state: "connected",
+                                frontendPID: 99, restarts: 1)
         let done = serve { request in
             guard request.type == MessageType.vmdGetInfoVMRequest.rawValue else { return [] }
             var r = WireReader(request.data)
             let name = (try? r.string()) ?? "?"
             let all = [web, db].filter { name.isEmpty || $0.name == name }
+            // Backends come with the full listing only, after the VMs.
+            let backends = name.isEmpty ? [disk0] : []
             return all.map { Imsg(type: MessageType.vmdInfoVMData.rawValue, data: $0.encoded()) }
+                + backends.map { Imsg(type: MessageType.vmdInfoBackendData.rawValue, data: $0.encoded()) }
                 + [Imsg(type: MessageType.vmdInfoVMEnd.rawValue)]
         }
         do {
             let connection = try ControlConnection(socketPath: path)
-            XCTAssertEqual(try VMCtl.Status.fetch(connection, name: ""), [web, db])
-            XCTAssertEqual(try VMCtl.Status.fetch(connection, name: "db"), [db])
-            XCTAssertEqual(try VMCtl.Status.fetch(connection, name: "none"), [])
+            let all = try VMCtl.Status.fetch(connection, name: "")
+            XCTAssertEqual(all.0, [web, db])
+            XCTAssertEqual(all.1, [disk0])
+            let one = try VMCtl.Status.fetch(connection, name: "db")
+            XCTAssertEqual(one.0, [db])
+            XCTAssertEqual(one.1, [])
+            let none = try VMCtl.Status.fetch(connection, name: "none")
+            XCTAssertEqual(none.0, [])
+            XCTAssertEqual(none.1, [])
         }
         wait(for: [done], timeout: 5)
     }

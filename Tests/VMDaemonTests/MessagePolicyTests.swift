@@ -33,6 +33,32 @@ final class MessagePolicyTests: XCTestCase {
         for r in MessageRoute.allCases { XCTAssertFalse(MessagePolicy.allowed(r).contains(.none), "\(r)") }
     }
 
+    /// A vhost-user backend process may only tell its parent about its
+    /// frontend; clients only read backend information.
+    func testVhostUserBackendRouteIsNarrow() {
+        XCTAssertEqual(MessagePolicy.allowed(.vhostUserToParent), [.vhostUserFrontend])
+        XCTAssertTrue(MessagePolicy.clientReplies.contains(.vmdInfoBackendData))
+        XCTAssertFalse(MessagePolicy.allowed(.clientToControl).contains(.vmdInfoBackendData))
+        XCTAssertFalse(MessagePolicy.allowed(.clientToControl).contains(.vhostUserFrontend))
+        XCTAssertEqual(try FrontendReport(decoding: FrontendReport(pid: 77).encoded()), FrontendReport(pid: 77))
+        XCTAssertThrowsError(try FrontendReport(decoding: [1, 2]))
+        // Only the parent starts and stops backends; a VM cannot.
+        for t in [MessageType.vmmStartBackend, .vmmStartBackendFD, .vmmStartBackendEnd, .vmmStopBackend] {
+            XCTAssertTrue(MessagePolicy.allowed(.parentToVMM).contains(t), "\(t)")
+            XCTAssertFalse(MessagePolicy.allowed(.vmToVMM).contains(t), "\(t)")
+            XCTAssertFalse(MessagePolicy.allowed(.vhostUserToParent).contains(t), "\(t)")
+        }
+        XCTAssertTrue(MessagePolicy.allowed(.vmmToParent).isSuperset(of: [.vmmBackendStarted, .vmmBackendExited]))
+        XCTAssertFalse(MessagePolicy.allowed(.vmToVMM).contains(.vmmBackendExited))
+        // vmm builds the command line itself: only `vmd -P vhost-user`.
+        let launch = BackendLaunch(name: "disk0", kind: "blk", readOnly: true, mac: "", hasFile: true)
+        XCTAssertEqual(try BackendLaunch(decoding: launch.encoded()), launch)
+        XCTAssertEqual(launch.arguments(foreground: false, verbosity: 0),
+                       ["vmd", "-P", "vhost-user", "-t", "blk", "-N", "disk0", "-L", "3", "-C", "4", "-B", "5", "-r"])
+        XCTAssertEqual(launch.descriptorCount, 3)
+        XCTAssertThrowsError(try BackendLaunch(decoding: Array(launch.encoded().dropLast())))
+    }
+
     func testConnectionLimitsKeepRootIn() {
         let l = ControlLimits()
         XCTAssertNil(l.refusal(uid: 1000, total: 0, sameUID: 0))

@@ -3,7 +3,8 @@
 
 usage: run.py VMD SCENARIO      (SCENARIO: devices, restart, badfrontend)
 
-devices:     one QEMU TCG guest with our blk, scsi (CD-ROM), rng and net
+devices:     one QEMU TCG guest with our blk (run by the vmd daemon from a
+             vm.conf vhost-user stanza), scsi (CD-ROM), rng and net
              backends: fio verify + discard + flush on a 256 MiB disk (the
              host checks the image), the ISO's checksum, 64 KiB of
              /dev/hwrng, ping and a 64 MiB TCP transfer into a test netns.
@@ -161,6 +162,36 @@ def check_blk(lines, image, mib):
     print("blk: fio verify, discard, flush and the host's checksum agree")
 
 
+class ManagedBackends:
+    """The vmd daemon running vm.conf's `vhost-user` stanzas: the parent
+    binds the sockets and opens the files, vmm spawns the backends."""
+
+    def __init__(self, vmd, stanzas, socks, work, log):
+        self.args = ["vmd -f vm.conf"]
+        conf = os.path.join(work, "vm.conf")
+        with open(conf, "w") as f:
+            f.write(stanzas)
+        self.proc = subprocess.Popen([vmd, "-d", "-v", "-f", conf, "-s", os.path.join(work, "vmd.sock")],
+                                     stdout=log, stderr=log)
+        for _ in range(500):
+            if all(os.path.exists(s) for s in socks):
+                return
+            if self.proc.poll() is not None:
+                fail(f"vmd exited with {self.proc.returncode}")
+            time.sleep(0.02)
+        fail(f"vmd did not create {socks}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
 def scenario_devices(vmd, kernel, initrd, work, log):
     image = os.path.join(work, "disk.img")
     with open(image, "wb") as f:
@@ -176,7 +207,11 @@ def scenario_devices(vmd, kernel, initrd, work, log):
     backends = []
     receiver = None
     try:
-        backends.append(Backend(vmd, ["-t", "blk", "-i", image], os.path.join(work, "blk.sock"), log))
+        # blk through vm.conf and the vmd daemon (its backend runs under
+        # vmm's filter too), the others started directly.
+        blk_sock = os.path.join(work, "blk.sock")
+        backends.append(ManagedBackends(vmd, f'vhost-user "blk" {{\n\ttype blk\n\tdisk "{image}"\n'
+                                             f'\tsocket "{blk_sock}"\n}}\n', [blk_sock], work, log))
         backends.append(Backend(vmd, ["-t", "scsi", "-i", iso], os.path.join(work, "scsi.sock"), log))
         backends.append(Backend(vmd, ["-t", "rnd"], os.path.join(work, "rng.sock"), log))
         mac = "52:54:00:12:34:56"

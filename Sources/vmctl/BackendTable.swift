@@ -1,0 +1,69 @@
+import Foundation
+import VMDControl
+
+/// The second table of `vmctl status`: vmd's vhost-user backends, printed
+/// after the VMs only when there are any. Same style as the VM table: one
+/// header line in capitals, one line per backend, columns separated by
+/// spaces; names and sockets (any length) left-aligned, numbers and states
+/// right-aligned, each column as wide as its widest entry.
+enum BackendTable {
+    static let columns = ["NAME", "KIND", "SOCKET", "STATE", "FRONTEND-PID", "RESTARTS"]
+    /// Which columns are left-aligned (the free-length text).
+    static let leftAligned: Set<Int> = [0, 2]
+
+    static func fields(_ b: BackendInfo) -> [String] {
+        [b.name, b.kind, b.socket, b.state, b.frontendPID != 0 ? String(b.frontendPID) : "-", String(b.restarts)]
+    }
+
+    /// The header and one line per backend, each ending in a newline; ""
+    /// when there are none.
+    static func render(_ backends: [BackendInfo]) -> String {
+        guard !backends.isEmpty else { return "" }
+        let rows = [columns] + backends.map(fields)
+        var widths = [Int](repeating: 0, count: columns.count)
+        for row in rows {
+            for (i, field) in row.enumerated() { widths[i] = max(widths[i], field.utf8.count) }
+        }
+        return rows.map { row in
+            var cells: [String] = []
+            for (i, field) in row.enumerated() {
+                let gap = String(repeating: " ", count: widths[i] - field.utf8.count)
+                // The last column needs no trailing blanks.
+                if leftAligned.contains(i) { cells.append(i == row.count - 1 ? field : field + gap) }
+                else { cells.append(gap + field) }
+            }
+            return cells.joined(separator: " ") + "\n"
+        }.joined()
+    }
+
+    /// One JSON object per backend, the table's fields: frontend_pid is
+    /// null when no frontend is connected.
+    struct Entry: Encodable {
+        let backend: BackendInfo
+
+        enum Key: String, CodingKey { case name, kind, socket, state, frontend_pid, restarts }
+
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: Key.self)
+            try c.encode(backend.name, forKey: .name)
+            try c.encode(backend.kind, forKey: .kind)
+            try c.encode(backend.socket, forKey: .socket)
+            try c.encode(backend.state, forKey: .state)
+            if backend.frontendPID != 0 { try c.encode(backend.frontendPID, forKey: .frontend_pid) } else {
+                try c.encodeNil(forKey: .frontend_pid)
+            }
+            try c.encode(backend.restarts, forKey: .restarts)
+        }
+    }
+
+    /// `--json`: without backends the VM array as before; with backends an
+    /// object `{"vms": [...], "vhost_user": [...]}`.
+    static func json(vms: [VMInfo], backends: [BackendInfo]) -> String {
+        let vmJSON = StatusTable.json(vms).trimmingCharacters(in: .newlines)
+        guard !backends.isEmpty else { return vmJSON + "\n" }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data = (try? encoder.encode(backends.map(Entry.init))) ?? Data("[]".utf8)
+        return "{\"vhost_user\":" + String(decoding: data, as: UTF8.self) + ",\"vms\":" + vmJSON + "}\n"
+    }
+}
