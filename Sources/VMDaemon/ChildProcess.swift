@@ -52,7 +52,13 @@ final class ChildProcess {
 func restrict(_ role: String, user: Credentials?, denyFileSystem: Bool,
               policy: SeccompPolicy) {
     do {
-        if let user { try Sandbox.dropPrivileges(to: user) }
+        if let user {
+            try Sandbox.dropPrivileges(to: user)
+            // The kernel clears the parent-death signal on a change of
+            // credentials: arm it again, so a VM process dies with vmm and a
+            // device with its VM, whatever killed the parent.
+            Spawn.dieWithParent()
+        }
         try Sandbox.setNoNewPrivileges()
         if denyFileSystem {
             if Sandbox.landlockABI > 0 {

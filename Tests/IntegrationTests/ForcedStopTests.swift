@@ -195,4 +195,19 @@ final class ForcedStopTests: XCTestCase {
         XCTAssertTrue((try g.daemon.vmctl(["status", g.name])).out.contains("stopped nodev"))
         XCTAssertEqual(g.daemon.stop(timeout: 10), 0)
     }
+
+    /// A VM process killed outright takes its device processes with it,
+    /// even a stopped one: the parent-death signal is armed again after the
+    /// drop to `_vmd` (the kernel clears it on a change of credentials).
+    func testDevicesDieWithTheirVMProcess() throws {
+        let g = try Looping("pdeath")
+        let rng = try XCTUnwrap(g.devices["viornd"])
+        kill(rng, SIGSTOP)
+        kill(g.vm, SIGKILL)
+        let deadline = Date().addingTimeInterval(Self.bound)
+        while Date() < deadline && g.devices.values.contains(where: processExists) { usleep(20_000) }
+        let left = g.devices.filter { processExists($0.value) }.map(\.key)
+        XCTAssertEqual(left, [], "device processes outlived their VM process")
+        XCTAssertEqual(g.daemon.stop(timeout: 10), 0)
+    }
 }
