@@ -13,19 +13,6 @@
  */
 #include "vmtest.h"
 
-#define CC_DEVICE_FEATURE_SELECT 0x00
-#define CC_DEVICE_FEATURE 0x04
-#define CC_NUM_QUEUES 0x12
-#define CC_STATUS 0x14
-#define CC_QUEUE_SELECT 0x16
-#define CC_QUEUE_SIZE 0x18
-#define CC_QUEUE_ENABLE 0x1C
-#define CC_QUEUE_NOTIFY_OFF 0x1E
-#define CC_QUEUE_DESC 0x20
-#define CC_QUEUE_DRIVER 0x28
-#define CC_QUEUE_DEVICE 0x30
-#define STATUS_NEEDS_RESET 0x40
-
 #define F_INDIRECT (1ULL << 28)
 #define F_BLK_FLUSH (1ULL << 9)
 #define DESC_F_INDIRECT 4

@@ -11,27 +11,6 @@
 #define CAP_ISR 3
 #define CAP_DEVICE 4
 
-/* common configuration registers */
-#define CC_DEVICE_FEATURE_SELECT 0x00
-#define CC_DEVICE_FEATURE 0x04
-#define CC_DRIVER_FEATURE_SELECT 0x08
-#define CC_DRIVER_FEATURE 0x0C
-#define CC_NUM_QUEUES 0x12
-#define CC_STATUS 0x14
-#define CC_QUEUE_SELECT 0x16
-#define CC_QUEUE_SIZE 0x18
-#define CC_QUEUE_ENABLE 0x1C
-#define CC_QUEUE_NOTIFY_OFF 0x1E
-#define CC_QUEUE_DESC 0x20
-#define CC_QUEUE_DRIVER 0x28
-#define CC_QUEUE_DEVICE 0x30
-
-#define STATUS_ACK 1
-#define STATUS_DRIVER 2
-#define STATUS_DRIVER_OK 4
-#define STATUS_FEATURES_OK 8
-#define STATUS_FAILED 0x80
-
 /* Accesses outside a window read as all-ones and write nothing: a bad offset cannot reach other memory. */
 static bool in_window(const struct vregion *r, u32 off, u32 size)
 {

@@ -134,6 +134,30 @@ struct vring_desc { u64 addr; u32 len; u16 flags; u16 next; };
 #define VRING_DESC_F_WRITE 2
 #define VRING_AVAIL_F_NO_INTERRUPT 1
 
+/* virtio 1.x common configuration (struct virtio_pci_common_cfg) offsets
+ * and device status bits, shared by the driver (virtio.c) and the hostile
+ * mode (hostile.c). */
+#define CC_DEVICE_FEATURE_SELECT 0x00
+#define CC_DEVICE_FEATURE 0x04
+#define CC_DRIVER_FEATURE_SELECT 0x08
+#define CC_DRIVER_FEATURE 0x0C
+#define CC_NUM_QUEUES 0x12
+#define CC_STATUS 0x14
+#define CC_QUEUE_SELECT 0x16
+#define CC_QUEUE_SIZE 0x18
+#define CC_QUEUE_ENABLE 0x1C
+#define CC_QUEUE_NOTIFY_OFF 0x1E
+#define CC_QUEUE_DESC 0x20
+#define CC_QUEUE_DRIVER 0x28
+#define CC_QUEUE_DEVICE 0x30
+
+#define STATUS_ACK 1
+#define STATUS_DRIVER 2
+#define STATUS_DRIVER_OK 4
+#define STATUS_FEATURES_OK 8
+#define STATUS_NEEDS_RESET 0x40
+#define STATUS_FAILED 0x80
+
 struct vq {
     struct vdev *dev;
     u16 index, size;
