@@ -63,6 +63,15 @@ final class ForcedStopTests: XCTestCase {
             usleep(300_000)
         }
 
+        /// `what`, begun at `start`, took `took` seconds: less than `bound`,
+        /// and none of the VM's processes is left by `start + bound`.
+        func assertEnded(_ what: String, took: TimeInterval, since start: Date, within bound: TimeInterval,
+                         file: StaticString = #filePath, line: UInt = #line) {
+            print("\(name): \(what) took \(took) s")
+            XCTAssertLessThan(took, bound, "\(what) took \(took) s\n\(daemon.log)", file: file, line: line)
+            assertAllGone(by: start.addingTimeInterval(bound), file: file, line: line)
+        }
+
         /// Polls until none of the VM's processes exists, at most until `deadline`.
         func assertAllGone(by deadline: Date, file: StaticString = #filePath, line: UInt = #line) {
             while Date() < deadline && all.contains(where: processExists) { usleep(20_000) }
@@ -86,9 +95,7 @@ final class ForcedStopTests: XCTestCase {
         let r = try g.daemon.vmctl(["stop", "-f", "-w", g.name], timeout: 20)
         let took = Date().timeIntervalSince(start)
         XCTAssertEqual(r.status, 0, r.out)
-        print("\(g.name): stop -f took \(took) s")
-        XCTAssertLessThan(took, Self.bound, "stop -f took \(took) s\n\(g.daemon.log)")
-        g.assertAllGone(by: start.addingTimeInterval(Self.bound))
+        g.assertEnded("stop -f", took: took, since: start, within: Self.bound)
         XCTAssertTrue(g.daemon.log.contains("vm fdev: stopped (forced stop)"), g.daemon.log)
         XCTAssertTrue(g.daemon.log.contains("vioblk0: not answering: killed"), g.daemon.log)
         XCTAssertEqual(g.daemon.stop(timeout: 10), 0)
@@ -102,9 +109,7 @@ final class ForcedStopTests: XCTestCase {
         let r = try g.daemon.vmctl(["stop", "-f", "-w", g.name], timeout: 20)
         let took = Date().timeIntervalSince(start)
         XCTAssertEqual(r.status, 0, r.out)
-        print("\(g.name): stop -f took \(took) s")
-        XCTAssertLessThan(took, Self.bound, "stop -f took \(took) s\n\(g.daemon.log)")
-        g.assertAllGone(by: start.addingTimeInterval(Self.bound))
+        g.assertEnded("stop -f", took: took, since: start, within: Self.bound)
         XCTAssertTrue(g.daemon.log.contains("the VM process did not stop in 3 s: killed"), g.daemon.log)
         XCTAssertTrue(g.daemon.log.contains("vm fvm: stopped (the VM process did not stop"), g.daemon.log)
         XCTAssertTrue((try g.daemon.vmctl(["status", g.name])).out.contains("stopped fvm"))
@@ -120,9 +125,7 @@ final class ForcedStopTests: XCTestCase {
         let r = try g.daemon.vmctl(["stop", "-w", g.name], timeout: 30)
         let took = Date().timeIntervalSince(start)
         XCTAssertEqual(r.status, 0, r.out)
-        print("\(g.name): graceful stop took \(took) s")
-        XCTAssertLessThan(took, Self.bound + 3, "graceful stop took \(took) s\n\(g.daemon.log)")
-        g.assertAllGone(by: start.addingTimeInterval(Self.bound + 3))
+        g.assertEnded("graceful stop", took: took, since: start, within: Self.bound + 3)
         XCTAssertTrue(g.daemon.log.contains("the VM process did not stop in 6 s: killed"), g.daemon.log)
         XCTAssertEqual(g.daemon.stop(timeout: 10), 0)
     }
@@ -137,10 +140,8 @@ final class ForcedStopTests: XCTestCase {
         let r = try g.daemon.vmctl(["stop", "-w", g.name], timeout: 20)
         let took = Date().timeIntervalSince(start)
         XCTAssertEqual(r.status, 0, r.out)
-        print("\(g.name): graceful stop took \(took) s")
         // vmd's 3 s for the acknowledgement, then a forced stop's bound.
-        XCTAssertLessThan(took, 3 + Self.bound, "graceful stop took \(took) s\n\(g.daemon.log)")
-        g.assertAllGone(by: start.addingTimeInterval(3 + Self.bound))
+        g.assertEnded("graceful stop", took: took, since: start, within: 3 + Self.bound)
         XCTAssertTrue(g.daemon.log.contains("vm gdev: no shutdown acknowledgement from the guest: powering off"),
                       g.daemon.log)
         XCTAssertEqual(g.daemon.stop(timeout: 10), 0)
@@ -155,9 +156,7 @@ final class ForcedStopTests: XCTestCase {
         while g.daemon.process.isRunning && Date().timeIntervalSince(start) < 20 { usleep(20_000) }
         let took = Date().timeIntervalSince(start)
         XCTAssertFalse(g.daemon.process.isRunning, "vmd still running after 20 s\n\(g.daemon.log)")
-        print("\(g.name): vmd SIGTERM shutdown took \(took) s")
-        XCTAssertLessThan(took, Self.bound, "shutdown took \(took) s\n\(g.daemon.log)")
-        g.assertAllGone(by: start.addingTimeInterval(Self.bound))
+        g.assertEnded("vmd SIGTERM shutdown", took: took, since: start, within: Self.bound)
         XCTAssertEqual(g.daemon.stop(timeout: 1), 0)
     }
 
@@ -170,10 +169,8 @@ final class ForcedStopTests: XCTestCase {
         kill(g.daemon.pid, SIGTERM)
         while g.daemon.process.isRunning && Date().timeIntervalSince(start) < 30 { usleep(20_000) }
         let took = Date().timeIntervalSince(start)
-        print("\(g.name): vmd SIGTERM shutdown took \(took) s")
         XCTAssertFalse(g.daemon.process.isRunning, "vmd still running after 30 s\n\(g.daemon.log)")
-        XCTAssertLessThan(took, Self.bound + 3, "shutdown took \(took) s\n\(g.daemon.log)")
-        g.assertAllGone(by: start.addingTimeInterval(Self.bound + 3))
+        g.assertEnded("vmd SIGTERM shutdown", took: took, since: start, within: Self.bound + 3)
         XCTAssertTrue(g.daemon.log.contains("the VM process did not stop in 6 s: killed"), g.daemon.log)
         XCTAssertEqual(g.daemon.stop(timeout: 1), 0)
     }
