@@ -28,6 +28,8 @@ final class DeviceProcess: InterruptSink {
     var paused = false
     var interruptLevel = false
     var inputWatch: EventHandle?
+    /// The state the VM process keeps for this device's next instance.
+    var stateKeeper: TransportStateKeeper?
 
     static func main(_ options: DaemonOptions, device: String) -> Never {
         let (sync, setup) = readStartMessage(fd: setupDescriptor, expecting: .devopVMInfo,
@@ -51,8 +53,10 @@ final class DeviceProcess: InterruptSink {
     func run() -> Never {
         let memory = mapGuestMemory()
         buildDevice(memory: memory)
+        keepState()
         enterSandbox()
         listen()
+        continueAfterRestart()
         send(sync: ViodevMsg(kind: .ready))
         async.send(type: MessageType.devopMsg.rawValue, data: ViodevMsg(kind: .ready).encoded())
         Log.debug("\(setup.name): ready")
@@ -99,7 +103,9 @@ final class DeviceProcess: InterruptSink {
     /// Nothing but our descriptors, no file system, no new privileges, no
     /// root, and the table's system calls for this kind.
     private func enterSandbox() {
-        FD.closeAll(from: 3, except: setup.descriptors.all.filter { $0 != setup.descriptors.first(.guestMemory) })
+        FD.closeAll(from: 3, except: setup.descriptors.all.filter {
+            $0 != setup.descriptors.first(.guestMemory) && $0 != setup.descriptors.first(.deviceState)
+        })
         _ = loop   // its epoll fd, before the sandbox forbids creating one
         guard let user = Users.lookup(Users.daemonUser) else { fail("user \(Users.daemonUser) does not exist") }
         restrict(setup.name, user: user, denyFileSystem: true, policy: SandboxPolicies.device(model))
@@ -144,7 +150,7 @@ final class DeviceProcess: InterruptSink {
     /// Queues where the driver parks buffers for the device to fill later
     /// (vionet receive, vioscsi events) are not watched.
     func watchForMissedKicks(queues watched: [Int]) {
-        guard !watched.isEmpty, let t = registers as? TransportCore else { return }
+        guard !watched.isEmpty, let t = stateKeeper?.transport ?? registers as? TransportCore else { return }
         let parked: Set<Int> = device is VioNet ? [VioNet.receiveQueue]
             : device is VioSCSI ? [VioSCSI.eventQueue] : []
         let queues = watched.filter { !parked.contains($0) && $0 >= 0 && $0 < t.queues.count }

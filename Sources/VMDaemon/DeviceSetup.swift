@@ -15,6 +15,9 @@ enum DeviceDescriptorRole: Equatable {
     case backend(BackendRole)
     /// The KVM ioeventfd signalled when the guest notifies this queue.
     case queueNotify(Int)
+    /// The memfd the VM process keeps across a restart: the transport's
+    /// registers and the queues' inflight records (DeviceRestart.swift).
+    case deviceState
 
     func encode(_ w: inout WireWriter) {
         switch self {
@@ -23,6 +26,7 @@ enum DeviceDescriptorRole: Equatable {
         case .guestMemory: w.u32(2); w.u32(0)
         case .backend(let r): w.u32(3); w.u32(UInt32(BackendRole.allCases.firstIndex(of: r)!))
         case .queueNotify(let q): w.u32(4); w.u32(UInt32(q))
+        case .deviceState: w.u32(5); w.u32(0)
         }
     }
 
@@ -38,6 +42,7 @@ enum DeviceDescriptorRole: Equatable {
         case 4:
             guard arg < 64 else { throw WireReader.Truncated() }
             self = .queueNotify(Int(arg))
+        case 5: self = .deviceState
         default: throw WireReader.Truncated()
         }
     }

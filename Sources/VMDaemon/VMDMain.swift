@@ -10,6 +10,7 @@ public enum VMDMain {
         ProcessTitle.initialize()
         let args = Array(CommandLine.arguments.dropFirst())
         if args.starts(with: ["-P", "vhost-user"]) { VhostUserProcess.main(Array(args.dropFirst(2))) }
+        if args.starts(with: ["-P", "device-spawner"]) { DeviceSpawnerProcess.main(Array(args.dropFirst(2))) }
         let options: DaemonOptions
         do {
             options = try DaemonOptions.parse(Array(CommandLine.arguments.dropFirst()))

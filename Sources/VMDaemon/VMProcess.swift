@@ -31,6 +31,9 @@ final class VMProcess {
     /// Why a device was given up on (set on a vCPU thread).
     let failureLock = Mutex()
     var deviceFailure: String?
+    /// What restarts a device that dies (DeviceRestart.swift).
+    var slots: [DeviceSlot] = []
+    var spawner: SpawnerClient?
 
     /// How long the vCPU threads get to leave once the VM stops: they are
     /// kicked out of KVM_RUN and released from device waits at once, so
@@ -168,7 +171,8 @@ final class VMProcess {
         } catch {
             die("cannot start devices: \(error)")
         }
-        for d in spec.devices { for i in d.descriptors { FD.close(descriptor(i)) } }
+        // The backends stay open here: a device started again gets them.
+        startSpawner()
     }
 
     /// The privileged part is over.
@@ -216,7 +220,8 @@ final class VMProcess {
         let model = s.kind.model
         let (syncMine, syncTheirs) = try FD.socketPair()
         let (asyncMine, asyncTheirs) = try FD.socketPair()
-        defer { FD.close(syncTheirs); FD.close(asyncTheirs) }
+        // Both ends stay open here: a restarted device gets the same ones.
+        let (stateFD, stateRegion) = try makeStateRegion(model, name: s.name)
         // One kick eventfd per queue, signalled by KVM itself.
         let notifyFDs = try model.queueSizes.map { _ in try EventFD.create() }
         var fds: [Int32] = []
@@ -231,6 +236,7 @@ final class VMProcess {
         // A disk's backing chain follows its image, read-only.
         for fd in backends.dropFirst(model.backends.count) { pass(fd, as: .backend(.baseImage)) }
         for (queue, fd) in notifyFDs.enumerated() { pass(fd, as: .queueNotify(queue)) }
+        pass(stateFD, as: .deviceState)
 
         var args = ["vmd", "-X", s.name]
         if options.foreground { args.append("-d") }
@@ -266,6 +272,8 @@ final class VMProcess {
                                   onClose: { _, _ in })
         proxy.async?.allowedTypes = MessagePolicy.rawTypes(.deviceToVMAsync)
         devices.append(proxy)
+        slots.append(DeviceSlot(setup: s, descriptors: fds, arguments: args, proxy: proxy,
+                                syncTheirs: syncTheirs, asyncTheirs: asyncTheirs, region: stateRegion))
         return proxy
     }
 
@@ -289,13 +297,7 @@ final class VMProcess {
     }
 
     func reapDevices() {
-        while let (pid, status) = Spawn.reapAny() {
-            let name = devicePIDs.removeValue(forKey: pid) ?? "process \(pid)"
-            if finishing { continue }
-            let why = "\(name) process \(status)"
-            Log.error("\(why): stopping the VM")
-            finish(.failed, why)
-        }
+        while let (pid, status) = Spawn.reapAny() { childExited(pid, status) }
     }
 
     func fromVMM(_ m: Imsg) {
@@ -357,6 +359,7 @@ final class VMProcess {
     /// killed.
     func finish(_ reason: VMStopReason, _ detail: String, forced: Bool = false) -> Never {
         finishing = true
+        if let s = spawner { Spawn.signal(s.pid, SIGKILL) }
         if stopFD >= 0 { EventFD.signal(stopFD) }
         if let vm, !vm.stop(timeout: Self.vcpuStopTimeout) {
             Log.warning("vCPU threads did not end in \(Self.vcpuStopTimeout) s; exiting anyway")

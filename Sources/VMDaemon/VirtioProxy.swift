@@ -24,8 +24,8 @@ final class VirtioProxy: PCIFunction {
 
     let name: String
     let configHeader: PCIConfigHeader
-    let pid: pid_t
-    let sync: ImsgBuffer
+    var pid: pid_t
+    var sync: ImsgBuffer
     let asyncFD: Int32
     /// The ISR register's offset in the BAR: reading it clears the device's
     /// interrupt, so the vCPU lowers the line at once (as vmd does).
@@ -35,8 +35,14 @@ final class VirtioProxy: PCIFunction {
     let stopFD: Int32
     var interrupt: InterruptLine?
     var async: ImsgChannel?
-    private let lock = Mutex()
-    private var broken = false
+    let lock = Mutex()
+    var broken = false
+    /// Restart state (DeviceRestart.swift): set by the event loop while a
+    /// dead device's successor starts, read by vCPU threads.
+    let restartLock = Mutex()
+    var restarting = false
+    var restartGeneration = 0
+    var readTag: UInt8 = 0
     private let stuckLock = Mutex()
     private var stuck = false
     var onFailure: ((String) -> Void)?
@@ -112,7 +118,7 @@ final class VirtioProxy: PCIFunction {
 
     // MARK: bounded sync-channel I/O (lock held, or before the vCPUs run)
 
-    private enum Outcome {
+    enum Outcome {
         case message(Imsg)   // for `send`: an empty message, the bytes are out
         case timedOut
         case stopped
@@ -120,20 +126,22 @@ final class VirtioProxy: PCIFunction {
     }
 
     /// Polls the sync socket for `events` and the stop fd until `deadline`.
-    private func wait(_ events: Int16, until deadline: Double) -> Outcome? {
+    func wait(_ events: Int16, until deadline: Double) -> Outcome? {
         while true {
             let left = deadline - Clock.now()
             if left <= 0 { return .timedOut }
+            // A device that died: the access is made again to its successor.
+            if isRestarting { return .failed(DeviceRestarting()) }
             var fds = [pollfd(fd: sync.fd, events: events, revents: 0),
                        pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
             // A kick signal (EINTR) only makes it look again.
-            let n = poll(&fds, 2, Int32(min(left * 1000 + 1, 1000)))
+            let n = poll(&fds, 2, Int32(min(left * 1000 + 1, 10)))
             if fds[1].revents != 0 { return .stopped }
             if n > 0 && fds[0].revents != 0 { return nil }
         }
     }
 
-    private func send(_ m: Imsg, until deadline: Double) -> Outcome {
+    func send(_ m: Imsg, until deadline: Double) -> Outcome {
         do {
             try sync.compose(m)
             while try !sync.flush() {
@@ -145,7 +153,7 @@ final class VirtioProxy: PCIFunction {
         }
     }
 
-    private func receive(until deadline: Double) -> Outcome {
+    func receive(until deadline: Double) -> Outcome {
         do {
             while true {
                 if let m = try sync.get() { return .message(m) }
@@ -164,6 +172,7 @@ final class VirtioProxy: PCIFunction {
     /// After an access that did not complete (lock held): no later access
     /// goes to the device; the VM process decides what happens to the VM.
     private func give(up outcome: Outcome, doing what: String) {
+        if case .failed(let e) = outcome, e is DeviceRestarting { return }
         broken = true
         switch outcome {
         case .timedOut:
@@ -184,22 +193,11 @@ final class VirtioProxy: PCIFunction {
 
     func barRead(bar: Int, offset: UInt32, size: Int) -> UInt32 {
         guard bar == 0, offset <= UInt32(UInt16.max) else { return 0xffff_ffff }
-        let req = ViodevMsg(kind: .ioRead, reg: UInt16(offset), ioSize: UInt8(size))
-        let reply: ViodevMsg? = lock.locked {
-            guard !broken else { return nil }
-            let deadline = Clock.now() + Self.registerTimeout
-            var outcome = send(Imsg(type: MessageType.devopMsg.rawValue, data: req.encoded()), until: deadline)
-            if case .message = outcome {
-                while true {
-                    outcome = receive(until: deadline)
-                    guard case .message(let m) = outcome else { break }
-                    if let f = m.fd { FD.close(f) }
-                    guard MessagePolicy.permits(m.type, on: .deviceToVMSync), let r = ViodevMsg(bytes: m.data) else { continue }
-                    if r.kind == .ioRead && r.dataValid { return r }
-                }
-            }
-            give(up: outcome, doing: "read")
-            return nil
+        var reply: ViodevMsg?
+        for _ in 0..<Self.accessAttempts {
+            let generation = awaitRestart()
+            reply = readOnce(offset: offset, size: size)
+            if reply != nil || !restarted(since: generation) { break }
         }
         // A failed device reads as all-ones, like an absent one.
         guard let reply else { return 0xffff_ffff }
@@ -208,9 +206,37 @@ final class VirtioProxy: PCIFunction {
         return reply.data & mask
     }
 
+    /// One register read; the reply must carry the request's tag (in the
+    /// vcpu field, which the device echoes), so an answer a dead device's
+    /// predecessor left in the channel is never taken for this one's.
+    private func readOnce(offset: UInt32, size: Int) -> ViodevMsg? {
+        lock.locked {
+            guard !broken else { return nil }
+            readTag &+= 1
+            let tag = readTag
+            let req = ViodevMsg(kind: .ioRead, reg: UInt16(offset), ioSize: UInt8(size), vcpu: tag)
+            let deadline = Clock.now() + Self.registerTimeout
+            var outcome = send(Imsg(type: MessageType.devopMsg.rawValue, data: req.encoded()), until: deadline)
+            if case .message = outcome {
+                while true {
+                    outcome = receive(until: deadline)
+                    guard case .message(let m) = outcome else { break }
+                    if let f = m.fd { FD.close(f) }
+                    guard MessagePolicy.permits(m.type, on: .deviceToVMSync), let r = ViodevMsg(bytes: m.data) else { continue }
+                    if r.kind == .ioRead && r.dataValid && r.vcpu == tag { return r }
+                }
+            }
+            give(up: outcome, doing: "read")
+            return nil
+        }
+    }
+
     func barWrite(bar: Int, offset: UInt32, size: Int, value: UInt32) {
         guard bar == 0, offset <= UInt32(UInt16.max) else { return }
         let req = ViodevMsg(kind: .ioWrite, reg: UInt16(offset), ioSize: UInt8(size), data: value)
+        // A write sent while a device restarts is taken by its successor
+        // (DeviceRestart.swift carries unread writes over).
+        _ = awaitRestart()
         lock.locked {
             guard !broken else { return }
             // Writes are not answered; this waits only while the socket is

@@ -54,10 +54,10 @@ public final class VirtioPCITransport: TransportCore {
     public static let noVector: UInt16 = 0xffff
 
     public let deviceType: VirtioDeviceType
-    public private(set) var configGeneration: UInt8 = 0
-    public private(set) var driverFeatures: UInt64 = 0
-    private var deviceFeatureSelect: UInt32 = 0
-    private var driverFeatureSelect: UInt32 = 0
+    public internal(set) var configGeneration: UInt8 = 0
+    public internal(set) var driverFeatures: UInt64 = 0
+    var deviceFeatureSelect: UInt32 = 0
+    var driverFeatureSelect: UInt32 = 0
 
     /// Everything the device offers: its own bits plus what this transport
     /// and the virtqueue implement.

@@ -409,3 +409,19 @@ void blk_bench(void)
 out:
     vq_no_interrupts(q, false);
 }
+
+/* ---- for verify.c: I/O through the check's bounce buffer ---- */
+
+bool blk_transfer(bool write, u64 sector, u8 *buf, u32 count, char *why, size_t whysz)
+{
+    if (!blk_ready) {
+        snprintf(why, whysz, "vioblk0: not set up");
+        return false;
+    }
+    return transfer(write ? T_OUT : T_IN, sector, buf, count, why, whysz);
+}
+
+u64 blk_capacity(void)
+{
+    return blk_ready ? capacity : 0;
+}

@@ -90,6 +90,7 @@ struct options {
     bool hostile;               /* hostile: after the checks, act as a broken/malicious driver */
     u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */
     bool regloop;               /* regloop: read a vioblk register forever after the checks */
+    u32 blk_verify;             /* blk_verify=N: write+verify the whole disk for N seconds (verify.c) */
 };
 extern struct options opt;
 
@@ -208,6 +209,9 @@ void irq_service(void);       /* reads ISR of devices whose line fired, unmasks 
 void blk_check(struct pci_dev *p);
 void blk_bench(void);
 void blk_qd1_bench(void);
+bool blk_transfer(bool write, u64 sector, u8 *buf, u32 count, char *why, size_t whysz);
+u64 blk_capacity(void);                /* sectors; 0 when the check did not set the device up */
+void blk_verify_run(u32 seconds);      /* verify.c */
 void rng_check(struct pci_dev *p);
 void net_check(struct pci_dev *p);
 void net_bench(void);

@@ -75,6 +75,8 @@ void cvmd_close_fds_from(int lowfd, const int *keep, int nkeep);
  * actions + closefrom). Returns 0 and sets *pid, or an errno value.
  */
 int cvmd_spawn(const char *path, char *const argv[], const int *fds, int nfds, pid_t *pid);
+/* The same, but the child is the caller's sibling (CLONE_PARENT): sibling.c. */
+int cvmd_spawn_sibling(const char *path, char *const argv[], const int *fds, int nfds, pid_t *pid);
 
 /* accept4(SOCK_CLOEXEC|SOCK_NONBLOCK) and getrandom(2) need _GNU_SOURCE. */
 int cvmd_accept(int fd);

@@ -1,0 +1,113 @@
+import Foundation
+import XCTest
+import Glibc
+
+/// Issue 12: a device process that dies is started again with the same
+/// descriptors and sandbox, its transport state restored, and the requests
+/// it had taken served again; the guest sees nothing. A device that keeps
+/// dying without completing anything stops the VM.
+final class DeviceRestartTests: XCTestCase {
+    override func setUpWithError() throws {
+        try requireRoot()
+        try requireKVM()
+        try requireVmtest()
+    }
+
+    func config(_ name: String, extra: String = "", cmdline: String) -> String {
+        """
+        vm "\(name)" {
+            memory 64M
+            boot "\(Repo.vmtestELF)"
+            cmdline "\(cmdline)"
+        \(extra)
+        }
+        """
+    }
+
+    func devicePID(_ d: Daemon, vm: String, device: String) -> Int32? {
+        descendants(of: d.pid).first { $0.args == "vmd: vm \(vm) \(device)" }?.pid
+    }
+
+    /// SIGKILLs the device every `interval` s until `done` shows in the log
+    /// (at most `limit` s); returns how many times it killed one.
+    func killRepeatedly(_ d: Daemon, vm: String, device: String, every interval: Double,
+                        until done: String, limit: Double) -> Int {
+        var kills = 0
+        var last: Int32 = 0
+        let deadline = Date().addingTimeInterval(limit)
+        while Date() < deadline && !d.log.contains(done) {
+            if let pid = devicePID(d, vm: vm, device: device), pid != last {
+                kill(pid, SIGKILL)
+                kills += 1
+                last = pid
+            }
+            usleep(UInt32(interval * 1_000_000))
+        }
+        return kills
+    }
+
+    /// vmtest's verify.c pattern of `sector` in `pass`.
+    static func pattern(pass: UInt32, sector: UInt64) -> [UInt8] {
+        var x = UInt32(truncatingIfNeeded: sector) &* 2654435761 ^ pass &* 40503
+        return (0..<512).map { _ in
+            x = x &* 1103515245 &+ 12345
+            return UInt8(truncatingIfNeeded: x >> 16)
+        }
+    }
+
+    func testBlkWriteVerifyWhileTheDeviceIsKilledEvery500ms() throws {
+        let dir = NSTemporaryDirectory() + "vmd-restart-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let disk = dir + "/disk.img"
+        try Guest.makeDisk(disk, sectors: 8192)
+        let d = try Daemon(config: config("rb", extra: "    disk \"\(disk)\"", cmdline: "blk_verify=30"), extraArgs: ["-v"])
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("vmtest: blk ok", timeout: 60), d.log)
+        let kills = killRepeatedly(d, vm: "rb", device: "vioblk0", every: 0.5,
+                                   until: "vmtest summary:", limit: 90)
+        XCTAssertTrue(d.waitLog("vm rb: stopped (guest powered off)", timeout: 60), d.log)
+        let log = d.log
+        XCTAssertGreaterThanOrEqual(kills, 40, log)
+        XCTAssertTrue(log.contains("vmtest: verify ok"), log)
+        XCTAssertTrue(log.contains("failed=0"), log)
+        XCTAssertFalse(log.contains("FAIL"), log)
+        XCTAssertTrue(log.contains("vioblk0 process killed by SIGKILL: restarting it"), log)
+        // The image holds what the guest last wrote, sector by sector.
+        let line = try XCTUnwrap(log.split(separator: "\n").first { $0.contains("vmtest: verify ok") })
+        func field(_ name: String) -> UInt64? {
+            line.split(separator: " ").first { $0.hasPrefix(name + "=") }.flatMap { UInt64($0.dropFirst(name.count + 1)) }
+        }
+        let passes = try XCTUnwrap(field("passes")), stop = try XCTUnwrap(field("stop_sector"))
+        let image = try Data(contentsOf: URL(fileURLWithPath: disk))
+        XCTAssertEqual(image.count, 8192 * 512)
+        var wrong = 0
+        for s in 0..<UInt64(8192) {
+            let pass = s < stop ? passes : passes - 1
+            guard pass > 0 else { continue }
+            let at = Int(s) * 512
+            if Array(image[at..<(at + 512)]) != Self.pattern(pass: UInt32(pass), sector: s) { wrong += 1 }
+        }
+        if ProcessInfo.processInfo.environment["SHOWLOG"] != nil { print(log) }
+        XCTAssertEqual(wrong, 0, "sectors that do not hold what the guest wrote (passes \(passes), stop \(stop))")
+        XCTAssertEqual(d.stop(), 0)
+    }
+
+    func testACrashLoopStopsTheVMAfterFiveTries() throws {
+        let d = try Daemon(config: config("loop", cmdline: "stay"),
+                           extraArgs: ["-v"], env: ["VMD_SANDBOX_SELFTEST": "viornd@restart:segv"])
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("vmtest summary:", timeout: 60), d.log)
+        let rnd = try XCTUnwrap(devicePID(d, vm: "loop", device: "viornd"), d.log)
+        kill(rnd, SIGKILL)
+        XCTAssertTrue(d.waitLog("vmd: vm loop: stopped", timeout: 60), d.log)
+        let log = d.log
+        XCTAssertTrue(log.contains("viornd process killed by SIGKILL: restarting it (restart 1)"), log)
+        XCTAssertTrue(log.contains("viornd process killed by SIGSEGV: restarting it (restart 5)"), log)
+        XCTAssertFalse(log.contains("restart 6"), log); if ProcessInfo.processInfo.environment["SHOWLOG"] != nil { print(log) }
+        XCTAssertTrue(log.contains("viornd process killed by SIGSEGV: stopping the VM: it died 5 times in a row"), log)
+        usleep(300_000)
+        XCTAssertTrue(descendants(of: d.pid).filter { $0.args.contains(" loop") }.isEmpty, "\(descendants(of: d.pid))")
+        XCTAssertEqual(d.stop(), 0)
+    }
+}
