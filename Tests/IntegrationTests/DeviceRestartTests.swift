@@ -110,4 +110,56 @@ final class DeviceRestartTests: XCTestCase {
         XCTAssertTrue(descendants(of: d.pid).filter { $0.args.contains(" loop") }.isEmpty, "\(descendants(of: d.pid))")
         XCTAssertEqual(d.stop(), 0)
     }
+
+    /// A vCPU reading a register in a loop while its device is killed five
+    /// times (a sixth death with no request completed would be a crash
+    /// loop: register reads are not requests): every read is answered (by the dead device's successor, with
+    /// the registers it restored), none reads as all-ones, and the VM runs
+    /// on. Then the VM process is killed: the restarted device and the
+    /// spawner die with it.
+    func testRegisterReadsCarryOnAcrossRestartsAndRestartedDevicesDieWithTheVM() throws {
+        let dir = NSTemporaryDirectory() + "vmd-regrestart-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let disk = dir + "/disk.img"
+        try Guest.makeDisk(disk)
+        let d = try Daemon(config: config("rr", extra: "    disk \"\(disk)\"", cmdline: "regloop"), extraArgs: ["-v"])
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog(" reads, status ", timeout: 60), d.log)
+        var kills = 0
+        for _ in 0..<5 {
+            guard let pid = devicePID(d, vm: "rr", device: "vioblk0") else { break }
+            kill(pid, SIGKILL)
+            kills += 1
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline && devicePID(d, vm: "rr", device: "vioblk0") ?? pid == pid { usleep(20_000) }
+            usleep(200_000)
+        }
+        XCTAssertEqual(kills, 5)
+        let before = d.log.components(separatedBy: " reads, status 0xf").count
+        usleep(1_000_000)
+        let log = d.log
+        XCTAssertGreaterThan(log.components(separatedBy: " reads, status 0xf").count, before, "reads stopped\n\(log)")
+        XCTAssertFalse(log.contains("status 0xff"), log)
+        XCTAssertFalse(log.contains("treating as failed"), log)
+        XCTAssertTrue(log.contains("vioblk0 process killed by SIGKILL: restarting it (restart 5)"), log)
+        XCTAssertFalse(log.contains("vm rr: stopped"), log)
+
+        let tree = descendants(of: d.pid)
+        let vm = try XCTUnwrap(tree.first { $0.args == "vmd: vm rr" })
+        let children = tree.filter { $0.ppid == vm.pid }
+        XCTAssertTrue(children.contains { $0.args == "vmd: vm rr vioblk0" }, "\(tree)")
+        XCTAssertTrue(children.contains { $0.args == "vmd: device spawner for vm rr" }, "\(tree)")
+        // The restarted device is the VM process's child, sandboxed like the first.
+        let blk = try XCTUnwrap(children.first { $0.args == "vmd: vm rr vioblk0" })
+        XCTAssertEqual(procStatus(blk.pid)["Seccomp"], "2")
+        XCTAssertEqual(procStatus(blk.pid)["NoNewPrivs"], "1")
+        XCTAssertNotEqual(procStatus(blk.pid)["Uid"]?.split(separator: "\t").first, "0")
+        kill(blk.pid, SIGSTOP)
+        kill(vm.pid, SIGKILL)
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline && children.contains(where: { processExists($0.pid) }) { usleep(20_000) }
+        XCTAssertEqual(children.filter { processExists($0.pid) }.map(\.args), [], "outlived their VM process")
+        XCTAssertEqual(d.stop(timeout: 10), 0)
+    }
 }
