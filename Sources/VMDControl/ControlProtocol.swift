@@ -16,6 +16,9 @@ public struct VMInfo: Equatable, Sendable {
     public var owner: String       // user[:group]
     public var state: String
     public var name: String
+    /// Device processes restarted since the VM started, by device name
+    /// (only those restarted at least once).
+    public var deviceRestarts: [DeviceRestartReport] = []
 
     public init(id: UInt32, pid: Int32, vcpus: UInt32, maxMemory: UInt64, curMemory: UInt64,
                 tty: String, owner: String, state: String, name: String) {
@@ -27,6 +30,8 @@ public struct VMInfo: Equatable, Sendable {
         var w = WireWriter()
         w.u32(id); w.i32(pid); w.u32(vcpus); w.u64(maxMemory); w.u64(curMemory)
         w.string(tty); w.string(owner); w.string(state); w.string(name)
+        w.u32(UInt32(deviceRestarts.count))
+        for d in deviceRestarts { d.encode(&w) }
         return w.bytes
     }
 
@@ -35,6 +40,35 @@ public struct VMInfo: Equatable, Sendable {
         id = try r.u32(); pid = try r.i32(); vcpus = try r.u32()
         maxMemory = try r.u64(); curMemory = try r.u64()
         tty = try r.string(); owner = try r.string(); state = try r.string(); name = try r.string()
+        if r.remaining > 0 {
+            let n = try r.u32()
+            guard n <= DeviceRestartReport.maxDevices else { throw WireReader.Truncated() }
+            deviceRestarts = try (0..<n).map { _ in try DeviceRestartReport(&r) }
+        }
+    }
+}
+
+/// How often one device process of a VM was restarted (issue 12).
+public struct DeviceRestartReport: Equatable, Sendable {
+    public static let maxDevices: UInt32 = 64
+    public var device: String
+    public var restarts: UInt32
+
+    public init(device: String, restarts: UInt32) { self.device = device; self.restarts = restarts }
+
+    public func encode(_ w: inout WireWriter) { w.string(device); w.u32(restarts) }
+
+    public init(_ r: inout WireReader) throws {
+        device = try r.string(max: 32)
+        restarts = try r.u32()
+    }
+
+    public func encoded() -> [UInt8] { var w = WireWriter(); encode(&w); return w.bytes }
+
+    public init(decoding bytes: [UInt8]) throws {
+        var r = WireReader(bytes)
+        try self.init(&r)
+        guard r.remaining == 0 else { throw WireReader.Truncated() }
     }
 }
 

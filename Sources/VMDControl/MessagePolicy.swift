@@ -62,12 +62,13 @@ public enum MessagePolicy {
                     .vmmStartBackend, .vmmStartBackendFD, .vmmStartBackendEnd, .vmmStopBackend]
         case .vmmToParent:
             return [.vmmVMStarted, .vmmVMExited, .vmmPaused, .vmmUnpaused, .vmmConsoleReplay, .pong,
-                    .vmmBackendStarted, .vmmBackendExited]
+                    .vmmBackendStarted, .vmmBackendExited, .vmmDeviceRestarted]
         case .parentToPriv: return [.privOpenTap, .ping]
         case .privToParent: return [.privTapOpened, .pong]
         case .vmmToVM: return [.vmmStopVM, .vmmPauseVM, .vmmUnpauseVM, .vmmConsoleReplay]
         // vmmciAck: the guest acknowledged a graceful stop; vmm extends its deadline.
-        case .vmToVMM: return [.vmmVMStarted, .vmmVMExited, .vmmPaused, .vmmUnpaused, .vmmConsoleReplay, .vmmciAck]
+        case .vmToVMM: return [.vmmVMStarted, .vmmVMExited, .vmmPaused, .vmmUnpaused, .vmmConsoleReplay, .vmmciAck,
+                               .vmmDeviceRestarted]
         case .vmToDeviceAsync: return [.vmmPauseVM, .vmmUnpauseVM, .vmmciCommand]
         case .deviceToVMAsync: return [.devopMsg, .vmmciAck]
         case .vmToDeviceSync: return [.devopVMInfo, .devopMsg]

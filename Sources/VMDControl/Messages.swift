@@ -47,6 +47,7 @@ public enum MessageType: UInt32, CaseIterable {
     case vmmBackendStarted           // FrontendReport-shaped: the backend's pid
     case vmmBackendExited            // UTF-8 text: how it ended
     case vmmStopBackend              // empty
+    case vmmDeviceRestarted          // VM -> vmm -> parent: DeviceRestartReport
 
     // priv
     case privOpenTap = 200           // UTF-8 text: the tap's name, "" for the kernel's choice

@@ -140,6 +140,8 @@ extension VMProcess {
             }
             slot.restarts += 1
             Log.warning("\(why): restarting it (restart \(slot.restarts))")
+            vmm.send(type: MessageType.vmmDeviceRestarted.rawValue,
+                     data: DeviceRestartReport(device: slot.name, restarts: UInt32(slot.restarts)).encoded())
             slot.usedAtStart = slot.region.recordedUsedIndices
             guard let died = respawn(slot, spawner: spawner) else { return }
             status = died

@@ -24,6 +24,8 @@ final class VMTable {
         var startRequester: UInt32?
         /// The launch being assembled (waiting for taps from priv).
         var launch: PreparedLaunch?
+        /// Device restarts the running VM process reported (issue 12).
+        var deviceRestarts: [String: UInt32] = [:]
 
         init(id: UInt32, config: VMConfiguration, fromConfigFile: Bool) {
             self.id = id
@@ -191,11 +193,16 @@ final class VMTable {
         } ?? "root"
         if owner.isEmpty { owner = "root" }
         let running = e.state != .stopped && e.pid != 0
-        return VMInfo(id: e.id, pid: running ? e.pid : 0, vcpus: UInt32(e.config.effectiveCPUs),
-                      maxMemory: e.config.effectiveMemoryBytes,
-                      curMemory: running ? e.config.effectiveMemoryBytes : 0,
-                      tty: running ? e.tty : "", owner: owner, state: e.state.rawValue,
-                      name: e.config.name)
+        var vm = VMInfo(id: e.id, pid: running ? e.pid : 0, vcpus: UInt32(e.config.effectiveCPUs),
+                        maxMemory: e.config.effectiveMemoryBytes,
+                        curMemory: running ? e.config.effectiveMemoryBytes : 0,
+                        tty: running ? e.tty : "", owner: owner, state: e.state.rawValue,
+                        name: e.config.name)
+        if running {
+            vm.deviceRestarts = e.deviceRestarts.sorted { $0.key < $1.key }
+                .map { DeviceRestartReport(device: $0.key, restarts: $0.value) }
+        }
+        return vm
     }
 
     func status(_ client: UInt32, _ data: [UInt8]) throws {
@@ -424,6 +431,7 @@ final class VMTable {
             }
             guard let started = try? VMStartedReport(decoding: m.data) else { return }
             e.pid = started.pid
+            e.deviceRestarts = [:]
             e.tty = Self.isPTY(started.tty) ? started.tty : ""
             if !started.tty.isEmpty && e.tty.isEmpty {
                 Log.warning("vm \(e.config.name): ignored console \(started.tty): not a pty")
@@ -433,6 +441,12 @@ final class VMTable {
             if let c = e.startRequester { reply(c, .vmdStartVMResponse, info(e).encoded()) }
             e.startRequester = nil
             if stopNow { stop(e, force: true) }
+        case .vmmDeviceRestarted:
+            // From the (guest-facing) VM process: bounded in count and name.
+            guard e.state != .stopped, let r = try? DeviceRestartReport(decoding: m.data),
+                  e.deviceRestarts[r.device] != nil || e.deviceRestarts.count < Int(DeviceRestartReport.maxDevices)
+            else { return }
+            e.deviceRestarts[r.device] = r.restarts
         case .vmmPaused, .vmmUnpaused:
             // Only as the answer to a pause/unpause the parent asked for.
             guard pendingReplies[e.id] != nil, e.state == .running || e.state == .paused else { return }

@@ -85,7 +85,7 @@ enum StatusTable {
     struct Entry: Encodable {
         let vm: VMInfo
 
-        enum Key: String, CodingKey { case id, pid, vcpus, maxmem, curmem, tty, owner, state, name }
+        enum Key: String, CodingKey { case id, pid, vcpus, maxmem, curmem, tty, owner, state, name, device_restarts }
 
         func encode(to encoder: Encoder) throws {
             var c = encoder.container(keyedBy: Key.self)
@@ -99,6 +99,11 @@ enum StatusTable {
             try c.encode(vm.owner.isEmpty ? "root" : vm.owner, forKey: .owner)
             try c.encode(vm.state, forKey: .state)
             try c.encode(vm.name, forKey: .name)
+            // Only once a device process was restarted (issue 12).
+            if running && !vm.deviceRestarts.isEmpty {
+                let counts = Dictionary(vm.deviceRestarts.map { ($0.device, $0.restarts) }, uniquingKeysWith: max)
+                try c.encode(counts, forKey: .device_restarts)
+            }
         }
     }
 

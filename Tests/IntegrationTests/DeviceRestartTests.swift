@@ -144,6 +144,9 @@ final class DeviceRestartTests: XCTestCase {
         XCTAssertFalse(log.contains("treating as failed"), log)
         XCTAssertTrue(log.contains("vioblk0 process killed by SIGKILL: restarting it (restart 5)"), log)
         XCTAssertFalse(log.contains("vm rr: stopped"), log)
+        let status = try d.vmctl(["status", "--json", "rr"])
+        XCTAssertEqual(status.status, 0, status.out)
+        XCTAssertTrue(status.out.contains("\"device_restarts\":{\"vioblk0\":5}"), status.out)
 
         let tree = descendants(of: d.pid)
         let vm = try XCTUnwrap(tree.first { $0.args == "vmd: vm rr" })
