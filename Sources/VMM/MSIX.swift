@@ -51,7 +51,7 @@ public final class MSIXTable {
     public let vectorCount: Int
     public let gsis: [UInt32]
     private let state: MSIXVectorState
-    private let router: MSIRouter
+    private let route: ([(gsi: UInt32, address: UInt64, data: UInt32)]) -> Void
     private let signal: (Int) -> Void
     private let lock = Mutex()
     private var entries: [[UInt32]]            // address lo, address hi, data, vector control
@@ -59,11 +59,15 @@ public final class MSIXTable {
     private var enabled = false
     private var functionMask = false
 
-    init(vectorCount: Int, gsis: [UInt32], state: MSIXVectorState, router: MSIRouter, signal: @escaping (Int) -> Void) {
+    /// `route` is given the (GSI, address, data) of vectors whose message
+    /// changed while live (the VM's MSIRouter; a recorder in tests).
+    init(vectorCount: Int, gsis: [UInt32], state: MSIXVectorState,
+         route: @escaping ([(gsi: UInt32, address: UInt64, data: UInt32)]) -> Void,
+         signal: @escaping (Int) -> Void) {
         self.vectorCount = vectorCount
         self.gsis = gsis
         self.state = state
-        self.router = router
+        self.route = route
         self.signal = signal
         // Every vector starts masked (PCI 3.0 6.8.2.9).
         entries = Array(repeating: [0, 0, 0, 1], count: vectorCount)
@@ -128,7 +132,7 @@ public final class MSIXTable {
     /// Routes the vectors that are live with their current message, and
     /// returns those that were just unmasked with an interrupt pending.
     private func update(_ vectors: [Int], wasMasked: [Bool]) -> [Int] {
-        var changes: [(UInt32, UInt64, UInt32)?] = []
+        var changes: [(gsi: UInt32, address: UInt64, data: UInt32)] = []
         var fire: [Int] = []
         for (i, v) in vectors.enumerated() {
             let message = (UInt64(entries[v][1]) << 32 | UInt64(entries[v][0]), entries[v][2])
@@ -138,7 +142,7 @@ public final class MSIXTable {
             }
             if enabled && !masked(v) && wasMasked[i] && state.takePending(v) { fire.append(v) }
         }
-        if !changes.isEmpty { router.set(changes.compactMap { $0 }) }
+        if !changes.isEmpty { route(changes) }
         return fire
     }
 }
@@ -194,6 +198,7 @@ extension VirtualMachine {
         }
         let gsis = msiRouter.allocate(eventfds.count)
         for (fd, gsi) in zip(eventfds, gsis) { try bindIRQFD(fd, gsi: gsi, resampleFD: nil) }
-        return MSIXTable(vectorCount: eventfds.count, gsis: gsis, state: state, router: msiRouter, signal: signal)
+        return MSIXTable(vectorCount: eventfds.count, gsis: gsis, state: state,
+                         route: { [msiRouter] in msiRouter.set($0) }, signal: signal)
     }
 }

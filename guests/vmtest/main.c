@@ -244,6 +244,7 @@ void vmtest_main(void)
     }
     if (opt.kick_stress)
         printf("vmtest stress: rounds=%u\n", opt.kick_stress);
+    msix_check(blk);
     if (opt.hostile)
         hostile_run(blk, devs, n);
     printf("vmtest: checks took %lu ms since entry\n", tsc_to_us(rdtsc() - boot_tsc) / 1000);
