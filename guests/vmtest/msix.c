@@ -258,6 +258,45 @@ static bool run(struct pci_dev *p, char *detail, size_t dsz, char *why, size_t w
     return true;
 }
 
+/* For irqbench.c: table entries 0..n-1 -> IDT 0x40+i on the BSP, unmasked, and
+ * MSI-X enabled; false (nothing changed) without a capability of n vectors in a
+ * memory BAR. msix_count[i] counts vector i. */
+bool msix_arm(struct pci_dev *p, int n)
+{
+    u8 c = find_msix_cap(p);
+    if (!c || n < 1 || n > MSIX_STUBS)
+        return false;
+    u16 mc = pci_read16(p, (u8)(c + 2));
+    if ((int)(mc & 0x7FF) + 1 < n)
+        return false;
+    u64 t = bir_address(p, pci_read32(p, (u8)(c + 4)), 16u * (u32)n);
+    if (!t)
+        return false;
+    u32 spiv = mmio_read32(LAPIC + 0xF0);
+    if (!(spiv & 0x100))
+        mmio_write32(LAPIC + 0xF0, spiv | 0x1FF);
+    u32 apic_id = mmio_read32(LAPIC + 0x20) >> 24;
+    for (int v = 0; v < MSIX_STUBS; v++)
+        idt_set_gate(MSIX_VECTOR_BASE + v, msix_stubs[v]);
+    for (int i = 0; i < n; i++) {
+        u64 e = t + 16u * (u32)i;
+        mmio_write32(e + 12, 1);
+        mmio_write32(e, (u32)LAPIC | apic_id << 12);
+        mmio_write32(e + 4, 0);
+        mmio_write32(e + 8, MSIX_VECTOR_BASE + (u32)i);
+        mmio_write32(e + 12, 0);
+    }
+    pci_write16(p, (u8)(c + 2), (u16)((mc | 0x8000) & ~0x4000));
+    return true;
+}
+
+void msix_disarm(struct pci_dev *p)
+{
+    u8 c = find_msix_cap(p);
+    if (c)
+        pci_write16(p, (u8)(c + 2), (u16)(pci_read16(p, (u8)(c + 2)) & ~0x8000));
+}
+
 void msix_check(struct pci_dev *p)
 {
     char why[200], detail[160];

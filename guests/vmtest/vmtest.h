@@ -221,6 +221,10 @@ void cmos_write(u8 index, u8 v);
 void rtc_check(void);
 void hostile_run(struct pci_dev *blk, struct pci_dev *devs, int n);
 void regloop(const struct pci_dev *blk);
-void msix_check(struct pci_dev *blk);    /* msix.c; resets the device */   /* regloop.c; returns only if it cannot run */
+void msix_check(struct pci_dev *blk);    /* msix.c; resets the device */
+bool msix_arm(struct pci_dev *p, int vectors);
+void msix_disarm(struct pci_dev *p);
+extern volatile u32 msix_count[];
+void irq_bench(struct pci_dev *blk, struct pci_dev *net);   /* irqbench.c; resets both */   /* regloop.c; returns only if it cannot run */
 
 #endif
