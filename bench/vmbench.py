@@ -13,6 +13,7 @@ Networking stays inside two private network namespaces (one per VMM), deleted at
 """
 
 import argparse
+import json
 import os
 import re
 import select
@@ -38,6 +39,25 @@ BENCH_KEYS = [  # (label, bench name, key in its line, unit)
     ("blk_flush_lat median", "blk_flush_lat", "median_us", "us"),
     ("blk_flush_lat p99", "blk_flush_lat", "p99_us", "us"),
     ("net_tx_1500", "net_tx_1500", "fps", "frames/s"),
+    # issue 14: the same QD1 work polled and by interrupt (MSI-X when offered), with latency
+    ("blk QD1 polled", "blk_qd1_poll", "iops", "IOPS"),
+    ("blk QD1 polled median", "blk_qd1_poll", "median_us", "us"),
+    ("blk QD1 polled p99", "blk_qd1_poll", "p99_us", "us"),
+    ("blk QD1 by interrupt", "blk_qd1_irq", "iops", "IOPS"),
+    ("blk QD1 by interrupt median", "blk_qd1_irq", "median_us", "us"),
+    ("blk QD1 by interrupt p99", "blk_qd1_irq", "p99_us", "us"),
+    ("blk QD32 by interrupt", "blk_qd32_irq", "iops", "IOPS"),
+    ("net tx 1500 by interrupt", "net_tx_irq", "fps", "frames/s"),
+]
+# Host limits for the same work (issue 14): (label, key in host_limits(), unit, bench key it bounds)
+LIMIT_KEYS = [
+    ("fio psync QD1 4k randread", "psync1_iops", "IOPS", ("blk_qd1_irq", "iops")),
+    ("fio psync QD1 median", "psync1_median_us", "us", ("blk_qd1_irq", "median_us")),
+    ("fio psync QD1 p99", "psync1_p99_us", "us", ("blk_qd1_irq", "p99_us")),
+    ("fio io_uring QD1 4k randread", "uring1_iops", "IOPS", ("blk_qd1_irq", "iops")),
+    ("fio io_uring QD32 4k randread", "uring32_iops", "IOPS", ("blk_qd32_irq", "iops")),
+    ("eventfd round trip median (2 processes)", "eventfd_median_us", "us", None),
+    ("eventfd round trip p99", "eventfd_p99_us", "us", None),
 ]
 
 
@@ -290,6 +310,38 @@ def run_qemu(accel, workdir, disk=None, netns=None, pio_notify=False, timeout=12
 
 # ---------------------------------------------------------------- report
 
+def host_limits(workdir, image, image_mb):
+    """fio on the same image file (page-cached, as the devices read it) and an
+    eventfd wake-up round trip between two processes: this machine's floor for
+    the work the guest's bench lines measure, taken between the VM runs."""
+    out = {}
+    for name, engine, depth in (("psync1", "psync", 1), ("uring1", "io_uring", 1), ("uring32", "io_uring", 32)):
+        try:
+            p = subprocess.run(["fio", f"--name={name}", f"--filename={image}", "--rw=randread", "--bs=4k",
+                                f"--ioengine={engine}", f"--iodepth={depth}", "--runtime=2", "--time_based",
+                                f"--size={image_mb}M", "--output-format=json"],
+                               capture_output=True, text=True, timeout=60)
+            job = json.loads(p.stdout)["jobs"][0]["read"]
+            out[name + "_iops"] = job["iops"]
+            pct = job.get("clat_ns", {}).get("percentile", {})
+            if "50.000000" in pct:
+                out[name + "_median_us"] = pct["50.000000"] / 1e3
+                out[name + "_p99_us"] = pct["99.000000"] / 1e3
+        except (OSError, ValueError, KeyError, IndexError, subprocess.TimeoutExpired) as e:
+            log(f"host limits: fio {name}: {e}")
+    exe = os.path.join(workdir, "eventfd-rtt")
+    try:
+        if not os.path.exists(exe):
+            subprocess.run(["cc", "-O2", "-o", exe, os.path.join(HERE, "eventfd-rtt.c")], check=True,
+                           capture_output=True, timeout=60)
+        kv = parse_kv(subprocess.run([exe, "20000"], capture_output=True, text=True, timeout=60).stdout)
+        out["eventfd_median_us"] = float(kv["median_us"])
+        out["eventfd_p99_us"] = float(kv["p99_us"])
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
+        log(f"host limits: eventfd round trip: {e}")
+    return out
+
+
 def med(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -345,6 +397,8 @@ def main():
     ap.add_argument("--no-qemu-pio", action="store_true",
                     help="skip the second QEMU device run with modern-pio-notify=on (notify through an I/O BAR, like ours)")
     ap.add_argument("--no-tcg", action="store_true", help="skip the QEMU TCG boot reference")
+    ap.add_argument("--no-limits", action="store_true",
+                    help="skip the host limits (fio on the image, eventfd round trip) between device runs")
     ap.add_argument("--qemu-aio", default="threads", choices=["threads", "io_uring"],
                     help="QEMU's -drive aio= (default threads, QEMU's own default and run-qemu.sh's)")
     ap.add_argument("--netns", default=f"vmbench-{os.getpid()}",
@@ -376,7 +430,8 @@ def main():
         if ip("netns", "pids", ns, check=False) == 0:
             sys.exit(f"vmbench: network namespace {ns} exists already")
     image = os.path.join(workdir, "disk.img")
-    results = {"ours_boot": [], "qemu_boot": [], "tcg_boot": [], "ours_dev": [], "qemu_dev": [], "qemu_pio": []}
+    results = {"ours_boot": [], "qemu_boot": [], "tcg_boot": [], "ours_dev": [], "qemu_dev": [], "qemu_pio": [],
+               "limits": []}
     failures = []
 
     def attempt(key, name, fn):
@@ -420,6 +475,8 @@ def main():
                 write_image(image, args.image_mb)
                 attempt("qemu_pio", f"devices qemu-pio #{i + 1}",
                         lambda: run_qemu("kvm", workdir, image, ns_qemu, pio_notify=True, scale=args.bench_scale))
+            if not args.no_limits:
+                results["limits"].append(host_limits(workdir, image, args.image_mb))
     finally:
         for ns in (ns_ours, ns_qemu):
             ip("netns", "del", ns, check=False)
@@ -509,6 +566,20 @@ def print_device_table(R, args):
     table(f"Devices (issue 5): vmtest bench mode, bench_scale={args.bench_scale}, "
           f"{args.image_mb} MiB raw image (page-cached), QEMU aio={QEMU_AIO}, tap in a private netns per VMM; "
           "IOPS and frames/s: higher is better, latency: lower is better", header, rows)
+    if R["limits"]:
+        rows = []
+        for label, key, unit, bound in LIMIT_KEYS:
+            vals = [r[key] for r in R["limits"] if key in r]
+            lim = med(vals)
+            o = None
+            if bound:
+                o = med([float(r["bench"][bound[0]][bound[1]]) for r in R["ours_dev"] if bound[1] in r["bench"].get(bound[0], {})])
+            rows.append([label, unit, f"{fmt(lim, unit)}{spread(vals)}",
+                         f"{bound[0]} {bound[1]}" if bound else "",
+                         f"{o / lim:.2f}x" if o and lim else ""])
+        table("Host limits of this machine for the same work, measured between the VM runs "
+              "(fio on the same image file, page-cached; an eventfd wake-up round trip between two processes)",
+              ["host limit", "unit", "host", "ours compared", "ours/host"], rows)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ final class DeviceProcess: InterruptSink {
     var device: VirtioDevice!
     var paused = false
     var interruptLevel = false
+    /// irqfds and the page shared with the VM process (IrqRouting.swift);
+    /// nil: interrupts go as KICK messages on the async channel.
+    var interrupts: DeviceInterrupts?
     var inputWatch: EventHandle?
     /// The state the VM process keeps for this device's next instance.
     var stateKeeper: TransportStateKeeper?
@@ -93,6 +96,12 @@ final class DeviceProcess: InterruptSink {
             fail("\(error)")
         }
         registers = model.presentation.makeTransport(device: device, memory: memory, interruptSink: self)
+        do {
+            interrupts = try DeviceInterrupts.from(setup.descriptors)
+        } catch {
+            fail("cannot map the interrupt page: \(error)")
+        }
+        if let interrupts, let transport = registers as? TransportCore { transport.sharedInterrupts = interrupts }
         if let commands = device as? HostCommandDevice {
             commands.onAcknowledge = { [unowned self] cmd in
                 self.async.send(type: MessageType.vmmciAck.rawValue, data: VMMCIMessage(command: cmd).encoded())
@@ -130,6 +139,9 @@ final class DeviceProcess: InterruptSink {
             }
         }
         watchForMissedKicks(queues: setup.descriptors.queueNotifies.map(\.0))
+        if let irqs = interrupts {
+            loop.onReadable(irqs.resampleFD) { irqs.resampled() }
+        }
         if let input = device as? BackendInputDevice {
             // Input waits in the kernel while the guest has no buffers: the
             // backend is watched only while there is somewhere to put it.

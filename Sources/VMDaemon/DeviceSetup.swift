@@ -18,6 +18,14 @@ enum DeviceDescriptorRole: Equatable {
     /// The memfd the VM process keeps across a restart: the transport's
     /// registers and the queues' inflight records (DeviceRestart.swift).
     case deviceState
+    /// The page shared with the VM process: ISR, MSI-X masks and pending bits.
+    case interruptPage
+    /// The irqfd of the INTx line (level-triggered, resampled).
+    case intxIRQ
+    /// Signalled by KVM when the guest's EOI lowered the INTx line.
+    case intxResample
+    /// The irqfd of MSI-X vector N.
+    case msixVector(Int)
 
     func encode(_ w: inout WireWriter) {
         switch self {
@@ -27,6 +35,10 @@ enum DeviceDescriptorRole: Equatable {
         case .backend(let r): w.u32(3); w.u32(UInt32(BackendRole.allCases.firstIndex(of: r)!))
         case .queueNotify(let q): w.u32(4); w.u32(UInt32(q))
         case .deviceState: w.u32(5); w.u32(0)
+        case .interruptPage: w.u32(6); w.u32(0)
+        case .intxIRQ: w.u32(7); w.u32(0)
+        case .intxResample: w.u32(8); w.u32(0)
+        case .msixVector(let v): w.u32(9); w.u32(UInt32(v))
         }
     }
 
@@ -43,6 +55,12 @@ enum DeviceDescriptorRole: Equatable {
             guard arg < 64 else { throw WireReader.Truncated() }
             self = .queueNotify(Int(arg))
         case 5: self = .deviceState
+        case 6: self = .interruptPage
+        case 7: self = .intxIRQ
+        case 8: self = .intxResample
+        case 9:
+            guard arg < 64 else { throw WireReader.Truncated() }
+            self = .msixVector(Int(arg))
         default: throw WireReader.Truncated()
         }
     }
@@ -82,7 +100,15 @@ struct DeviceDescriptors: Equatable {
         entries.compactMap { if case .queueNotify(let q) = $0.role { return (q, $0.fd) } else { return nil } }
     }
 
-    static let maxEntries = 32
+    /// MSI-X vector irqfds in vector order (0, 1, ... with no gaps).
+    var msixVectors: [Int32] {
+        let vs = entries.compactMap { e -> (Int, Int32)? in
+            if case .msixVector(let v) = e.role { return (v, e.fd) } else { return nil }
+        }.sorted { $0.0 < $1.0 }
+        return vs.enumerated().allSatisfy { $0.offset == $0.element.0 } ? vs.map(\.1) : []
+    }
+
+    static let maxEntries = 128
 
     func encode(_ w: inout WireWriter) {
         w.u32(UInt32(entries.count))

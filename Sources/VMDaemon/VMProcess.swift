@@ -236,6 +236,12 @@ final class VMProcess {
         // A disk's backing chain follows its image, read-only.
         for fd in backends.dropFirst(model.backends.count) { pass(fd, as: .backend(.baseImage)) }
         for (queue, fd) in notifyFDs.enumerated() { pass(fd, as: .queueNotify(queue)) }
+        // Interrupts straight to KVM (IrqRouting.swift): MSI-X on the modern
+        // transport, a config vector and one per queue.
+        let msixVectors: Int
+        if case .modern = model.presentation { msixVectors = model.queueSizes.count + 1 } else { msixVectors = 0 }
+        let irqs = try VMDeviceInterrupts(vectors: msixVectors)
+        for (fd, role) in irqs.descriptors { pass(fd, as: role) }
         pass(stateFD, as: .deviceState)
 
         var args = ["vmd", "-X", s.name]
@@ -244,7 +250,8 @@ final class VMProcess {
         let pid = try Spawn.spawnSelf(arguments: args, descriptors: fds)
         devicePIDs[pid] = s.name
         let proxy = VirtioProxy(name: s.name, presentation: model.presentation, pid: pid,
-                                syncFD: syncMine, asyncFD: asyncMine, stopFD: stopFD)
+                                syncFD: syncMine, asyncFD: asyncMine, stopFD: stopFD, msixVectors: msixVectors)
+        proxy.interrupts = irqs
         proxy.onFailure = { Log.warning($0) }
         // vmd stops the VM when a device process dies; one that stopped
         // answering is failed the same way (vCPU thread: the loop finishes).
@@ -263,7 +270,9 @@ final class VMProcess {
             try vm.portEventFD(fd, port: port, length: 2, value: queue, assign: assign)
         }
         try proxy.setup(s)
-        proxy.interrupt = try vm.addPCIFunction(proxy)
+        let line = try vm.addPCIFunction(proxy)
+        proxy.interrupt = line
+        try irqs.connect(vm: vm, line: line, loop: loop, name: s.name)
         proxy.async = ImsgChannel(fd: asyncMine, name: "\(s.name): async", loop: loop,
                                   onMessage: { [unowned self, unowned proxy] _, m in
                                       if MessageType(rawValue: m.type) == .vmmciAck { self.vmmciAck(m) }

@@ -34,6 +34,8 @@ final class VirtioProxy: PCIFunction {
     /// watches it, so a vCPU blocked on this device is released at once.
     let stopFD: Int32
     var interrupt: InterruptLine?
+    /// The device's irqfds, shared ISR and MSI-X table (IrqRouting.swift).
+    var interrupts: VMDeviceInterrupts?
     var async: ImsgChannel?
     let lock = Mutex()
     var broken = false
@@ -57,9 +59,10 @@ final class VirtioProxy: PCIFunction {
     var registerNotify: ((Int32, UInt16, UInt64, Bool) throws -> Void)?
     private var notifyPort: UInt16?
 
-    init(name: String, presentation: PCIPresentation, pid: pid_t, syncFD: Int32, asyncFD: Int32, stopFD: Int32) {
+    init(name: String, presentation: PCIPresentation, pid: pid_t, syncFD: Int32, asyncFD: Int32, stopFD: Int32,
+         msixVectors: Int = 0) {
         self.name = name
-        self.configHeader = Self.configHeader(for: presentation)
+        self.configHeader = Self.configHeader(for: presentation, msixVectors: msixVectors)
         self.pid = pid
         self.sync = ImsgBuffer(fd: syncFD)
         self.asyncFD = asyncFD
@@ -74,19 +77,24 @@ final class VirtioProxy: PCIFunction {
     var isStuck: Bool { stuckLock.locked { stuck } }
 
     /// The function's configuration space header: identity, one I/O BAR,
-    /// and for virtio 1.x the vendor capabilities describing that BAR.
-    static func configHeader(for presentation: PCIPresentation) -> PCIConfigHeader {
+    /// and for virtio 1.x the vendor capabilities describing that BAR; with
+    /// MSI-X vectors, a memory BAR 1 holding the MSI-X table and PBA.
+    static func configHeader(for presentation: PCIPresentation, msixVectors: Int = 0) -> PCIConfigHeader {
         let id = presentation.identity
-        let capabilities: [[UInt8]]
+        var capabilities: [[UInt8]]
+        var bars = [PCIConfigHeader.Bar(kind: .io, size: presentation.barSize)]
         switch presentation {
         case .modern: capabilities = VirtioPCITransport.capabilities()
         case .legacy: capabilities = []
         }
+        if msixVectors > 0 {
+            bars.append(PCIConfigHeader.Bar(kind: .memory32, size: MSIXLayout.barSize))
+            capabilities.append(MSIXLayout.capability(vectors: msixVectors, bar: 1))
+        }
         return PCIConfigHeader(vendorID: id.vendorID, deviceID: id.deviceID, revision: id.revision,
                                classCode: id.classCode, subclass: id.subclass, progIF: id.programmingInterface,
                                subsystemVendorID: id.subsystemVendorID, subsystemID: id.subsystemID,
-                               bars: [PCIConfigHeader.Bar(kind: .io, size: presentation.barSize)],
-                               capabilities: capabilities)
+                               bars: bars, capabilities: capabilities)
     }
 
     /// Waits (bounded) until the device reports READY on the sync channel.
@@ -192,6 +200,9 @@ final class VirtioProxy: PCIFunction {
     // MARK: PCIFunction (vCPU threads)
 
     func barRead(bar: Int, offset: UInt32, size: Int) -> UInt32 {
+        if bar == 1, let msix = interrupts?.msix { return msix.read(offset: offset, size: size) }
+        // The ISR is read-to-clear in shared memory: no round trip.
+        if bar == 0, offset == isrOffset, size == 1, let irqs = interrupts { return UInt32(irqs.readISR()) }
         guard bar == 0, offset <= UInt32(UInt16.max) else { return 0xffff_ffff }
         var reply: ViodevMsg?
         for _ in 0..<Self.accessAttempts {
@@ -232,6 +243,7 @@ final class VirtioProxy: PCIFunction {
     }
 
     func barWrite(bar: Int, offset: UInt32, size: Int, value: UInt32) {
+        if bar == 1, let msix = interrupts?.msix { return msix.write(offset: offset, size: size, value: value) }
         guard bar == 0, offset <= UInt32(UInt16.max) else { return }
         let req = ViodevMsg(kind: .ioWrite, reg: UInt16(offset), ioSize: UInt8(size), data: value)
         // A write sent while a device restarts is taken by its successor
@@ -265,6 +277,10 @@ final class VirtioProxy: PCIFunction {
             for (i, fd) in notifyFDs.enumerated() { try? register(fd, port, UInt64(i), false) }
             onFailure?("\(name): queue notify eventfds: \(error); notifies go through the VM process")
         }
+    }
+
+    func msixControlWritten(_ control: UInt16) {
+        interrupts?.msix?.controlWritten(control)
     }
 
     // MARK: event loop (main thread)

@@ -155,6 +155,9 @@ final class PCISlot {
     private var barRegisters = [UInt32](repeating: 0, count: 6)
     /// Where each BAR is mapped now.
     private var mapped: [Int: (base: UInt64, window: PCIBarWindow)] = [:]
+    /// Where the MSI-X capability sits, if the function has one: its
+    /// message control's enable and function-mask bits are writable.
+    private var msixCapability: Int?
     private let ioBus: Bus, mmioBus: Bus
     private let log: (String) -> Void
 
@@ -206,6 +209,7 @@ final class PCISlot {
                 throw VMMError("pci slot \(slot): capabilities do not fit in configuration space")
             }
             config[previousNext] = UInt8(at)
+            if capability[0] == MSIXLayout.capabilityID && capability.count >= 12 { msixCapability = at }
             for (i, byte) in capability.enumerated() { config[at + i] = byte }
             config[at + 1] = 0
             previousNext = at + 1
@@ -289,6 +293,12 @@ final class PCISlot {
                 return remap(index)
             case 0x3C:
                 config[0x3C] = UInt8(truncatingIfNeeded: merged)  // interrupt line: the guest's note
+            case let d where d == msixCapability:
+                let writable = MSIXLayout.controlEnable | MSIXLayout.controlFunctionMask
+                let old = UInt16(config[d + 2]) | UInt16(config[d + 3]) << 8
+                let control = (old & ~writable) | (UInt16(truncatingIfNeeded: merged >> 16) & writable)
+                put16(d + 2, control)
+                function?.msixControlWritten(control)
             default:
                 break  // read-only
             }

@@ -60,8 +60,13 @@ public protocol PCIFunction: AnyObject {
     /// it or the guest moved it. Called with the bus locked, on the thread
     /// that caused it; the default does nothing.
     func barMoved(bar: Int, base: UInt64?)
+    /// The guest wrote the message control of the function's MSI-X
+    /// capability (enable, function mask). Called on the vCPU thread with
+    /// the slot locked; the default does nothing.
+    func msixControlWritten(_ control: UInt16)
 }
 
 extension PCIFunction {
     public func barMoved(bar: Int, base: UInt64?) {}
+    public func msixControlWritten(_ control: UInt16) {}
 }

@@ -96,7 +96,8 @@ public final class VirtualMachine {
     public let boot: BootResult
 
     private let kvm: KVMSystem
-    private let kvmVM: KVMVirtualMachine
+    let kvmVM: KVMVirtualMachine
+    let msiRouter: MSIRouter
     private let memory: GuestMemory
     private let console: Console
     private let serial: Serial8250
@@ -150,6 +151,7 @@ public final class VirtualMachine {
         }
         kvmVM = try kvm.createVM()
         kvmVM.log = logger
+        msiRouter = MSIRouter(vm: kvmVM)
         try kvmVM.setTSSAddress()
         try kvmVM.setIdentityMapAddress()
         try kvmVM.createIRQChip()
@@ -293,6 +295,7 @@ public final class VirtualMachine {
         ("KVM_IRQ_LINE", UInt64(CKVM_IRQ_LINE)),
         ("KVM_GET_REGS", UInt64(CKVM_GET_REGS)),  // only to report a KVM internal error
         ("KVM_IOEVENTFD", UInt64(ckvm_ioeventfd_request())),  // a guest moving a virtio BAR
+        ("KVM_SET_GSI_ROUTING", UInt64(ckvm_set_gsi_routing_request())),  // a guest programming MSI-X
     ]
 }
 

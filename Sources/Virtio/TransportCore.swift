@@ -26,6 +26,7 @@ public class TransportCore: VirtioDeviceHost {
         self.memory = memory
         self.interrupts = InterruptState(sink: interruptSink)
         self.queues = device.queueMaxSizes.map { Virtqueue(maxSize: $0, memory: memory) }
+        interrupts.queueVectors = queues.map { _ in InterruptState.noVector }
         device.attach(to: self)
     }
 
@@ -57,11 +58,11 @@ public class TransportCore: VirtioDeviceHost {
         status = 0
         negotiatedFeatures = 0
         queueSelect = 0
-        _ = interrupts.readAndClear()
+        interrupts.reset()
     }
 
     public func configurationChanged() {
-        interrupts.raise(VirtioISR.configChange)
+        interrupts.raiseConfig()
     }
 
     /// The guest broke the protocol: stop serving until it resets us.
@@ -70,7 +71,7 @@ public class TransportCore: VirtioDeviceHost {
         logBudget.log("\(device.name): \(reason); device needs reset")
         status |= VirtioStatus.deviceNeedsReset
         configurationChangedByFailure()
-        interrupts.raise(VirtioISR.configChange)
+        interrupts.raiseConfig()
     }
 
     /// What else a failure changes in a transport's registers.
@@ -80,32 +81,73 @@ public class TransportCore: VirtioDeviceHost {
 }
 
 /// ISR causes and the level-triggered line: high while any cause is
-/// pending; reading (and so clearing) the ISR lowers it.
+/// pending; reading (and so clearing) the ISR lowers it. With shared state
+/// (a device process) the ISR lives there and the line is an irqfd; with
+/// MSI-X enabled, queue and configuration interrupts go to their vectors.
 final class InterruptState {
     weak var sink: InterruptSink?
-    private(set) var isr: UInt8 = 0
-    private(set) var asserted = false
+    var shared: SharedInterruptState?
+    private var localISR: UInt8 = 0
+    private var localAsserted = false
+    /// MSI-X vectors chosen by the driver (modern transport only).
+    var configVector: UInt16 = noVector
+    var queueVectors: [UInt16] = []
+    static let noVector: UInt16 = 0xffff
 
     init(sink: InterruptSink?) {
         self.sink = sink
     }
 
+    var isr: UInt8 { shared?.isrBits ?? localISR }
+    var asserted: Bool { shared.map { $0.isrBits != 0 } ?? localAsserted }
+
     func raise(_ bits: UInt8) {
-        isr |= bits
+        if let shared {
+            shared.raiseISR(bits)
+            return
+        }
+        localISR |= bits
         setLine(true)
+    }
+
+    /// A used-buffer notification for queue `index`.
+    func raiseQueue(_ index: Int) {
+        if let shared, shared.msixEnabled {
+            let vector = index < queueVectors.count ? queueVectors[index] : Self.noVector
+            if vector != Self.noVector { shared.fire(vector: Int(vector)) }
+            return
+        }
+        raise(VirtioISR.queue)
+    }
+
+    /// A configuration-change notification.
+    func raiseConfig() {
+        if let shared, shared.msixEnabled {
+            if configVector != Self.noVector { shared.fire(vector: Int(configVector)) }
+            return
+        }
+        raise(VirtioISR.configChange)
     }
 
     /// The driver read the ISR (or the device was reset).
     func readAndClear() -> UInt8 {
-        let value = isr
-        isr = 0
+        if let shared { return shared.readAndClearISR() }
+        let value = localISR
+        localISR = 0
         setLine(false)
         return value
     }
 
+    /// Device reset: no vectors chosen, nothing pending.
+    func reset() {
+        configVector = Self.noVector
+        for i in queueVectors.indices { queueVectors[i] = Self.noVector }
+        _ = readAndClear()
+    }
+
     private func setLine(_ level: Bool) {
-        guard level != asserted else { return }
-        asserted = level
+        guard level != localAsserted else { return }
+        localAsserted = level
         sink?.setInterrupt(level)
     }
 }
@@ -119,9 +161,9 @@ func runQueue(_ queues: [Virtqueue], _ index: Int, ready: Bool, interrupts: Inte
     let queue = queues[index]
     do {
         try body(queue)
-        if try queue.needsInterrupt() { interrupts.raise(VirtioISR.queue) }
+        if try queue.needsInterrupt() { interrupts.raiseQueue(index) }
     } catch {
-        if (try? queue.needsInterrupt()) == true { interrupts.raise(VirtioISR.queue) }
+        if (try? queue.needsInterrupt()) == true { interrupts.raiseQueue(index) }
         fail("queue \(index): \(error)")
     }
 }

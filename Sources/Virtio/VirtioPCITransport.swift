@@ -155,14 +155,14 @@ public final class VirtioPCITransport: TransportCore {
         let driverWord: UInt32 = driverFeatureSelect == 0 ? UInt32(truncatingIfNeeded: driverFeatures)
             : driverFeatureSelect == 1 ? UInt32(truncatingIfNeeded: driverFeatures >> 32) : 0
         appendLittleEndian(driverWord, to: &bytes)
-        appendLittleEndian(Self.noVector, to: &bytes)                       // msix_config
+        appendLittleEndian(interrupts.configVector, to: &bytes)             // msix_config
         appendLittleEndian(UInt16(queues.count), to: &bytes)                // num_queues
         bytes.append(status)
         bytes.append(configGeneration)
         appendLittleEndian(queueSelect, to: &bytes)
         let queue = selectedQueue
         appendLittleEndian(queue?.size ?? 0, to: &bytes)                    // 0: no such queue
-        appendLittleEndian(Self.noVector, to: &bytes)                       // queue_msix_vector
+        appendLittleEndian(queue == nil ? Self.noVector : interrupts.queueVectors[Int(queueSelect)], to: &bytes)
         appendLittleEndian(UInt16(queue?.isEnabled == true ? 1 : 0), to: &bytes)
         appendLittleEndian(queue == nil ? UInt16(0) : queueSelect, to: &bytes)   // queue_notify_off
         appendLittleEndian(queue?.descriptorTable ?? 0, to: &bytes)
@@ -219,11 +219,22 @@ public final class VirtioPCITransport: TransportCore {
             case CommonConfig.queueDriver: queue.availRing = merged(queue.availRing)
             default: queue.usedRing = merged(queue.usedRing)
             }
+        case (CommonConfig.msixConfig, 2):
+            interrupts.configVector = acceptedVector(value)
+        case (CommonConfig.queueMsixVector, 2):
+            guard selectedQueue != nil else { return }
+            interrupts.queueVectors[Int(queueSelect)] = acceptedVector(value)
         default:
-            // msix_config and queue_msix_vector: there is no MSI-X, reads say
-            // NO_VECTOR. Read-only fields and odd widths are ignored.
+            // Read-only fields and odd widths are ignored.
             break
         }
+    }
+
+    /// A vector the driver chose, if this function has it; otherwise
+    /// NO_VECTOR, which the driver reads back as the refusal (spec 4.1.5.1.2).
+    private func acceptedVector(_ value: UInt32) -> UInt16 {
+        let count = sharedInterrupts?.msixVectorCount ?? 0
+        return value < UInt32(count) ? UInt16(value) : Self.noVector
     }
 
     private func writeStatus(_ value: UInt8) {
@@ -266,7 +277,7 @@ public final class VirtioPCITransport: TransportCore {
 
     public override func configurationChanged() {
         configGeneration &+= 1
-        if status & VirtioStatus.driverOK != 0 { interrupts.raise(VirtioISR.configChange) }
+        if status & VirtioStatus.driverOK != 0 { interrupts.raiseConfig() }
     }
 
     override func configurationChangedByFailure() {

@@ -93,10 +93,13 @@ final class VMLifecycleTests: XCTestCase {
             if dev.args.hasSuffix("vioblk0") { XCTAssertEqual(files, [disk], "\(targets)") }
             else if dev.args.hasSuffix("vionet0") { XCTAssertEqual(files, ["/dev/net/tun"], "\(targets)") }
             else { XCTAssertEqual(files, [], "\(dev.args): \(targets)") }
-            // One kick eventfd per queue (KVM signals it; vmmci is legacy, no queues).
+            // One kick eventfd per queue (KVM signals it; vmmci is legacy, no
+            // queues), the INTx irqfd and its resamplefd, and on the modern
+            // transport one MSI-X irqfd per queue plus the config vector.
             let queues = ["vioblk0": 1, "vionet0": 2, "viornd": 1, "vmmci": 0][String(dev.args.split(separator: " ").last!)] ?? -1
-            XCTAssertEqual(targets.filter { $0 == "anon_inode:[eventfd]" }.count, queues, "\(dev.args): \(targets)")
-            XCTAssertLessThanOrEqual(targets.count, 9 + queues, "\(dev.args): \(targets)")
+            let eventfds = queues + 2 + (queues > 0 ? queues + 1 : 0)
+            XCTAssertEqual(targets.filter { $0 == "anon_inode:[eventfd]" }.count, eventfds, "\(dev.args): \(targets)")
+            XCTAssertLessThanOrEqual(targets.count, 9 + eventfds, "\(dev.args): \(targets)")
         }
         let vm = try XCTUnwrap(tree.first { $0.args == "vmd: vm devs" })
         XCTAssertEqual(procStatus(vm.pid)["Seccomp"], "2")

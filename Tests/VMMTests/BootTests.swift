@@ -414,6 +414,6 @@ final class SeccompListTests: XCTestCase {
     func testIoctlNumbersMatchTheKernelHeaders() {
         let list = Dictionary(uniqueKeysWithValues: VirtualMachine.ioctlsAfterStart.map { ($0.name, $0.request) })
         XCTAssertEqual(list, ["KVM_RUN": 0xAE80, "KVM_IRQ_LINE": 0x4008_AE61, "KVM_GET_REGS": 0x8090_AE81,
-                              "KVM_IOEVENTFD": 0x4040_AE79])
+                              "KVM_IOEVENTFD": 0x4040_AE79, "KVM_SET_GSI_ROUTING": 0x4008_AE6A])
     }
 }

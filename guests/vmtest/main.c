@@ -249,6 +249,9 @@ void vmtest_main(void)
     }
     if (opt.kick_stress)
         printf("vmtest stress: rounds=%u\n", opt.kick_stress);
+    if (opt.bench)
+        irq_bench(blk, net);
+    msix_check(blk);
     if (opt.hostile)
         hostile_run(blk, devs, n);
     if (opt.blk_verify)

@@ -51,6 +51,7 @@ void format_printable(char *out, size_t outsz, const u8 *in, size_t n);
 
 /* ---- cpu.c ---- */
 void idt_fill(void);
+void idt_set_gate(int vec, u64 handler);   /* vectors 0x30..0xFF */
 
 /* ---- uart.c: COM1 console ---- */
 void uart_init(void);
@@ -223,6 +224,11 @@ u8 cmos_read(u8 index);
 void cmos_write(u8 index, u8 v);
 void rtc_check(void);
 void hostile_run(struct pci_dev *blk, struct pci_dev *devs, int n);
-void regloop(const struct pci_dev *blk);   /* regloop.c; returns only if it cannot run */
+void regloop(const struct pci_dev *blk);
+void msix_check(struct pci_dev *blk);    /* msix.c; resets the device */
+bool msix_arm(struct pci_dev *p, int vectors);
+void msix_disarm(struct pci_dev *p);
+extern volatile u32 msix_count[];
+void irq_bench(struct pci_dev *blk, struct pci_dev *net);   /* irqbench.c; resets both */   /* regloop.c; returns only if it cannot run */
 
 #endif

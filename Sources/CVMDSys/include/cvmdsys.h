@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include "cvmd_crash.h"
+#include "cvmd_atomic.h"
 
 /* setproctitle(3) from libbsd (variadic in libbsd). */
 void cvmd_setproctitle_init(int argc, char **argv);
