@@ -33,6 +33,8 @@ public struct TransportSnapshot: Equatable {
         public var enabled: Bool
         public var indirect: Bool
         public var eventIndex: Bool
+        /// The MSI-X vector the driver chose for this queue.
+        public var vector: UInt16 = 0xffff
     }
     public var status: UInt8 = 0
     public var negotiatedFeatures: UInt64 = 0
@@ -42,6 +44,8 @@ public struct TransportSnapshot: Equatable {
     public var queueSelect: UInt16 = 0
     public var configGeneration: UInt8 = 0
     public var isr: UInt8 = 0
+    /// The MSI-X vector the driver chose for configuration changes.
+    public var configVector: UInt16 = 0xffff
     public var queues: [Queue] = []
     public var deviceState: [UInt8] = []
 
@@ -56,12 +60,14 @@ public struct TransportSnapshot: Equatable {
         appendLittleEndian(deviceFeatureSelect, to: &b)
         appendLittleEndian(driverFeatureSelect, to: &b)
         appendLittleEndian(queueSelect, to: &b)
+        appendLittleEndian(configVector, to: &b)
         appendLittleEndian(UInt16(queues.count), to: &b)
         appendLittleEndian(UInt16(deviceState.count), to: &b)
         for q in queues {
             appendLittleEndian(q.size, to: &b)
             b.append((q.enabled ? 1 : 0) | (q.indirect ? 2 : 0) | (q.eventIndex ? 4 : 0))
             b.append(0)
+            appendLittleEndian(q.vector, to: &b)
             appendLittleEndian(q.descriptorTable, to: &b)
             appendLittleEndian(q.availRing, to: &b)
             appendLittleEndian(q.usedRing, to: &b)
@@ -88,16 +94,19 @@ public struct TransportSnapshot: Equatable {
         }
         guard let st = int(UInt8.self), let gen = int(UInt8.self), let isr = int(UInt8.self), int(UInt8.self) != nil,
               let nf = int(UInt64.self), let df = int(UInt64.self), let dfs = int(UInt32.self),
-              let drs = int(UInt32.self), let qs = int(UInt16.self), let nq = int(UInt16.self),
+              let drs = int(UInt32.self), let qs = int(UInt16.self), let cv = int(UInt16.self),
+              let nq = int(UInt16.self),
               let nd = int(UInt16.self), Int(nq) <= Self.maxQueues, Int(nd) <= Self.maxDeviceState else { return nil }
         status = st; configGeneration = gen; self.isr = isr
         negotiatedFeatures = nf; driverFeatures = df; deviceFeatureSelect = dfs; driverFeatureSelect = drs
         queueSelect = qs
+        configVector = cv
         for _ in 0..<nq {
             guard let size = int(UInt16.self), let flags = int(UInt8.self), int(UInt8.self) != nil,
-                  let d = int(UInt64.self), let a = int(UInt64.self), let u = int(UInt64.self) else { return nil }
+                  let vector = int(UInt16.self), let d = int(UInt64.self), let a = int(UInt64.self), let u = int(UInt64.self) else { return nil }
             queues.append(Queue(size: size, descriptorTable: d, availRing: a, usedRing: u,
-                                enabled: flags & 1 != 0, indirect: flags & 2 != 0, eventIndex: flags & 4 != 0))
+                                enabled: flags & 1 != 0, indirect: flags & 2 != 0, eventIndex: flags & 4 != 0,
+                                vector: vector))
         }
         guard let ds = take(Int(nd)), at == b.count else { return nil }
         deviceState = Array(ds)
@@ -112,6 +121,7 @@ extension TransportCore {
         s.negotiatedFeatures = negotiatedFeatures
         s.queueSelect = queueSelect
         s.isr = isr
+        s.configVector = interrupts.configVector
         if let pci = self as? VirtioPCITransport {
             s.driverFeatures = pci.driverFeatures
             s.deviceFeatureSelect = pci.deviceFeatureSelect
@@ -121,6 +131,9 @@ extension TransportCore {
         s.queues = queues.map {
             .init(size: $0.size, descriptorTable: $0.descriptorTable, availRing: $0.availRing, usedRing: $0.usedRing,
                   enabled: $0.isEnabled, indirect: $0.indirectAllowed, eventIndex: $0.eventIndex)
+        }
+        for (i, vector) in interrupts.queueVectors.enumerated() where i < s.queues.count {
+            s.queues[i].vector = vector
         }
         if let d = device as? RestartableDevice {
             s.deviceState = Array(d.restartState.prefix(TransportSnapshot.maxDeviceState))
@@ -148,6 +161,12 @@ extension TransportCore {
             pci.driverFeatureSelect = s.driverFeatureSelect
             pci.configGeneration = s.configGeneration
         }
+        // MSI-X vectors: the VM process keeps the table and whether MSI-X is
+        // on; which vector each queue uses is a transport register.
+        interrupts.configVector = s.configVector
+        for (i, saved) in s.queues.enumerated() where i < interrupts.queueVectors.count {
+            interrupts.queueVectors[i] = saved.vector
+        }
         for (q, saved) in zip(queues, s.queues) {
             guard q.isValidSize(saved.size) else {
                 throw InflightError("saved queue size \(saved.size) (max \(q.maxSize))")
@@ -168,7 +187,9 @@ extension TransportCore {
         if let d = device as? RestartableDevice, !s.deviceState.isEmpty {
             d.restore(restartState: s.deviceState)
         }
-        if status & VirtioStatus.driverOK != 0 {
+        if status & VirtioStatus.driverOK != 0, interrupts.shared?.msixEnabled == true {
+            for i in queues.indices where queues[i].isEnabled { interrupts.raiseQueue(i) }
+        } else if status & VirtioStatus.driverOK != 0 {
             interrupts.raise(s.isr | VirtioISR.queue)
         } else if s.isr != 0 {
             interrupts.raise(s.isr)

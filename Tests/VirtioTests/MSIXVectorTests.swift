@@ -56,4 +56,29 @@ final class MSIXVectorTests: XCTestCase {
         d.write(0x10, 2, 0)
         XCTAssertEqual(d.read(0x10, 2), 0xffff)
     }
+
+    /// A restarted device process gets its vectors back from the snapshot
+    /// and, MSI-X being on, tells the driver through them (not the ISR)
+    /// to look at its rings.
+    func testVectorsSurviveARestartAndTheRestoreFiresThem() throws {
+        let shared = FakeShared()
+        let d = TestDriver(device: RecordingDevice(queueMaxSizes: [16, 16]))
+        d.transport.sharedInterrupts = shared
+        XCTAssertTrue(d.initialize(features: d.offeredFeatures() & ~VirtioFeature.eventIndex, queueSize: 16))
+        d.write(0x10, 2, 0)                       // config vector 0
+        d.write(0x16, 2, 0); d.write(0x1a, 2, 1)  // queue 0 -> 1
+        d.write(0x16, 2, 1); d.write(0x1a, 2, 2)  // queue 1 -> 2
+        let saved = try XCTUnwrap(TransportSnapshot(decoding: d.transport.snapshot().encoded()))
+        XCTAssertEqual(saved.configVector, 0)
+        XCTAssertEqual(saved.queues.map(\.vector), [1, 2])
+
+        shared.msixEnabled = true
+        let next = TestDriver(device: RecordingDevice(queueMaxSizes: [16, 16]))
+        next.transport.sharedInterrupts = shared
+        try next.transport.restore(saved)
+        XCTAssertEqual(shared.fired, [1, 2], "each enabled queue's vector, once")
+        next.write(0x16, 2, 1)
+        XCTAssertEqual(next.read(0x1a, 2), 2)
+        XCTAssertEqual(next.read(0x10, 2), 0)
+    }
 }
