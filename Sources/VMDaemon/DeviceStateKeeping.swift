@@ -56,6 +56,10 @@ extension DeviceProcess {
         let asserted = registers.isInterruptAsserted
         interruptLevel = !asserted
         setInterrupt(asserted)
+        // With an irqfd the level is the ISR in the shared page: a
+        // predecessor may have set it and died before writing the irqfd,
+        // or missed the resample of the guest's EOI. Raise it again if set.
+        interrupts?.resampled()
         loop.after(seconds: 0) { [unowned self] in
             for i in keeper.transport.queues.indices where keeper.transport.queues[i].isEnabled {
                 self.registers.notify(queue: i)

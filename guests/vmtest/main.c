@@ -251,11 +251,15 @@ void vmtest_main(void)
         printf("vmtest stress: rounds=%u\n", opt.kick_stress);
     if (opt.bench)
         irq_bench(blk, net);
-    msix_check(blk);
-    if (opt.hostile)
-        hostile_run(blk, devs, n);
+    /* blk_verify and regloop use vioblk0 as the checks left it, and run
+       while a test kills its device process: the MSI-X check resets the
+       device and times its interrupts, so it is left out of both. */
     if (opt.blk_verify)
         blk_verify_run(opt.blk_verify);
+    if (!opt.regloop && !opt.blk_verify)
+        msix_check(blk);
+    if (opt.hostile)
+        hostile_run(blk, devs, n);
     printf("vmtest: checks took %lu ms since entry\n", tsc_to_us(rdtsc() - boot_tsc) / 1000);
     printf("vmtest summary: passed=%u failed=%u\n", passed, failed);
     if (opt.regloop)
