@@ -84,3 +84,8 @@ func reportingFailures(verb: String, _ body: () throws -> Void) throws {
         Output.fail(failure, verb: verb)
     }
 }
+
+/// The program: main.swift (the `vmctl` executable) calls only this.
+public func vmctlMain() -> Never {
+    VMCtl.run(arguments: Array(CommandLine.arguments.dropFirst()))
+}
