@@ -3,7 +3,8 @@
 #
 #   1. vmctl's start-up: `vmctl -s /nonexistent status` (exec, runtime start-up, argument
 #      parsing, a failed connect) against a minimal C program (`int main(void){return 0;}`,
-#      cc -O2, dynamically linked as usual), alternating, median wall time from spawn to exit.
+#      cc -O2, dynamically linked as usual), alternating: median wall time from spawn to exit
+#      and median CPU time (user + system) of the child.
 #   2. The daemon's share of `vmctl status`: on one open control connection, request ->
 #      last reply (vmdInfoVMEnd), median over N requests, with 1 VM and with 100 VMs
 #      configured (disabled, so nothing boots); the rows returned are counted.
@@ -38,9 +39,11 @@ cc -O2 -o "$tmp/minimal" "$tmp/minimal.c"
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "vmctl: $bin/vmctl ($(ldd "$bin/vmctl" 2>&1 | grep -c '=>' || true) shared libraries)"
-read -r c_ms vmctl_ms < <("$tmp/spawntime" "$runs" "$tmp/minimal" -- "$bin/vmctl" -s "$tmp/none.sock" status | paste -sd' ')
-printf '%-44s %8s ms\n' "minimal C program (median of $runs)" "$c_ms" "vmctl -s missing.sock status" "$vmctl_ms"
-python3 -c "import sys; print('start-up ratio vmctl / C: %.2fx (target <= 3x)' % (float(sys.argv[2]) / float(sys.argv[1])))" "$c_ms" "$vmctl_ms"
+{ read -r c_ms c_cpu; read -r vmctl_ms vmctl_cpu; } < <("$tmp/spawntime" "$runs" "$tmp/minimal" -- "$bin/vmctl" -s "$tmp/none.sock" status)
+printf '%-44s %8s ms wall %8s ms CPU\n' "minimal C program (median of $runs)" "$c_ms" "$c_cpu" \
+	"vmctl -s missing.sock status" "$vmctl_ms" "$vmctl_cpu"
+python3 -c "import sys; a = [float(x) for x in sys.argv[1:]]; print('start-up ratio vmctl / C: %.2fx wall, %.2fx CPU (target <= 3x)' % (a[2] / a[0], a[3] / a[1]))" \
+	"$c_ms" "$c_cpu" "$vmctl_ms" "$vmctl_cpu"
 
 if [ "$(id -u)" != 0 ] || [ ! -x "$bin/vmd" ]; then
 	echo "daemon share: skipped (needs root and $bin/vmd)"
