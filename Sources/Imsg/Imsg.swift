@@ -127,10 +127,29 @@ public final class ImsgBuffer {
     @discardableResult
     public func flush() throws -> Bool {
         while queueHead < queue.count {
-            var head = queue[queueHead]
+            let head = queue[queueHead]
             let sendFD: Int32 = head.offset == 0 ? (head.fd ?? -1) : -1
-            let n = head.bytes.withUnsafeBytes { p in
-                cvmd_send_with_fd(fd, p.baseAddress! + head.offset, p.count - head.offset, sendFD)
+            // The messages after it that carry no descriptor go in the same
+            // sendmsg (as msgbuf_write's writev does): a reply of many
+            // messages is one write and one wake-up of the reader.
+            var last = queueHead
+            var total = head.bytes.count - head.offset
+            while last + 1 < queue.count, queue[last + 1].fd == nil,
+                  total + queue[last + 1].bytes.count <= Self.maxBytesPerWrite {
+                last += 1
+                total += queue[last].bytes.count
+            }
+            let n: Int
+            if last == queueHead {
+                n = head.bytes.withUnsafeBytes { p in
+                    cvmd_send_with_fd(fd, p.baseAddress! + head.offset, p.count - head.offset, sendFD)
+                }
+            } else {
+                var joined: [UInt8] = []
+                joined.reserveCapacity(total)
+                joined += head.bytes[head.offset...]
+                for i in (queueHead + 1)...last { joined += queue[i].bytes }
+                n = joined.withUnsafeBytes { p in cvmd_send_with_fd(fd, p.baseAddress!, p.count, sendFD) }
             }
             if n < 0 {
                 let e = cvmd_errno()
@@ -141,26 +160,33 @@ public final class ImsgBuffer {
             if sendFD >= 0 {
                 // The kernel holds its own reference now.
                 FD.close(sendFD)
-                head.fd = nil
+                queue[queueHead].fd = nil
             }
-            head.offset += n
             pendingWriteBytes -= n
-            if head.offset == head.bytes.count {
+            var left = n
+            while left > 0 {
+                let unsent = queue[queueHead].bytes.count - queue[queueHead].offset
+                if left < unsent {
+                    queue[queueHead].offset += left
+                    break
+                }
+                left -= unsent
                 queue[queueHead] = ([], nil, 0)
                 queueHead += 1
-                if queueHead == queue.count {
-                    queue.removeAll(keepingCapacity: queue.count <= 64)
-                    queueHead = 0
-                } else if queueHead >= 1024 && queueHead * 2 >= queue.count {
-                    queue.removeFirst(queueHead)
-                    queueHead = 0
-                }
-            } else {
-                queue[queueHead] = head
+            }
+            if queueHead == queue.count {
+                queue.removeAll(keepingCapacity: queue.count <= 64)
+                queueHead = 0
+            } else if queueHead >= 1024 && queueHead * 2 >= queue.count {
+                queue.removeFirst(queueHead)
+                queueHead = 0
             }
         }
         return true
     }
+
+    /// At most this many bytes of joined messages per sendmsg.
+    static let maxBytesPerWrite = 64 << 10
 
     public enum ReadResult: Equatable { case bytes(Int), endOfFile, wouldBlock }
 

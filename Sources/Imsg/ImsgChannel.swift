@@ -107,6 +107,47 @@ public final class ImsgChannel {
         }
     }
 
+    /// Queues several messages and writes them together: one write (and
+    /// one wake-up of the peer) for a whole answer, e.g. a status table.
+    public func send(_ msgs: [Imsg]) {
+        for (i, m) in msgs.enumerated() {
+            guard !isClosed else {
+                for rest in msgs[i...] { if let f = rest.fd { FD.close(f) } }
+                return
+            }
+            compose(m)
+        }
+        flush()
+    }
+
+    /// Queues a message and writes it, with whatever else was queued this
+    /// way, once the event loop has run the current callback: messages
+    /// relayed one by one from a batch that was read at once leave in one
+    /// write.
+    public func sendSoon(_ msg: Imsg) {
+        guard !isClosed else {
+            if let f = msg.fd { FD.close(f) }
+            return
+        }
+        compose(msg)
+        guard flushSoon == nil, !isClosed else { return }
+        flushSoon = loop.after(seconds: 0) { [weak self] in
+            self?.flushSoon = nil
+            self?.flush()
+        }
+    }
+    private var flushSoon: EventHandle?
+
+    private func compose(_ msg: Imsg) {
+        do {
+            try buffer.compose(msg)
+        } catch ImsgError.queueFull(let n) {
+            close(reason: "peer does not read: \(n) bytes queued for it")
+        } catch {
+            Log.warning("\(name): dropped outgoing message type \(msg.type): \(error)")
+        }
+    }
+
     public func send(type: UInt32, peerID: UInt32 = 0, pid: UInt32 = 0,
                      fd: Int32? = nil, data: [UInt8] = []) {
         send(Imsg(type: type, peerID: peerID, pid: pid, data: data, fd: fd))
@@ -158,8 +199,10 @@ public final class ImsgChannel {
         isClosed = true
         if let r = readHandle { loop.remove(r) }
         if let w = writeHandle { loop.remove(w) }
+        if let f = flushSoon { loop.remove(f) }
         readHandle = nil
         writeHandle = nil
+        flushSoon = nil
         if let reason { Log.warning("\(name): closing connection: \(reason)") }
         buffer.clear()
         FD.close(buffer.fd)

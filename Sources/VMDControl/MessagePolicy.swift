@@ -83,10 +83,14 @@ public enum MessagePolicy {
     }
 
     /// Whether `raw` may arrive on `route`.
+    /// Checked for every relayed message (one per VM of a status reply):
+    /// from sets built once, not a union built per call.
     public static func permits(_ raw: UInt32, on route: MessageRoute) -> Bool {
-        guard let t = MessageType(rawValue: raw) else { return false }
-        return allowed(route).contains(t)
+        permittedRaw[route]?.contains(raw) ?? false
     }
+
+    private static let permittedRaw: [MessageRoute: Set<UInt32>] =
+        Dictionary(uniqueKeysWithValues: MessageRoute.allCases.map { ($0, rawTypes($0)) })
 }
 
 extension MessagePolicy {

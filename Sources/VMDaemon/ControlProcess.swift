@@ -93,7 +93,8 @@ final class ControlProcess {
             c.inFlight -= 1
             if c.inFlight < limits.maxInFlight { c.channel.holdReading = false }
         }
-        c.channel.send(reply)
+        // A status answer arrives in one read: relayed in one write.
+        c.channel.sendSoon(reply)
     }
 
     func run() -> Never { child.run() }

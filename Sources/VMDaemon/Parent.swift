@@ -146,6 +146,11 @@ public final class Parent {
         children[role]?.channel.send(m)
     }
 
+    /// Several messages in one write (a status answer: one per VM).
+    func send(_ role: Role, _ msgs: [Imsg]) {
+        children[role]?.channel.send(msgs)
+    }
+
     private func dispatch(_ role: Role, _ m: Imsg) {
         switch role {
         case .control: vms.fromControl(m)

@@ -207,14 +207,22 @@ final class VMTable {
 
     func status(_ client: UInt32, _ data: [UInt8]) throws {
         let wanted = try InfoRequest(decoding: data).name
-        for e in entries where wanted.isEmpty || e.config.name == wanted || String(e.id) == wanted {
-            reply(client, .vmdInfoVMData, info(e).encoded())
+        // The whole answer leaves in one write: one wake-up of control
+        // (and of vmctl) however many VMs there are (issue 14).
+        var answer: [Imsg] = []
+        answer.reserveCapacity(entries.count + 1)
+        let wantedID = UInt32(wanted).flatMap { String($0) == wanted ? $0 : nil }
+        for e in entries where wanted.isEmpty || e.config.name == wanted || e.id == wantedID {
+            answer.append(Imsg(type: MessageType.vmdInfoVMData.rawValue, peerID: client, data: info(e).encoded()))
         }
         // All of them: the vhost-user backends too, after the VMs.
         if wanted.isEmpty {
-            for b in parent.vhostUsers?.infos ?? [] { reply(client, .vmdInfoBackendData, b.encoded()) }
+            for b in parent.vhostUsers?.infos ?? [] {
+                answer.append(Imsg(type: MessageType.vmdInfoBackendData.rawValue, peerID: client, data: b.encoded()))
+            }
         }
-        reply(client, .vmdInfoVMEnd)
+        answer.append(Imsg(type: MessageType.vmdInfoVMEnd.rawValue, peerID: client))
+        parent.send(.control, answer)
     }
 
     func startRequest(_ client: UInt32, _ c: ClientCredentials, _ req: StartRequest) throws {

@@ -19,10 +19,14 @@ final class VhostUserManager {
 
     final class Backend {
         let config: VhostUserConfiguration
-        let listenFD: Int32
+        /// -1 for a reloaded net backend waiting for its tap (see `pending`).
+        var listenFD: Int32
         /// The image, or for net the tap once priv has opened it.
         var fileFD: Int32?
-        let identity: (dev: UInt64, ino: UInt64)?
+        var identity: (dev: UInt64, ino: UInt64)?
+        /// A reloaded net backend waiting for its tap: the running backend
+        /// it will take over from once the tap is open.
+        weak var replaces: Backend?
         /// net: the address, chosen once so a restart keeps it.
         var mac: [UInt8] = []
         /// net: the priv request (imsg peer id) the tap will answer.
@@ -66,6 +70,10 @@ final class VhostUserManager {
     let loop: EventLoop
     /// In configuration order.
     private(set) var backends: [Backend] = []
+    /// Net backends of a reload waiting for their tap while the backends
+    /// they replace keep running: the tap is the one thing reload cannot
+    /// get at once (priv opens it). Without a tap nothing changes.
+    private(set) var pending: [Backend] = []
     /// Sends a message to priv (the taps of net backends).
     let sendPriv: (Imsg) -> Void
     /// Sends a message to vmm, which spawns the backend processes.
@@ -93,11 +101,30 @@ final class VhostUserManager {
     /// stopped and started again; unchanged ones keep running.
     func apply(_ configs: [VhostUserConfiguration]) -> Result<Void, ConfigErrors> {
         let wanted = configs.filter { $0.enabled }
+        // An earlier reload's net backends still waiting for a tap: this
+        // configuration supersedes them (their taps are closed on arrival).
+        pending.removeAll()
         // A backend given up (failed) is started afresh, even unchanged:
         // reload is how one says its image or owner has been fixed.
         let keep = backends.filter { b in !b.failed && wanted.contains { sameBackend($0, b.config) } }
-        let stop = backends.filter { b in !keep.contains { $0 === b } }
-        let add = wanted.filter { c in !keep.contains { sameBackend($0.config, c) } }
+        var stop = backends.filter { b in !keep.contains { $0 === b } }
+        var add = wanted.filter { c in !keep.contains { sameBackend($0.config, c) } }
+        // A changed net backend (same name or socket) that is running: the
+        // new one waits for its tap before the old one is stopped, so a
+        // tap that cannot be opened leaves the old one serving.
+        var deferred: [Backend] = []
+        add.removeAll { c in
+            guard c.kind == .net,
+                  let old = stop.first(where: { !$0.failed && ($0.config.name == c.name || $0.config.socketPath == c.socketPath) })
+            else { return false }
+            stop.removeAll { $0 === old }
+            let b = Backend(config: c, listenFD: -1, fileFD: nil, identity: nil)
+            b.replaces = old
+            // The same address across the change unless the stanza sets one.
+            b.mac = c.lladdr?.bytes ?? old.mac
+            deferred.append(b)
+            return true
+        }
         // A new backend on a socket path a stopping one holds: that one
         // goes first (its socket is removed), or the bind below would find
         // the socket alive.
@@ -123,10 +150,16 @@ final class VhostUserManager {
             return .failure(ConfigErrors(errors))
         }
         for b in stop where !stopFirst.contains(where: { $0 === b }) { stopBackend(b) }
-        backends = backends.filter { b in keep.contains { $0 === b } }
+        // Kept, and those serving until their successor's tap is open.
+        backends = backends.filter { b in keep.contains { $0 === b } || deferred.contains { $0.replaces === b } }
         for b in prepared {
             backends.append(b)
             if b.config.kind == .net { requestTap(b) } else { start(b) }
+        }
+        for b in deferred {
+            Log.info("vhost-user \(b.config.name): changed; the running backend serves until the new tap is open")
+            pending.append(b)
+            requestTap(b)
         }
         // Configuration order.
         backends.sort { a, b in
@@ -222,6 +255,12 @@ final class VhostUserManager {
 
     /// priv's answer: the tap (then the backend starts) or why not.
     func fromPriv(_ m: Imsg) {
+        if MessageType(rawValue: m.type) == .privTapOpened,
+           let i = pending.firstIndex(where: { $0.tapRequest == m.peerID }) {
+            let b = pending.remove(at: i)
+            takeOver(b, tap: m)
+            return
+        }
         guard MessageType(rawValue: m.type) == .privTapOpened,
               let b = backends.first(where: { $0.tapRequest == m.peerID && $0.fileFD == nil }) else {
             if let f = m.fd { FD.close(f) }
@@ -236,6 +275,38 @@ final class VhostUserManager {
         b.tapName = String(decoding: m.data.prefix(15), as: UTF8.self)
         Log.info("vhost-user \(b.config.name): tap \(b.tapName)")
         start(b)
+    }
+
+    /// A reloaded net backend's tap came (or did not): with it, the old
+    /// backend is stopped and the new one bound and started in its place;
+    /// without it, or if its socket cannot be bound, the old one goes on
+    /// (or is started again) with its previous configuration.
+    private func takeOver(_ b: Backend, tap m: Imsg) {
+        let name = b.config.name
+        guard let tap = m.fd else {
+            Log.error("vhost-user \(name): reload: cannot open its tap (\(String(decoding: m.data.prefix(512), as: UTF8.self))); "
+                      + "the backend keeps running with its previous configuration")
+            return
+        }
+        let old = b.replaces.flatMap { o in backends.firstIndex { $0 === o }.map { (o, $0) } }
+        if let (o, _) = old { stopBackend(o) }
+        switch prepare(b.config) {
+        case .success(let ready):
+            ready.fileFD = tap
+            ready.mac = b.mac
+            ready.tapName = String(decoding: m.data.prefix(15), as: UTF8.self)
+            backends.insert(ready, at: min(old?.1 ?? backends.count, backends.count))
+            Log.info("vhost-user \(name): tap \(ready.tapName)")
+            start(ready)
+        case .failure(let problem):
+            FD.close(tap)
+            Log.error("vhost-user \(name): reload: \(problem.message); starting it again with its previous configuration")
+            if let (o, index) = old, case .success(let again) = prepare(o.config) {
+                again.mac = o.mac
+                backends.insert(again, at: min(index, backends.count))
+                requestTap(again)
+            }
+        }
     }
 
     // MARK: processes
@@ -337,6 +408,7 @@ final class VhostUserManager {
 
     /// On the way out: every backend is told to stop and its socket removed.
     func stopAll() {
+        pending.removeAll()
         for b in backends { stopBackend(b) }
     }
 }

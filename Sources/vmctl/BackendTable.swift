@@ -1,4 +1,3 @@
-import Foundation
 import VMDControl
 
 /// The second table of `vmctl status`: vmd's vhost-user backends, printed
@@ -36,34 +35,24 @@ enum BackendTable {
         }.joined()
     }
 
-    /// One JSON object per backend, the table's fields: frontend_pid is
-    /// null when no frontend is connected.
-    struct Entry: Encodable {
-        let backend: BackendInfo
-
-        enum Key: String, CodingKey { case name, kind, socket, state, frontend_pid, restarts }
-
-        func encode(to encoder: Encoder) throws {
-            var c = encoder.container(keyedBy: Key.self)
-            try c.encode(backend.name, forKey: .name)
-            try c.encode(backend.kind, forKey: .kind)
-            try c.encode(backend.socket, forKey: .socket)
-            try c.encode(backend.state, forKey: .state)
-            if backend.frontendPID != 0 { try c.encode(backend.frontendPID, forKey: .frontend_pid) } else {
-                try c.encodeNil(forKey: .frontend_pid)
-            }
-            try c.encode(backend.restarts, forKey: .restarts)
-        }
+    /// One JSON object per backend, the table's fields, keys sorted:
+    /// frontend_pid is null when no frontend is connected.
+    static func jsonValue(_ b: BackendInfo) -> JSON.Value {
+        .object([
+            ("frontend_pid", b.frontendPID != 0 ? .int(Int64(b.frontendPID)) : .null),
+            ("kind", .string(b.kind)),
+            ("name", .string(b.name)),
+            ("restarts", .uint(UInt64(b.restarts))),
+            ("socket", .string(b.socket)),
+            ("state", .string(b.state)),
+        ])
     }
 
     /// `--json`: without backends the VM array as before; with backends an
-    /// object `{"vms": [...], "vhost_user": [...]}`.
+    /// object `{"vhost_user": [...], "vms": [...]}`.
     static func json(vms: [VMInfo], backends: [BackendInfo]) -> String {
-        let vmJSON = StatusTable.json(vms).trimmingCharacters(in: .newlines)
-        guard !backends.isEmpty else { return vmJSON + "\n" }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let data = (try? encoder.encode(backends.map(Entry.init))) ?? Data("[]".utf8)
-        return "{\"vhost_user\":" + String(decoding: data, as: UTF8.self) + ",\"vms\":" + vmJSON + "}\n"
+        let vmArray = JSON.Value.array(vms.map(StatusTable.jsonValue))
+        guard !backends.isEmpty else { return JSON.text(vmArray) + "\n" }
+        return JSON.text(.object([("vhost_user", .array(backends.map(jsonValue))), ("vms", vmArray)])) + "\n"
     }
 }

@@ -4,6 +4,7 @@ extension VMCtl {
     /// `console name`: attach to the VM's serial console; `~.` detaches.
     struct Console: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "console",
             abstract: "Attach to a VM's console (type ~. at the start of a line to leave).")
 
         @OptionGroup var global: GlobalOptions

@@ -9,6 +9,7 @@ extension VMCtl {
     /// extension (`.qcow2`, else raw), as OpenBSD's vmctl decides it.
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "create",
             abstract: "Create a raw or qcow2 disk image, empty, over a base image, or converted from another.")
 
         /// The global `-v` (moved after the command word): nothing more to say here.

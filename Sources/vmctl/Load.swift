@@ -5,6 +5,7 @@ extension VMCtl {
     /// `load file`: like reload, from another file (ctlReload with its path).
     struct Load: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "load",
             abstract: "Load a configuration file into vmd (an invalid file changes nothing).")
 
         @OptionGroup var global: GlobalOptions

@@ -4,7 +4,7 @@ import VMDControl
 extension VMCtl {
     /// `log brief | verbose`: ctlVerbose with u32 0 or 1.
     struct Log: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Set vmd's log level.")
+        static let configuration = CommandConfiguration(commandName: "log", abstract: "Set vmd's log level.")
 
         @OptionGroup var global: GlobalOptions
 

@@ -4,7 +4,7 @@ import VMDControl
 extension VMCtl {
     /// `pause name`: vmdPauseVM with the VM's name; vmd answers ctlOK when done.
     struct Pause: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Pause a running VM (its vCPUs stop; devices keep their state).")
+        static let configuration = CommandConfiguration(commandName: "pause", abstract: "Pause a running VM (its vCPUs stop; devices keep their state).")
 
         @OptionGroup var global: GlobalOptions
 

@@ -5,6 +5,7 @@ extension VMCtl {
     /// `reload`: vmd re-reads its configuration file, all or nothing.
     struct Reload: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "reload",
             abstract: "Reload vmd's configuration file (an invalid file changes nothing).")
 
         @OptionGroup var global: GlobalOptions

@@ -5,6 +5,7 @@ extension VMCtl {
     /// `reset [all | vms | switches]`: ctlReset with u32 0, 1 or 2.
     struct Reset: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "reset",
             abstract: "Reset the running state: stop all VMs (vms), reset switches, or both (all).")
 
         @OptionGroup var global: GlobalOptions

@@ -8,6 +8,7 @@ extension VMCtl {
     /// one made from the flags.
     struct Start: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "start",
             abstract: "Start a configured VM, or create and start one from the flags.")
 
         @OptionGroup var global: GlobalOptions

@@ -6,6 +6,7 @@ extension VMCtl {
     /// `status [-r] [--json] [name]` (also `show`): vmd's table of VMs.
     struct Status: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "status",
             abstract: "List VMs (all, or the one named), in vmd's table layout.",
             aliases: ["show"])
 

@@ -1,4 +1,3 @@
-import Foundation
 import VMDControl
 
 /// `vmctl status` output: vmd's table, byte for byte, or JSON (our addition).
@@ -80,38 +79,31 @@ enum StatusTable {
         return out
     }
 
-    /// One JSON object per VM: sizes in bytes; pid, tty and curmem are null
-    /// when the VM has no process.
-    struct Entry: Encodable {
-        let vm: VMInfo
-
-        enum Key: String, CodingKey { case id, pid, vcpus, maxmem, curmem, tty, owner, state, name, device_restarts }
-
-        func encode(to encoder: Encoder) throws {
-            var c = encoder.container(keyedBy: Key.self)
-            let running = StatusTable.isRunning(vm)
-            try c.encode(vm.id, forKey: .id)
-            if running { try c.encode(vm.pid, forKey: .pid) } else { try c.encodeNil(forKey: .pid) }
-            try c.encode(vm.vcpus, forKey: .vcpus)
-            try c.encode(vm.maxMemory, forKey: .maxmem)
-            if running { try c.encode(vm.curMemory, forKey: .curmem) } else { try c.encodeNil(forKey: .curmem) }
-            if running && !vm.tty.isEmpty { try c.encode(vm.tty, forKey: .tty) } else { try c.encodeNil(forKey: .tty) }
-            try c.encode(vm.owner.isEmpty ? "root" : vm.owner, forKey: .owner)
-            try c.encode(vm.state, forKey: .state)
-            try c.encode(vm.name, forKey: .name)
-            // Only once a device process was restarted (issue 12).
-            if running && !vm.deviceRestarts.isEmpty {
-                let counts = Dictionary(vm.deviceRestarts.map { ($0.device, $0.restarts) }, uniquingKeysWith: max)
-                try c.encode(counts, forKey: .device_restarts)
-            }
+    /// One JSON object per VM, keys sorted: sizes in bytes; pid, tty and
+    /// curmem are null when the VM has no process; device_restarts only
+    /// once a device process was restarted.
+    static func jsonValue(_ vm: VMInfo) -> JSON.Value {
+        let running = isRunning(vm)
+        var fields: [(String, JSON.Value)] = [("curmem", running ? .uint(vm.curMemory) : .null)]
+        if running && !vm.deviceRestarts.isEmpty {
+            var counts: [String: UInt64] = [:]
+            for r in vm.deviceRestarts { counts[r.device] = max(counts[r.device] ?? 0, UInt64(r.restarts)) }
+            fields.append(("device_restarts", .object(counts.keys.sorted().map { ($0, .uint(counts[$0]!)) })))
         }
+        fields += [
+            ("id", .uint(UInt64(vm.id))),
+            ("maxmem", .uint(vm.maxMemory)),
+            ("name", .string(vm.name)),
+            ("owner", .string(vm.owner.isEmpty ? "root" : vm.owner)),
+            ("pid", running ? .int(Int64(vm.pid)) : .null),
+            ("state", .string(vm.state)),
+            ("tty", running && !vm.tty.isEmpty ? .string(vm.tty) : .null),
+            ("vcpus", .uint(UInt64(vm.vcpus))),
+        ]
+        return .object(fields)
     }
 
     static func json(_ vms: [VMInfo]) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        // Encoding plain numbers and strings cannot fail.
-        let data = (try? encoder.encode(vms.map(Entry.init))) ?? Data("[]".utf8)
-        return String(decoding: data, as: UTF8.self) + "\n"
+        JSON.text(.array(vms.map(jsonValue))) + "\n"
     }
 }

@@ -6,7 +6,7 @@ extension VMCtl {
     /// `stop [-fw] [name | -a]`: graceful shutdown through vmmci (power-off
     /// after a timeout), `-f` at once, `-w` waits until the VM has stopped.
     struct Stop: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Stop a VM, or all VMs with -a.")
+        static let configuration = CommandConfiguration(commandName: "stop", abstract: "Stop a VM, or all VMs with -a.")
 
         @OptionGroup var global: GlobalOptions
 

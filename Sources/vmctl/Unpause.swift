@@ -4,7 +4,7 @@ import VMDControl
 extension VMCtl {
     /// `unpause name`: vmdUnpauseVM with the VM's name; vmd answers ctlOK when done.
     struct Unpause: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Resume a paused VM.")
+        static let configuration = CommandConfiguration(commandName: "unpause", abstract: "Resume a paused VM.")
 
         @OptionGroup var global: GlobalOptions
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import VMDControl
 
 /// `vmctl [-v] [-s socket] command [arg ...]`: the command line of vmd's
@@ -6,16 +7,21 @@ import VMDControl
 struct VMCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmctl",
-        abstract: "Control the virtual machine daemon, vmd.",
-        discussion: """
-            usage: vmctl [-v] [-s socket] command [arg ...]
-              -v         also print the daemon's informational replies
-              -s socket  the control socket (default /run/vmd.sock)
-            Commands may be abbreviated to any unique prefix (vmctl stat = vmctl status).
-            See vmctl(8).
-            """,
-        subcommands: [Console.self, Create.self, Load.self, Log.self, Pause.self, Reload.self, Reset.self,
-                      Start.self, Status.self, Stop.self, Unpause.self, Wait.self])
+        abstract: abstract,
+        discussion: discussion,
+        subcommands: subcommands)
+
+    static let abstract = "Control the virtual machine daemon, vmd."
+    static let discussion = """
+        usage: vmctl [-v] [-s socket] command [arg ...]
+          -v         also print the daemon's informational replies
+          -s socket  the control socket (default /run/vmd.sock)
+        Commands may be abbreviated to any unique prefix (vmctl stat = vmctl status).
+        See vmctl(8).
+        """
+    static let subcommands: [ParsableCommand.Type] = [
+        Console.self, Create.self, Load.self, Log.self, Pause.self, Reload.self, Reset.self,
+        Start.self, Status.self, Stop.self, Unpause.self, Wait.self]
 
     static let usage = "usage: vmctl [-v] [-s socket] command [arg ...]"
 
@@ -29,7 +35,7 @@ struct VMCtl: ParsableCommand {
         // As vmctl: no command is a usage error, not a help page.
         if arguments.isEmpty {
             Output.writeError(usage + "\nRun 'vmctl help' for the list of commands.\n")
-            exit(withError: ExitCode.failure)
+            Glibc.exit(1)
         }
         let rewritten: [String]
         do {
@@ -37,21 +43,26 @@ struct VMCtl: ParsableCommand {
         } catch {
             Output.warn("\(error)")
             Output.writeError(usage + "\nRun 'vmctl help' for the list of commands.\n")
-            exit(withError: ExitCode.failure)
+            Glibc.exit(1)
         }
         do {
-            var command = try parseAsRoot(rewritten)
+            var command = try QuickParse.parse(rewritten) ?? parseAsRoot(rewritten)
             try command.run()
+        } catch let code as ExitCode {
+            // A command's own failure, already reported: ArgumentParser's
+            // exit(withError:) would first build a help generator for it
+            // (0.7 ms of reflection, issue 14).
+            Glibc.exit(code.rawValue)
         } catch {
             // As vmctl: every usage error exits 1 (ArgumentParser's own
             // validation errors would exit 64).
             if exitCode(for: error) == .validationFailure {
                 Output.writeError(fullMessage(for: error) + "\n")
-                exit(withError: ExitCode.failure)
+                Glibc.exit(1)
             }
             exit(withError: error)
         }
-        exit()
+        Glibc.exit(0)
     }
 }
 
@@ -82,5 +93,38 @@ func reportingFailures(verb: String, _ body: () throws -> Void) throws {
         try body()
     } catch let failure as Failure {
         Output.fail(failure, verb: verb)
+    }
+}
+
+/// The program: main.swift (the `vmctl` executable) calls only this.
+public func vmctlMain() -> Never {
+    VMCtl.run(arguments: Array(CommandLine.arguments.dropFirst()))
+}
+
+/// The same command tree as VMCtl, parsed without ArgumentParser's check
+/// for `--generate-completion-script`: on every parse of a root command it
+/// parses two extra commands for it, a third of vmctl's start-up (issue 14).
+/// It skips that check for a command with a super-command, which only
+/// changes help and usage texts; so this root is used only when no argument
+/// asks for help, completion or tool information, and whatever does not
+/// parse cleanly here is parsed again by VMCtl itself, whose messages are
+/// the ones printed.
+struct QuickParse: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmctl", _superCommandName: "", abstract: VMCtl.abstract,
+        discussion: VMCtl.discussion, subcommands: VMCtl.subcommands)
+
+    /// The parsed command, or nil when VMCtl must parse `arguments`.
+    static func parse(_ arguments: [String]) -> ParsableCommand? {
+        guard !arguments.contains(where: asksForMore) else { return nil }
+        guard let command = try? parseAsRoot(arguments),
+              VMCtl.subcommands.contains(where: { type(of: command) == $0 }) else { return nil }
+        return command
+    }
+
+    /// Help, shell completion, tool information, version: VMCtl's.
+    static func asksForMore(_ word: String) -> Bool {
+        word == "help" || word == "-h" || word == "--help" || word.hasPrefix("--generate-completion")
+            || word.hasPrefix("--experimental") || word == "--version" || word.hasPrefix("---")
     }
 }

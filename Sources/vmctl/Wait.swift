@@ -4,7 +4,7 @@ import VMDControl
 extension VMCtl {
     /// `wait name`: returns when the VM has stopped (vmd answers ctlOK then).
     struct Wait: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Wait until a VM has stopped.")
+        static let configuration = CommandConfiguration(commandName: "wait", abstract: "Wait until a VM has stopped.")
 
         @OptionGroup var global: GlobalOptions
 

@@ -1,7 +1,7 @@
 import Foundation
 import XCTest
 import VMDControl
-@testable import vmctl
+@testable import VMCtlCLI
 
 /// `vmctl status`'s second table: vhost-user backends.
 final class BackendTableTests: XCTestCase {

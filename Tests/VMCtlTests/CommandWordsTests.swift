@@ -1,6 +1,6 @@
 import XCTest
 import ArgumentParser
-@testable import vmctl
+@testable import VMCtlCLI
 
 final class CommandWordsTests: XCTestCase {
     let names = VMCtl.commandNames

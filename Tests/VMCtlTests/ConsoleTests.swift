@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 import XCTest
 import VMDSystem
-@testable import vmctl
+@testable import VMCtlCLI
 
 final class ConsoleEscapeTests: XCTestCase {
     func feed(_ text: String, _ escape: inout ConsoleEscape) -> ConsoleEscape.Output {

@@ -4,7 +4,7 @@ import XCTest
 import Imsg
 import VMDControl
 import VMDSystem
-@testable import vmctl
+@testable import VMCtlCLI
 
 /// vmctl's side of the control protocol against a scripted fake vmd on a
 /// real unix socket.

@@ -1,5 +1,5 @@
 import XCTest
-@testable import vmctl
+@testable import VMCtlCLI
 
 final class ScaledSizeTests: XCTestCase {
     /// Outputs of OpenBSD's fmt_scaled(3) compiled from its C source, so

@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 import XCTest
 import VMDControl
-@testable import vmctl
+@testable import VMCtlCLI
 
 final class StatusTableTests: XCTestCase {
     let running = VMInfo(id: 1, pid: 4242, vcpus: 1, maxMemory: 512 << 20, curMemory: 512 << 20,

@@ -9,7 +9,7 @@ VERSION, REPLY, NEED_REPLY = 1, 4, 8
 GET_FEATURES, SET_FEATURES, SET_OWNER, SET_MEM_TABLE = 1, 2, 3, 5
 SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_KICK, SET_VRING_CALL = 8, 9, 10, 12, 13
 GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES, ADD_MEM_REG, REM_MEM_REG = 15, 16, 37, 38
-SET_LOG_BASE, SET_INFLIGHT_FD = 6, 32
+SET_LOG_BASE, SET_LOG_FD, SET_INFLIGHT_FD = 6, 7, 32
 F_REPLY_ACK = 1 << 3
 USER_BASE = 0x7f0000000000
 MEM = 1 << 20
@@ -235,6 +235,25 @@ def run(path, proc):
         c.send(REM_MEM_REG, struct.pack("<QQQQQ", 0, 0, MEM, USER_BASE, 0), flags=VERSION | NEED_REPLY)
         expect_refused(c, "REM_MEM_REG")
     case("unsupported memory hot-add", unsupported)
+
+    def dirty_logging(c):
+        # Migration's dirty log is outside what we serve: a clean "no"
+        # (an error ack, not a closed connection), and the connection goes on.
+        fd = memfd(4096)
+        c.send(SET_LOG_BASE, struct.pack("<QQ", 4096, 0), flags=VERSION | NEED_REPLY, fds=[fd])
+        os.close(fd)
+        r = c.reply()
+        assert r is not None and len(r[1]) == 8 and struct.unpack("<Q", r[1])[0] != 0, f"SET_LOG_BASE: {r}"
+        e = os.eventfd(0)
+        c.send(SET_LOG_FD, flags=VERSION | NEED_REPLY, fds=[e])
+        os.close(e)
+        r = c.reply()
+        assert r is not None and len(r[1]) == 8 and struct.unpack("<Q", r[1])[0] != 0, f"SET_LOG_FD: {r}"
+        c.send(GET_FEATURES)
+        r = c.reply()
+        assert r is not None and r[0] == GET_FEATURES, f"not served after the refusal: {r}"
+        print("badfrontend: unsupported dirty logging: refused, connection kept")
+    case("unsupported dirty logging", dirty_logging)
 
     def bad_inflight(c):
         fd = memfd(64)

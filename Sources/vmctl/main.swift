@@ -1,2 +1,0 @@
-// vmctl: see VMCtl.swift and one file per command.
-VMCtl.run(arguments: Array(CommandLine.arguments.dropFirst()))

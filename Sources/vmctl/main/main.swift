@@ -1,0 +1,4 @@
+// vmctl: see VMCtl.swift and one file per command (the VMCtlCLI module).
+import VMCtlCLI
+
+vmctlMain()

@@ -1,0 +1,104 @@
+#!/bin/bash
+# bench/vmctl-startup.sh [BIN_DIR] [--runs N]: issue 14 item 4, measured as ratios in one run.
+#
+#   1. vmctl's start-up: `vmctl -s /nonexistent status` (exec, runtime start-up, argument
+#      parsing, a failed connect) against a minimal C program (`int main(void){return 0;}`,
+#      cc -O2, dynamically linked as usual), alternating: median wall time from spawn to exit
+#      and median CPU time (user + system) of the child.
+#   2. The daemon's share of `vmctl status`: on one open control connection, request ->
+#      last reply (vmdInfoVMEnd), median over N requests, with 1 VM and with 100 VMs
+#      configured (disabled, so nothing boots); the rows returned are counted.
+#
+# BIN_DIR holds vmd and vmctl (default .build/debug). Part 2 needs root (vmd); without root
+# only part 1 runs. Needs cc and python3. Prints the load averages before and after.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+root="$(cd "$here/.." && pwd -P)"
+bin="$root/.build/debug"
+runs=200
+while [ $# -gt 0 ]; do
+	case "$1" in
+	-h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+	--runs) runs="$2"; shift 2 ;;
+	*) bin="$1"; shift ;;
+	esac
+done
+case "$bin" in /*) ;; *) bin="$(cd "$bin" && pwd -P)" ;; esac
+fail() { echo "bench/vmctl-startup.sh: $*" >&2; exit 1; }
+[ -x "$bin/vmctl" ] || fail "$bin/vmctl not found"
+command -v cc >/dev/null || fail "cc not installed"
+command -v python3 >/dev/null || fail "python3 not installed"
+
+tmp="$(mktemp -d)"
+vmd_pid=""
+cleanup() { [ -z "$vmd_pid" ] || kill "$vmd_pid" 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+cc -O2 -o "$tmp/spawntime" "$here/spawntime.c"
+echo 'int main(void){return 0;}' > "$tmp/minimal.c"
+cc -O2 -o "$tmp/minimal" "$tmp/minimal.c"
+
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "vmctl: $bin/vmctl ($(ldd "$bin/vmctl" 2>&1 | grep -c '=>' || true) shared libraries)"
+{ read -r c_ms c_cpu; read -r vmctl_ms vmctl_cpu; } < <("$tmp/spawntime" "$runs" "$tmp/minimal" -- "$bin/vmctl" -s "$tmp/none.sock" status)
+printf '%-44s %8s ms wall %8s ms CPU\n' "minimal C program (median of $runs)" "$c_ms" "$c_cpu" \
+	"vmctl -s missing.sock status" "$vmctl_ms" "$vmctl_cpu"
+python3 -c "import sys; a = [float(x) for x in sys.argv[1:]]; print('start-up ratio vmctl / C: %.2fx wall, %.2fx CPU (target <= 3x)' % (a[2] / a[0], a[3] / a[1]))" \
+	"$c_ms" "$c_cpu" "$vmctl_ms" "$vmctl_cpu"
+
+if [ "$(id -u)" != 0 ] || [ ! -x "$bin/vmd" ]; then
+	echo "daemon share: skipped (needs root and $bin/vmd)"
+	echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+	exit 0
+fi
+
+# The daemon's share: request received -> last reply, on an open connection.
+share() { # share COUNT -> prints "median_ms rows"
+	local n="$1" conf="$tmp/vm$1.conf" sock="$tmp/vmd$1.sock" log="$tmp/vmd$1.log"
+	: > "$conf"
+	for i in $(seq 1 "$n"); do printf 'vm "b%d" {\n    disable\n    memory 64M\n    boot "/dev/null"\n}\n' "$i" >> "$conf"; done
+	"$bin/vmd" -d -f "$conf" -s "$sock" > "$log" 2>&1 &
+	vmd_pid=$!
+	for _ in $(seq 1 200); do grep -q "startup complete" "$log" 2>/dev/null && break; sleep 0.05; done
+	grep -q "startup complete" "$log" || { cat "$log" >&2; fail "vmd did not start"; }
+	python3 - "$sock" "$runs" <<'PY'
+import socket, struct, sys, time
+GET_INFO, INFO_DATA, INFO_END, BACKEND = 10, 11, 12, 22
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+buf, off = bytearray(), 0
+def message():
+    # Walks the buffer by offset: no copy per message.
+    global buf, off
+    while True:
+        if len(buf) - off >= 16:
+            t, n = struct.unpack_from("=IH", buf, off)
+            if len(buf) - off >= n:
+                off += n
+                return t
+        chunk = s.recv(1 << 20)
+        if not chunk: raise SystemExit("vmd closed the connection")
+        del buf[:off]
+        off = 0
+        buf += chunk
+times, rows = [], 0
+for i in range(int(sys.argv[2]) + 5):
+    t0 = time.perf_counter()
+    s.sendall(struct.pack("=IHHII", GET_INFO, 16, 0, 0, 0))
+    rows = 0
+    while True:
+        t = message()
+        if t == INFO_END: break
+        if t != INFO_DATA and t != BACKEND: raise SystemExit("unexpected reply type %d" % t)
+        rows += 1
+    if i >= 5: times.append((time.perf_counter() - t0) * 1e3)
+times.sort()
+print("%.3f %d" % (times[len(times) // 2], rows))
+PY
+	kill "$vmd_pid"; wait "$vmd_pid" 2>/dev/null || true; vmd_pid=""
+}
+read -r one_ms one_rows < <(share 1)
+read -r hundred_ms hundred_rows < <(share 100)
+printf '%-44s %8s ms (%s rows)\n' "daemon share of status, 1 VM" "$one_ms" "$one_rows" \
+	"daemon share of status, 100 VMs" "$hundred_ms" "$hundred_rows"
+python3 -c "import sys; print('daemon share ratio 100 VMs / 1 VM: %.2fx (target <= 3x)' % (float(sys.argv[2]) / float(sys.argv[1])))" "$one_ms" "$hundred_ms"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
