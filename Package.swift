@@ -27,6 +27,8 @@ let package = Package(
         // C shims for what Swift cannot import: macros, variadics, kernel structs.
         .target(name: "CVMDSys", dependencies: ["CLibbsd", "CLibseccomp", "CLibevent"]),
         .target(name: "CKVM"),
+        // Asynchronous block I/O: a restricted io_uring (liburing-dev), else a thread pool.
+        .target(name: "CVMDAio", linkerSettings: [.linkedLibrary("uring")]),
 
         // The only layer that calls libc for generic system work.
         .target(name: "VMDSystem", dependencies: ["CVMDSys", "CLibseccomp"]),
@@ -36,7 +38,7 @@ let package = Package(
         .target(name: "Virtio"),
         // qcow2 and raw images on already-open files (no Foundation, no open()).
         .target(name: "DiskImage", dependencies: ["CZlib"]),
-        .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem", "DiskImage"]),
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem", "DiskImage", "CVMDAio"]),
         // vhost-user: the same devices as backends of QEMU (and others).
         .target(name: "CVhostUser"),
         .target(name: "VhostUser", dependencies: ["CVhostUser", "Virtio"]),
@@ -57,7 +59,7 @@ let package = Package(
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
                     resources: [.copy("Golden")]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices", "VMDSystem"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices", "VMDSystem", "DiskImage"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser", "Virtio", "VirtioDevices", "VMDSystem"]),
         .testTarget(name: "VMCtlTests", dependencies: ["vmctl", "VMDControl", "Imsg", "VMDSystem"]),
         .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl", "VirtioDevices"]),

@@ -15,6 +15,12 @@ public protocol ImageFile: AnyObject {
     func flush() throws
     /// The file's current size in bytes.
     func size() throws -> UInt64
+    /// The open file's descriptor, for asynchronous I/O on it (nil: none).
+    var descriptor: Int32? { get }
+}
+
+extension ImageFile {
+    public var descriptor: Int32? { nil }
 }
 
 /// Errors of the disk image layer. `description` is what an operator sees,
@@ -67,6 +73,7 @@ public final class FDImageFile: ImageFile {
     public let fd: Int32
 
     public init(fd: Int32) { self.fd = fd }
+    public var descriptor: Int32? { fd }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
         guard let base = buffer.baseAddress else { return 0 }

@@ -99,7 +99,8 @@ final class DeviceProcess: InterruptSink {
     /// Nothing but our descriptors, no file system, no new privileges, no
     /// root, and the table's system calls for this kind.
     private func enterSandbox() {
-        FD.closeAll(from: 3, except: setup.descriptors.all.filter { $0 != setup.descriptors.first(.guestMemory) })
+        FD.closeAll(from: 3, except: setup.descriptors.all.filter { $0 != setup.descriptors.first(.guestMemory) }
+                        + ((device as? DescriptorOwningDevice)?.ownDescriptors ?? []))
         _ = loop   // its epoll fd, before the sandbox forbids creating one
         guard let user = Users.lookup(Users.daemonUser) else { fail("user \(Users.daemonUser) does not exist") }
         restrict(setup.name, user: user, denyFileSystem: true, policy: SandboxPolicies.device(model))

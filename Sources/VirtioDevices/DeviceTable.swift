@@ -198,3 +198,9 @@ public protocol HostCommandDevice: VirtioDevice {
     /// The guest acknowledged (or itself requested) a command.
     var onAcknowledge: ((VMMCICommand) -> Void)? { get set }
 }
+
+/// A device that opened descriptors of its own while it was made (vioblk's
+/// io_uring and eventfd): its process keeps them when it closes the rest.
+public protocol DescriptorOwningDevice: VirtioDevice {
+    var ownDescriptors: [Int32] { get }
+}
