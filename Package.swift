@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
         .target(name: "Virtio"),
         // qcow2 and raw images on already-open files (no Foundation, no open()).
-        .target(name: "DiskImage", dependencies: ["CZlib"]),
+        .target(name: "DiskImage", dependencies: ["CZlib", "VMDSystem"]),
         .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem", "DiskImage", "CVMDAio"]),
         // vhost-user: the same devices as backends of QEMU (and others).
         .target(name: "CVhostUser"),
@@ -64,7 +64,7 @@ let package = Package(
         .testTarget(name: "VMCtlTests", dependencies: ["vmctl", "VMDControl", "Imsg", "VMDSystem"]),
         .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl", "VirtioDevices"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
-        .testTarget(name: "DiskImageTests", dependencies: ["DiskImage"]),
+        .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "VMDSystem"]),
         // The child the qcow2 kill -9 tests kill: writes through DiskImage.
         .executableTarget(name: "qcow2-stress", dependencies: ["DiskImage"], path: "Tests/Tools/qcow2-stress"),
     ],

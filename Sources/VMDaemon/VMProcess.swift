@@ -218,7 +218,7 @@ final class VMProcess {
         let (asyncMine, asyncTheirs) = try FD.socketPair()
         defer { FD.close(syncTheirs); FD.close(asyncTheirs) }
         // One kick eventfd per queue, signalled by KVM itself.
-        let notifyFDs = try model.queueSizes.map { _ in try EventFD.create() }
+        let notifyFDs = try model.queueSizes(for: s.parameters).map { _ in try EventFD.create() }
         var fds: [Int32] = []
         func pass(_ fd: Int32, as role: DeviceDescriptorRole) {
             fds.append(fd)

@@ -18,6 +18,7 @@ public enum VirtioBlockFeature {
     public static let flush: UInt64 = 1 << 9
     public static let discard: UInt64 = 1 << 13
     public static let writeZeroes: UInt64 = 1 << 14
+    public static let multiQueue: UInt64 = 1 << 12
 }
 
 public enum VirtioBlockRequestType {
@@ -49,7 +50,7 @@ public final class VioBlk: VirtioDevice {
     public let backend: BlockBackend
     /// GET_ID answer: the image's name, at most 20 bytes, NUL-padded.
     public let identifier: [UInt8]
-    public let queueMaxSizes = VioBlk.model.queueSizes
+    public let queueMaxSizes: [UInt16]
     weak var host: VirtioDeviceHost?
     /// Runs reads, writes and flushes asynchronously (nil: all synchronous).
     public let engine: BlockIOEngine?
@@ -62,7 +63,10 @@ public final class VioBlk: VirtioDevice {
     var unflushed = true
     public var onInputWanted: (() -> Void)?
 
-    public init(name: String, backend: BlockBackend, identifier: String, engine: BlockIOEngine? = nil) {
+    public init(name: String, backend: BlockBackend, identifier: String, engine: BlockIOEngine? = nil, queues: Int = 1) {
+        var parameters = DeviceParameters()
+        parameters.queueCount = queues
+        self.queueMaxSizes = VioBlk.model.queueSizes(for: parameters)
         self.name = name
         self.backend = backend
         self.identifier = Array(identifier.utf8.prefix(VioBlk.idLength))
@@ -72,6 +76,7 @@ public final class VioBlk: VirtioDevice {
     public var deviceFeatures: UInt64 {
         var features = VirtioBlockFeature.sizeMax | VirtioBlockFeature.segMax | VirtioBlockFeature.blockSize
             | VirtioBlockFeature.flush
+        if queueMaxSizes.count > 1 { features |= VirtioBlockFeature.multiQueue }
         if backend.isReadOnly {
             features |= VirtioBlockFeature.readOnly
         } else {
@@ -99,7 +104,7 @@ public final class VioBlk: VirtioDevice {
         appendLittleEndian(UInt16(0), to: &bytes)                              // min_io_size
         appendLittleEndian(UInt32(0), to: &bytes)                              // opt_io_size
         bytes += [0, 0]                                                        // writeback, unused
-        appendLittleEndian(UInt16(1), to: &bytes)                              // num_queues
+        appendLittleEndian(UInt16(queueMaxSizes.count), to: &bytes)            // num_queues
         appendLittleEndian(VioBlk.maxDiscardSectors, to: &bytes)               // max_discard_sectors
         appendLittleEndian(VioBlk.maxDiscardSegments, to: &bytes)              // max_discard_seg
         appendLittleEndian(UInt32(8), to: &bytes)                              // discard_sector_alignment (4 KiB)
@@ -271,6 +276,7 @@ extension VioBlk {
                    "lseek", "fstat", "newfstatat",
                    // the ring, set up (and restricted) before the sandbox
                    "io_uring_enter"],
+        multiQueue: true,
         make: { c in
             let engine = try VioBlk.makeEngine(name: c.name)
             let formats = c.parameters.diskFormats
@@ -286,6 +292,7 @@ extension VioBlk {
                 }
                 backend = try DiskImageBackend(fds: [disk] + bases, formats: formats, readOnly: c.parameters.readOnly)
             }
-            return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine)
+            return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
+                          queues: max(1, c.parameters.queueCount))
         })
 }
