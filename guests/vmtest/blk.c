@@ -484,3 +484,51 @@ void blk_bench(void)
 out:
     vq_no_interrupts(q, false);
 }
+
+/*
+ * blkfill: sequential 16 KiB writes from sector 4096 to the end of the disk,
+ * 8 in flight, then again from the start, forever (every sector begins
+ * with "fill <pass> <sector>"), so a fresh qcow2 overlay allocates all the
+ * time. The kill -9 tests kill the device process in the middle of it.
+ */
+void blk_fill_forever(void)
+{
+    if (!blk_ready) {
+        printf("vmtest: blkfill: no vioblk\n");
+        return;
+    }
+    struct vq *q = &blk.vqs[0];
+    vq_no_interrupts(q, true);
+    const u32 per = CHUNK_BYTES / SECTOR, depth = 8;
+    u64 next = 4096;
+    u32 pass = 0, inflight = 0;
+    for (u32 i = 0; i < depth; i++)
+        *slots[i].status = 0;          /* free */
+    printf("vmtest: blkfill: writing from sector %lu to %lu, %u in flight\n", next, capacity, depth);
+    for (;;) {
+        while (inflight < depth) {
+            if (next + per > capacity) {
+                next = 4096;
+                pass++;
+            }
+            int s = -1;
+            for (u32 i = 0; i < depth; i++)
+                if (*slots[i].status != 0xFF) { s = (int)i; break; }
+            if (s < 0)
+                break;
+            for (u32 k = 0; k < per; k++)
+                snprintf((char *)slots[s].data + k * SECTOR, SECTOR, "fill %u %lu\n", pass, next + k);
+            if (submit(s, T_OUT, next, slots[s].data, CHUNK_BYTES) < 0)
+                break;
+            inflight++;
+            next += per;
+        }
+        vq_kick(q);
+        int id;
+        while ((id = vq_get_used(q, NULL)) < 0)
+            cpu_relax();
+        if (id < 1024)
+            *slots[slot_of_head[id]].status = 0;
+        inflight--;
+    }
+}

@@ -90,6 +90,7 @@ struct options {
     bool hostile;               /* hostile: after the checks, act as a broken/malicious driver */
     u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */
     bool regloop;               /* regloop: read a vioblk register forever after the checks */
+    bool blkfill;               /* blkfill: write the disk sequentially forever after the checks */
 };
 extern struct options opt;
 
@@ -208,6 +209,7 @@ void irq_service(void);       /* reads ISR of devices whose line fired, unmasks 
 void blk_check(struct pci_dev *p);
 void blk_bench(void);
 void blk_qd1_bench(void);
+void blk_fill_forever(void);
 void rng_check(struct pci_dev *p);
 void net_check(struct pci_dev *p);
 void net_bench(void);
