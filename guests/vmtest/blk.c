@@ -444,14 +444,18 @@ static bool seqwrite64k(u32 depth, u64 *kib_per_s, u32 *writes, char *why, size_
     const u32 per = 65536 / SECTOR;
     u64 next = 4096, end = capacity - capacity % per;
     u32 inflight = 0, done = 0;
-    static int group_of_head[1024];
+    static int group_of_head[1024];    /* group + 1 of a head in flight, 0: none */
+    memset(group_of_head, 0, sizeof(group_of_head));
+    bool busy[8] = { false };
+    if (depth > 8)
+        depth = 8;
     for (u32 s = 0; s < QD_MAX; s++)
         memset(slots[s].data, 0x5a + s, CHUNK_BYTES);
     u64 start = rdtsc();
     for (;;) {
         for (u32 g = 0; g < depth && inflight < depth && next + per <= end; g++) {
-            if (*slots[4 * g].status == 0xFF)
-                continue;                           /* in flight */
+            if (busy[g])
+                continue;                           /* in flight (its status may already be 0) */
             struct slot *h = &slots[4 * g];
             h->hdr->type = T_OUT;
             h->hdr->reserved = 0;
@@ -467,7 +471,8 @@ static bool seqwrite64k(u32 depth, u64 *kib_per_s, u32 *writes, char *why, size_
                 snprintf(why, whysz, "vioblk0: no descriptors for a 64 KiB write");
                 return false;
             }
-            group_of_head[head] = (int)g;
+            group_of_head[head] = (int)g + 1;
+            busy[g] = true;
             inflight++;
             next += per;
         }
@@ -483,11 +488,17 @@ static bool seqwrite64k(u32 depth, u64 *kib_per_s, u32 *writes, char *why, size_
             }
             cpu_relax();
         }
-        if (id >= 1024 || *slots[4 * group_of_head[id]].status != 0) {
-            snprintf(why, whysz, "vioblk0: 64 KiB write failed");
+        if (id >= 1024 || group_of_head[id] == 0) {
+            snprintf(why, whysz, "vioblk0: used ring returned id %d, not a write in flight", id);
             return false;
         }
-        *slots[4 * group_of_head[id]].status = 0;
+        int g = group_of_head[id] - 1;
+        group_of_head[id] = 0;
+        if (*slots[4 * g].status != 0) {
+            snprintf(why, whysz, "vioblk0: 64 KiB write (id %d) failed with status %u", id, *slots[4 * g].status);
+            return false;
+        }
+        busy[g] = false;
         inflight--;
         done++;
     }
