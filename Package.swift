@@ -27,6 +27,8 @@ let package = Package(
         // C shims for what Swift cannot import: macros, variadics, kernel structs.
         .target(name: "CVMDSys", dependencies: ["CLibbsd", "CLibseccomp", "CLibevent"]),
         .target(name: "CKVM"),
+        // Asynchronous block I/O: a restricted io_uring (liburing-dev), else a thread pool.
+        .target(name: "CVMDAio", linkerSettings: [.linkedLibrary("uring")]),
 
         // The only layer that calls libc for generic system work.
         .target(name: "VMDSystem", dependencies: ["CVMDSys", "CLibseccomp"]),
@@ -35,8 +37,8 @@ let package = Package(
         .target(name: "VMM", dependencies: ["CKVM", "VMDSystem"]),
         .target(name: "Virtio"),
         // qcow2 and raw images on already-open files (no Foundation, no open()).
-        .target(name: "DiskImage", dependencies: ["CZlib"]),
-        .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem", "DiskImage"]),
+        .target(name: "DiskImage", dependencies: ["CZlib", "VMDSystem"]),
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "VMDSystem", "DiskImage", "CVMDAio"]),
         // vhost-user: the same devices as backends of QEMU (and others).
         .target(name: "CVhostUser"),
         .target(name: "VhostUser", dependencies: ["CVhostUser", "Virtio"]),
@@ -69,12 +71,12 @@ let package = Package(
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
                     resources: [.copy("Golden")]),
         .testTarget(name: "VMMTests", dependencies: ["VMM"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices", "VMDSystem"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioDevices", "VMDSystem", "DiskImage"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser", "Virtio", "VirtioDevices", "VMDSystem"]),
         .testTarget(name: "VMCtlTests", dependencies: ["VMCtlCLI", "VMDControl", "Imsg", "VMDSystem"]),
         .testTarget(name: "VMDaemonTests", dependencies: ["VMDaemon", "VMDControl", "VirtioDevices"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMDControl"]),
-        .testTarget(name: "DiskImageTests", dependencies: ["DiskImage"]),
+        .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "VMDSystem"]),
         // The child the qcow2 kill -9 tests kill: writes through DiskImage.
         .executableTarget(name: "qcow2-stress", dependencies: ["DiskImage"], path: "Tests/Tools/qcow2-stress"),
     ],

@@ -38,6 +38,7 @@ BENCH_KEYS = [  # (label, bench name, key in its line, unit)
     ("blk_randread_qd32", "blk_randread_qd32", "iops", "IOPS"),
     ("blk_flush_lat median", "blk_flush_lat", "median_us", "us"),
     ("blk_flush_lat p99", "blk_flush_lat", "p99_us", "us"),
+    ("blk_seqwrite64k", "blk_seqwrite64k", "kib_per_s", "KiB/s"),
     ("net_tx_1500", "net_tx_1500", "fps", "frames/s"),
     # issue 14: the same QD1 work polled and by interrupt (MSI-X when offered), with latency
     ("blk QD1 polled", "blk_qd1_poll", "iops", "IOPS"),
@@ -138,6 +139,26 @@ def pump(stream, on_chunk, deadline, stop):
 
 
 # ---------------------------------------------------------------- our vmd
+
+DISK_FORMAT = "raw"
+
+
+def prepare_image(path, megabytes):
+    """The bench image: raw, or (--disk-format qcow2) the same data converted to a
+    fully allocated qcow2 (64 KiB clusters) by qemu-img. Returns its path."""
+    write_image(path, megabytes)
+    if DISK_FORMAT == "raw":
+        return path
+    q = path + ".qcow2"
+    if DISK_FORMAT == "overlay":
+        # An empty overlay of the raw image: reads go through to it, writes allocate.
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", path, "-F", "raw", q], check=True)
+    else:
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", path, q], check=True)
+    with open(q, "rb") as f:
+        os.fsync(f.fileno())
+    return q
+
 
 def run_ours(vmd, workdir, disk=None, netns=None, timeout=120, scale=100):
     """One fresh vmd daemon, one VM; returns a dict of timings and the console lines.
@@ -258,7 +279,7 @@ def run_qemu(accel, workdir, disk=None, netns=None, pio_notify=False, timeout=12
             "-kernel", ELF, "-append", cmdline, "-serial", "stdio"]
     if disk:
         dev = ",modern-pio-notify=on" if pio_notify else ""
-        argv += ["-drive", f"file={disk},format=raw,if=none,id=disk0,cache=writeback,aio={QEMU_AIO}",
+        argv += ["-drive", f"file={disk},format={'raw' if DISK_FORMAT == 'raw' else 'qcow2'},if=none,id=disk0,cache=writeback,aio={QEMU_AIO}",
                  "-device", f"virtio-blk-pci,drive=disk0,disable-legacy=on{dev}",
                  "-device", f"virtio-rng-pci,disable-legacy=on{dev}",
                  "-netdev", f"tap,id=net0,ifname={QEMU_TAP},script=no,downscript=no",
@@ -393,6 +414,9 @@ def main():
     ap.add_argument("--bench-scale", type=int, default=1000,
                     help="vmtest bench_scale: op counts in percent of vmtest's defaults (default 1000)")
     ap.add_argument("--image-mb", type=int, default=64, help="disk image size in MiB (default 64)")
+    ap.add_argument("--disk-format", default="raw", choices=["raw", "qcow2", "overlay"],
+                    help="bench image: raw; qcow2 (the raw image converted by qemu-img, fully "
+                         "allocated); overlay (an empty qcow2 overlay of the raw image)")
     ap.add_argument("--no-qemu", action="store_true", help="our vmd only")
     ap.add_argument("--no-qemu-pio", action="store_true",
                     help="skip the second QEMU device run with modern-pio-notify=on (notify through an I/O BAR, like ours)")
@@ -405,8 +429,9 @@ def main():
                     help="prefix of the two private network namespaces (PREFIX-v for ours, PREFIX-q for QEMU)")
     args = ap.parse_args()
 
-    global QEMU_AIO
+    global QEMU_AIO, DISK_FORMAT
     QEMU_AIO = args.qemu_aio
+    DISK_FORMAT = args.disk_format
     vmd = os.path.join(args.bin_dir, "vmd")
     for exe in (vmd, os.path.join(args.bin_dir, "vmctl")):
         if not os.access(exe, os.X_OK):
@@ -466,15 +491,15 @@ def main():
 
         # 2. devices: a fresh image per run (the guest writes sectors 2048..2175)
         for i in range(args.bench_runs):
-            write_image(image, args.image_mb)
-            attempt("ours_dev", f"devices ours #{i + 1}", lambda: run_ours(vmd, workdir, image, ns_ours, scale=args.bench_scale))
+            disk = prepare_image(image, args.image_mb)
+            attempt("ours_dev", f"devices ours #{i + 1}", lambda: run_ours(vmd, workdir, disk, ns_ours, scale=args.bench_scale))
             if qemu:
-                write_image(image, args.image_mb)
-                attempt("qemu_dev", f"devices qemu #{i + 1}", lambda: run_qemu("kvm", workdir, image, ns_qemu, scale=args.bench_scale))
+                disk = prepare_image(image, args.image_mb)
+                attempt("qemu_dev", f"devices qemu #{i + 1}", lambda: run_qemu("kvm", workdir, disk, ns_qemu, scale=args.bench_scale))
             if qemu and not args.no_qemu_pio:
-                write_image(image, args.image_mb)
+                disk = prepare_image(image, args.image_mb)
                 attempt("qemu_pio", f"devices qemu-pio #{i + 1}",
-                        lambda: run_qemu("kvm", workdir, image, ns_qemu, pio_notify=True, scale=args.bench_scale))
+                        lambda: run_qemu("kvm", workdir, disk, ns_qemu, pio_notify=True, scale=args.bench_scale))
             if not args.no_limits:
                 results["limits"].append(host_limits(workdir, image, args.image_mb))
     finally:
@@ -564,7 +589,7 @@ def print_device_table(R, args):
             r.append(f"{o / p:.2f}x" if o and p else "n/a")
         rows.append(r)
     table(f"Devices (issue 5): vmtest bench mode, bench_scale={args.bench_scale}, "
-          f"{args.image_mb} MiB raw image (page-cached), QEMU aio={QEMU_AIO}, tap in a private netns per VMM; "
+          f"{args.image_mb} MiB {DISK_FORMAT} image (page-cached), QEMU aio={QEMU_AIO}, tap in a private netns per VMM; "
           "IOPS and frames/s: higher is better, latency: lower is better", header, rows)
     if R["limits"]:
         rows = []

@@ -3,6 +3,7 @@
 // passes descriptors), so this module takes files, never paths. Tests use an
 // in-memory implementation. No Foundation here: it runs in device processes.
 import Glibc
+import VMDSystem
 
 /// An open file, read and written at explicit offsets.
 public protocol ImageFile: AnyObject {
@@ -15,6 +16,12 @@ public protocol ImageFile: AnyObject {
     func flush() throws
     /// The file's current size in bytes.
     func size() throws -> UInt64
+    /// The open file's descriptor, for asynchronous I/O on it (nil: none).
+    var descriptor: Int32? { get }
+}
+
+extension ImageFile {
+    public var descriptor: Int32? { nil }
 }
 
 /// Errors of the disk image layer. `description` is what an operator sees,
@@ -62,25 +69,25 @@ public struct DiskFileError: Error, CustomStringConvertible {
     public var description: String { "\(path): \(error)" }
 }
 
-/// A file descriptor (owned by the caller, never closed here).
+/// A file descriptor (owned by the caller, never closed here), read and
+/// written through VMDSystem's FileIO (EINTR retried, errno kept).
 public final class FDImageFile: ImageFile {
     public let fd: Int32
 
     public init(fd: Int32) { self.fd = fd }
+    public var descriptor: Int32? { fd }
+
+    static func mapping<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as SystemError { throw DiskImageError.io(errno: e.code, operation: e.what) }
+    }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
         guard let base = buffer.baseAddress else { return 0 }
         var done = 0
         while done < buffer.count {
             let (position, overflow) = offset.addingReportingOverflow(UInt64(done))
-            guard !overflow, position <= UInt64(Int64.max) else {
-                throw DiskImageError.io(errno: EINVAL, operation: "pread")
-            }
-            let n = pread(fd, base + done, buffer.count - done, off_t(position))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw DiskImageError.io(errno: errno, operation: "pread at \(position)")
-            }
+            guard !overflow else { throw DiskImageError.io(errno: EINVAL, operation: "pread") }
+            let n = try Self.mapping { try FileIO.read(fd, into: base + done, count: buffer.count - done, at: position) }
             if n == 0 { break }
             done += n
         }
@@ -92,34 +99,13 @@ public final class FDImageFile: ImageFile {
         var done = 0
         while done < buffer.count {
             let (position, overflow) = offset.addingReportingOverflow(UInt64(done))
-            guard !overflow, position <= UInt64(Int64.max) else {
-                throw DiskImageError.io(errno: EINVAL, operation: "pwrite")
-            }
-            let n = pwrite(fd, base + done, buffer.count - done, off_t(position))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw DiskImageError.io(errno: errno, operation: "pwrite at \(position)")
-            }
-            done += n
+            guard !overflow else { throw DiskImageError.io(errno: EINVAL, operation: "pwrite") }
+            done += try Self.mapping { try FileIO.write(fd, from: base + done, count: buffer.count - done, at: position) }
         }
     }
 
-    public func flush() throws {
-        while fdatasync(fd) != 0 {
-            if errno != EINTR { throw DiskImageError.io(errno: errno, operation: "fdatasync") }
-        }
-    }
-
-    public func size() throws -> UInt64 {
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw DiskImageError.io(errno: errno, operation: "fstat") }
-        if info.st_mode & S_IFMT == S_IFBLK {
-            let end = lseek(fd, 0, SEEK_END)
-            guard end >= 0 else { throw DiskImageError.io(errno: errno, operation: "lseek") }
-            return UInt64(end)
-        }
-        return UInt64(max(info.st_size, 0))
-    }
+    public func flush() throws { try Self.mapping { try FileIO.syncData(fd) } }
+    public func size() throws -> UInt64 { try Self.mapping { try FileIO.size(of: fd) } }
 }
 
 /// A file in memory, for tests and fuzzing.

@@ -252,6 +252,51 @@ public final class Qcow2Image: VirtualDisk {
         }
     }
 
+    /// See `VirtualDisk.extents`. Only clusters already allocated (and,
+    /// for writes, standard data clusters, overwritten in place) are file
+    /// ranges; everything a write must allocate is `.synchronous`.
+    public func extents(at offset: UInt64, length: UInt64, forWrite: Bool) throws -> [DiskExtent] {
+        if forWrite {
+            try checkWritable()
+            try checkRange(offset, length)
+        }
+        let cs = clusterSize
+        var list: [DiskExtent] = []
+        var done: UInt64 = 0
+        while done < length {
+            let (pos, overflow) = offset.addingReportingOverflow(done)
+            if overflow || pos >= header.size {
+                DiskExtent.append(.zero(length: length - done), to: &list)
+                break
+            }
+            let inCluster = pos & (cs - 1)
+            let n = min(cs - inCluster, length - done, header.size - pos)
+            let mapping = try lookup(pos >> clusterBits)
+            switch mapping {
+            case .data(let host, false):
+                if let fd = file.descriptor {
+                    DiskExtent.append(.file(fd: fd, offset: host + inCluster, length: n), to: &list)
+                } else {
+                    DiskExtent.append(.synchronous(length: n), to: &list)
+                }
+            case _ where forWrite:
+                DiskExtent.append(.synchronous(length: n), to: &list)
+            case .unallocated:
+                if let backing {
+                    for e in try backing.extents(at: pos, length: n, forWrite: false) { DiskExtent.append(e, to: &list) }
+                } else {
+                    DiskExtent.append(.zero(length: n), to: &list)
+                }
+            case .zero, .data(_, true):
+                DiskExtent.append(.zero(length: n), to: &list)
+            case .compressed:
+                DiskExtent.append(.synchronous(length: n), to: &list)
+            }
+            done += n
+        }
+        return list
+    }
+
     // MARK: Refcounts
 
     func refBlock(at offset: UInt64) throws -> [UInt8] {

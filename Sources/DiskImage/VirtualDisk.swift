@@ -15,6 +15,46 @@ public protocol VirtualDisk: AnyObject {
     func discard(offset: UInt64, length: UInt64) throws
     /// The range reads back as zeroes.
     func writeZeroes(offset: UInt64, length: UInt64) throws
+    /// Where [offset, offset+length) lives, for a caller that moves the data
+    /// itself (asynchronous I/O): file ranges it may read, or for a write
+    /// overwrite in place, zeroes (reads only), and ranges it must pass to
+    /// `read`/`write` (anything that needs metadata: allocation, compressed
+    /// clusters, files without a descriptor). Calling it changes nothing.
+    func extents(at offset: UInt64, length: UInt64, forWrite: Bool) throws -> [DiskExtent]
+}
+
+/// A piece of a disk range: see `VirtualDisk.extents`.
+public enum DiskExtent: Equatable {
+    case file(fd: Int32, offset: UInt64, length: UInt64)
+    case zero(length: UInt64)
+    case synchronous(length: UInt64)
+
+    public var length: UInt64 {
+        switch self {
+        case .file(_, _, let n), .zero(let n), .synchronous(let n): return n
+        }
+    }
+
+    /// Appends `extent`, merging it with the last one where they are contiguous.
+    static func append(_ extent: DiskExtent, to list: inout [DiskExtent]) {
+        guard extent.length > 0 else { return }
+        if let last = list.last {
+            switch (last, extent) {
+            case let (.file(fa, oa, na), .file(fb, ob, nb)) where fa == fb && oa &+ na == ob:
+                list[list.count - 1] = .file(fd: fa, offset: oa, length: na + nb)
+                return
+            case let (.zero(na), .zero(nb)):
+                list[list.count - 1] = .zero(length: na + nb)
+                return
+            case let (.synchronous(na), .synchronous(nb)):
+                list[list.count - 1] = .synchronous(length: na + nb)
+                return
+            default:
+                break
+            }
+        }
+        list.append(extent)
+    }
 }
 
 /// The image formats vmd knows.
@@ -64,6 +104,21 @@ public final class RawDisk: VirtualDisk {
 
     public func flush() throws { try file.flush() }
     public func discard(offset: UInt64, length: UInt64) throws {}
+
+    public func extents(at offset: UInt64, length: UInt64, forWrite: Bool) throws -> [DiskExtent] {
+        if forWrite && isReadOnly { throw DiskImageError.readOnly("image is read-only") }
+        guard let fd = file.descriptor else { return [.synchronous(length: length)] }
+        var list: [DiskExtent] = []
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        if forWrite || (!overflow && end <= virtualSize) {
+            DiskExtent.append(.file(fd: fd, offset: offset, length: length), to: &list)
+        } else {
+            let inside = offset >= virtualSize ? 0 : virtualSize - offset
+            DiskExtent.append(.file(fd: fd, offset: offset, length: inside), to: &list)
+            DiskExtent.append(.zero(length: length - inside), to: &list)
+        }
+        return list
+    }
 
     public func writeZeroes(offset: UInt64, length: UInt64) throws {
         let zeroes = [UInt8](repeating: 0, count: 64 * 1024)

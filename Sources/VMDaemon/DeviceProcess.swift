@@ -114,7 +114,7 @@ final class DeviceProcess: InterruptSink {
     private func enterSandbox() {
         FD.closeAll(from: 3, except: setup.descriptors.all.filter {
             $0 != setup.descriptors.first(.guestMemory) && $0 != setup.descriptors.first(.deviceState)
-        })
+        } + ((device as? DescriptorOwningDevice)?.ownDescriptors ?? []))
         _ = loop   // its epoll fd, before the sandbox forbids creating one
         guard let user = Users.lookup(Users.daemonUser) else { fail("user \(Users.daemonUser) does not exist") }
         restrict(setup.name, user: user, denyFileSystem: true, policy: SandboxPolicies.device(model))

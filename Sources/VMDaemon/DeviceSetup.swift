@@ -183,6 +183,7 @@ extension DeviceParameters {
         for b in mac { w.u32(UInt32(b)) }
         w.u32(lockedLladdr ? 1 : 0)
         w.u32(UInt32(diskFormats.count)); for f in diskFormats { w.string(f) }
+        w.u32(UInt32(clamping: queueCount))
     }
 
     init(_ r: inout WireReader) throws {
@@ -196,5 +197,8 @@ extension DeviceParameters {
         let nf = try r.u32()
         guard nf <= 17 else { throw WireReader.Truncated() }
         diskFormats = try (0..<nf).map { _ in try r.string(max: 8) }
+        let nq = try r.u32()
+        guard nq <= UInt32(DeviceModel.maxQueues) else { throw WireReader.Truncated() }
+        queueCount = Int(nq)
     }
 }

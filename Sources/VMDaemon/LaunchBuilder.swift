@@ -83,6 +83,8 @@ enum LaunchBuilder {
             let name = disk.path.split(separator: "/").last.map(String.init) ?? disk.path
             var parameters = DeviceParameters(readOnly: readOnly, identifier: name)
             parameters.diskFormats = chain.map(\.format.rawValue)
+            // One request queue per vCPU (VIRTIO_BLK_F_MQ).
+            parameters.queueCount = min(config.effectiveCPUs, DeviceModel.maxQueues)
             // The image, then its bases in chain order.
             spec.devices.append(.init(kind: .blk, parameters: parameters, descriptors: Array(first..<opened.count)))
         }

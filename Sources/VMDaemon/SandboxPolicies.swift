@@ -67,6 +67,9 @@ public enum SandboxPolicies {
             "fsetxattr", "fgetxattr", "getxattr", "mincore", "msync", "get_mempolicy", "set_mempolicy",
             "mbind", "close_range", "openat2", "setitimer", "getitimer", "times", "getrusage",
             "accept4", "accept",
+            // vioblk's restricted io_uring, set up by device processes before their own
+            // filter, and its thread-pool fallback (preadv/pwritev)
+            "io_uring_setup", "io_uring_register", "io_uring_enter", "preadv", "pwritev",
         ])
 
     /// A device process: its channels, guest memory (already mapped), its

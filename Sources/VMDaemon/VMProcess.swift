@@ -223,7 +223,7 @@ final class VMProcess {
         // Both ends stay open here: a restarted device gets the same ones.
         let (stateFD, stateRegion) = try makeStateRegion(model, name: s.name)
         // One kick eventfd per queue, signalled by KVM itself.
-        let notifyFDs = try model.queueSizes.map { _ in try EventFD.create() }
+        let notifyFDs = try model.queueSizes(for: s.parameters).map { _ in try EventFD.create() }
         var fds: [Int32] = []
         func pass(_ fd: Int32, as role: DeviceDescriptorRole) {
             fds.append(fd)

@@ -223,7 +223,8 @@ final class VhostUserProcess: VhostUserBackendDelegate {
                 }
             }
         }
-        FD.closeAll(from: 3, except: [listenFD] + (backendFD.map { [$0] } ?? []) + (options.statusFD.map { [$0] } ?? []))
+        FD.closeAll(from: 3, except: [listenFD] + (backendFD.map { [$0] } ?? []) + (options.statusFD.map { [$0] } ?? [])
+                        + ((backend.device as? DescriptorOwningDevice)?.ownDescriptors ?? []))
         _ = loop
         if let fd = options.statusFD {
             // The parent that manages this backend: when it goes, so do we.

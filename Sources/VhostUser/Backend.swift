@@ -173,6 +173,8 @@ public final class VhostUserBackend: VirtioDeviceHost {
     /// Stop a ring: no more kicks; its layout stays, its position is kept
     /// as the base the next start continues from.
     private func stopQueue(_ i: Int) {
+        // Requests in flight write guest memory: finish them while the ring runs.
+        if queueState[i].started { (device as? InflightCompleting)?.completeInflight() }
         if queueState[i].kickFD >= 0 { delegate?.watchKick(queue: i, fd: nil) }
         closeFD(&queueState[i].kickFD)
         let q = queues[i]
@@ -257,7 +259,9 @@ public final class VhostUserBackend: VirtioDeviceHost {
                 let table = try MemoryTablePayload(decoding: payload)
                 let mapped = try VhostGuestMemory.map(table, fds: fds)
                 // The rings were translated with the old table: a frontend
-                // changing the table re-sends their addresses.
+                // changing the table re-sends their addresses. Requests in
+                // flight target the old mapping: finish them first.
+                (device as? InflightCompleting)?.completeInflight()
                 switchableMemory.current = mapped
             case .getQueueNum:
                 try expectSize(payload, 0, "GET_QUEUE_NUM")

@@ -4,6 +4,7 @@
 import Glibc
 import Virtio
 import VMDSystem
+import DiskImage
 
 public struct BlockBackendError: Error, Equatable, CustomStringConvertible {
     public var errno: Int32
@@ -47,8 +48,18 @@ public protocol BlockBackend: AnyObject {
     func writeZeroes(offset: UInt64, length: UInt64) throws
 }
 
+/// A backend whose data vioblk can move itself, asynchronously: it says
+/// where a range lives (DiskImage's extents) and which descriptor a FLUSH
+/// makes durable. Ranges it calls `.synchronous` go through read/write.
+public protocol AsyncBlockBackend: BlockBackend {
+    func extents(at offset: UInt64, length: UInt64, forWrite: Bool) throws -> [DiskExtent]
+    /// fdatasync of this descriptor makes every completed write durable
+    /// (nil: FLUSH calls `flush()`).
+    var flushDescriptor: Int32? { get }
+}
+
 /// A raw image on an open file descriptor (owned by the caller).
-public final class RawImageBackend: BlockBackend {
+public final class RawImageBackend: AsyncBlockBackend {
     public let fd: Int32
     public let capacity: UInt64
     public let isReadOnly: Bool
@@ -64,6 +75,13 @@ public final class RawImageBackend: BlockBackend {
         self.fd = fd
         self.capacity = try BlockBackendError.mapping { try FileIO.size(of: fd) }
         self.isReadOnly = readOnly
+    }
+
+    public var flushDescriptor: Int32? { isReadOnly ? nil : fd }
+
+    public func extents(at offset: UInt64, length: UInt64, forWrite: Bool) throws -> [DiskExtent] {
+        if forWrite && isReadOnly { throw BlockBackendError(errno: EROFS, operation: "pwrite") }
+        return [.file(fd: fd, offset: offset, length: length)]
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {

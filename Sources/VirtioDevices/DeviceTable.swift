@@ -93,6 +93,9 @@ public struct DeviceParameters: Equatable, Sendable {
     public var lockedLladdr = false
     /// vioblk: "raw" or "qcow2" for the image, then for each base (empty: raw).
     public var diskFormats: [String] = []
+    /// A multi-queue device (vioblk): how many request queues (0: its
+    /// table entry's own count). One per vCPU, each with its own kick eventfd.
+    public var queueCount = 0
 
     public init(readOnly: Bool = false, identifier: String = "", mac: [UInt8] = [], lockedLladdr: Bool = false) {
         self.readOnly = readOnly
@@ -154,14 +157,18 @@ public struct DeviceModel {
     /// The device takes commands from the host (shutdown, reboot): a
     /// graceful `vmctl stop` goes through it (vmmci). At most one per VM.
     public let takesHostCommands: Bool
+    /// The device can have any number of copies of its one queue
+    /// (`DeviceParameters.queueCount`, VIRTIO_BLK_F_MQ).
+    public let multiQueue: Bool
     /// Builds the device, before the sandbox is applied: a device that must
     /// configure its descriptor (an ioctl on the tap) does it here.
     public let make: (DeviceConstruction) throws -> VirtioDevice
 
     public init(kind: DeviceKind, baseName: String, single: Bool, presentation: PCIPresentation,
                 queueSizes: [UInt16], backends: [BackendRole], syscalls: [String],
-                takesHostCommands: Bool = false,
+                takesHostCommands: Bool = false, multiQueue: Bool = false,
                 make: @escaping (DeviceConstruction) throws -> VirtioDevice) {
+        self.multiQueue = multiQueue
         self.kind = kind
         self.baseName = baseName
         self.single = single
@@ -171,6 +178,16 @@ public struct DeviceModel {
         self.syscalls = syscalls
         self.takesHostCommands = takesHostCommands
         self.make = make
+    }
+
+    /// The most queues a multi-queue device may have.
+    public static let maxQueues = 64
+
+    /// The queues an instance with these parameters has (one notify
+    /// eventfd each).
+    public func queueSizes(for parameters: DeviceParameters) -> [UInt16] {
+        guard multiQueue, parameters.queueCount > 1, let size = queueSizes.first else { return queueSizes }
+        return Array(repeating: size, count: min(parameters.queueCount, DeviceModel.maxQueues))
     }
 
     /// The name of instance `index` of this kind in one VM.
@@ -197,4 +214,10 @@ public protocol HostCommandDevice: VirtioDevice {
     func send(command: VMMCICommand) -> Bool
     /// The guest acknowledged (or itself requested) a command.
     var onAcknowledge: ((VMMCICommand) -> Void)? { get set }
+}
+
+/// A device that opened descriptors of its own while it was made (vioblk's
+/// io_uring and eventfd): its process keeps them when it closes the rest.
+public protocol DescriptorOwningDevice: VirtioDevice {
+    var ownDescriptors: [Int32] { get }
 }

@@ -3,8 +3,10 @@
 import DiskImage
 import Glibc
 
-public final class DiskImageBackend: BlockBackend {
+public final class DiskImageBackend: AsyncBlockBackend {
     let disk: VirtualDisk
+    /// The top image's descriptor: every write (data and metadata) goes to it.
+    public let flushDescriptor: Int32?
     public var capacity: UInt64 { disk.virtualSize }
     public var isReadOnly: Bool { disk.isReadOnly }
     public var supportsDiscard: Bool { !disk.isReadOnly }
@@ -19,6 +21,7 @@ public final class DiskImageBackend: BlockBackend {
             }
             links.append((FDImageFile(fd: fd), format))
         }
+        flushDescriptor = readOnly ? nil : fds.first
         do {
             disk = try BackingChain.open(links, readOnly: readOnly)
         } catch let error as DiskImageError {
@@ -37,6 +40,9 @@ public final class DiskImageBackend: BlockBackend {
     }
     public func write(from buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         try map { try disk.write(from: buffer, at: offset) }
+    }
+    public func extents(at offset: UInt64, length: UInt64, forWrite: Bool) throws -> [DiskExtent] {
+        try map { try disk.extents(at: offset, length: length, forWrite: forWrite) }
     }
     public func flush() throws { try map { try disk.flush() } }
     public func discard(offset: UInt64, length: UInt64) throws {

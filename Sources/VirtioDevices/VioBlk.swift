@@ -1,9 +1,14 @@
-// virtio-blk (spec 5.2) over a BlockBackend. One request queue; requests
-// are served synchronously in the order the guest made them available.
-// Data moves between the image and guest memory directly (pread/pwrite into
-// the guest's buffers), with no bounce buffer.
+// virtio-blk (spec 5.2) over a BlockBackend. Reads and writes of a backend
+// that can say where its data lives (AsyncBlockBackend: raw, qcow2) go to a
+// BlockIOEngine (io_uring, or a thread pool): many in flight, completed in
+// any order (VioBlkAsync.swift). Everything else (metadata: qcow2
+// allocation, discard, write zeroes; GET_ID) is served synchronously, on the
+// device's one thread, between submissions, so qcow2 metadata updates never
+// race. Data moves between the image and guest memory directly (the
+// guest's buffers are the iovecs), with no bounce buffer.
 import Glibc
 import Virtio
+import VMDSystem
 
 public enum VirtioBlockFeature {
     public static let sizeMax: UInt64 = 1 << 1
@@ -13,6 +18,7 @@ public enum VirtioBlockFeature {
     public static let flush: UInt64 = 1 << 9
     public static let discard: UInt64 = 1 << 13
     public static let writeZeroes: UInt64 = 1 << 14
+    public static let multiQueue: UInt64 = 1 << 12
 }
 
 public enum VirtioBlockRequestType {
@@ -44,18 +50,33 @@ public final class VioBlk: VirtioDevice {
     public let backend: BlockBackend
     /// GET_ID answer: the image's name, at most 20 bytes, NUL-padded.
     public let identifier: [UInt8]
-    public let queueMaxSizes = VioBlk.model.queueSizes
-    private weak var host: VirtioDeviceHost?
+    public let queueMaxSizes: [UInt16]
+    weak var host: VirtioDeviceHost?
+    /// Runs reads, writes and flushes asynchronously (nil: all synchronous).
+    public let engine: BlockIOEngine?
+    /// Requests handed to the engine and not yet returned, by operation tag.
+    var operations: [UInt64: AsyncOperation] = [:]
+    var nextTag: UInt64 = 1
+    /// Anything written since the last flush was started (true at start,
+    /// for whatever came before us): a FLUSH with nothing new is answered
+    /// at once.
+    var unflushed = true
+    public var onInputWanted: (() -> Void)?
 
-    public init(name: String, backend: BlockBackend, identifier: String) {
+    public init(name: String, backend: BlockBackend, identifier: String, engine: BlockIOEngine? = nil, queues: Int = 1) {
+        var parameters = DeviceParameters()
+        parameters.queueCount = queues
+        self.queueMaxSizes = VioBlk.model.queueSizes(for: parameters)
         self.name = name
         self.backend = backend
         self.identifier = Array(identifier.utf8.prefix(VioBlk.idLength))
+        self.engine = engine
     }
 
     public var deviceFeatures: UInt64 {
         var features = VirtioBlockFeature.sizeMax | VirtioBlockFeature.segMax | VirtioBlockFeature.blockSize
             | VirtioBlockFeature.flush
+        if queueMaxSizes.count > 1 { features |= VirtioBlockFeature.multiQueue }
         if backend.isReadOnly {
             features |= VirtioBlockFeature.readOnly
         } else {
@@ -66,8 +87,10 @@ public final class VioBlk: VirtioDevice {
     }
 
     public func attach(to host: VirtioDeviceHost) { self.host = host }
-    public func reset() {}
-    private var logBudget = LogBudget()
+    /// The driver reset the device: wait for what is in flight (it writes
+    /// into guest memory) and drop it unanswered.
+    public func reset() { dropInflight() }
+    var logBudget = LogBudget()
 
     /// struct virtio_blk_config, up to write_zeroes_may_unmap.
     public var configSpace: [UInt8] {
@@ -81,7 +104,7 @@ public final class VioBlk: VirtioDevice {
         appendLittleEndian(UInt16(0), to: &bytes)                              // min_io_size
         appendLittleEndian(UInt32(0), to: &bytes)                              // opt_io_size
         bytes += [0, 0]                                                        // writeback, unused
-        appendLittleEndian(UInt16(1), to: &bytes)                              // num_queues
+        appendLittleEndian(UInt16(queueMaxSizes.count), to: &bytes)            // num_queues
         appendLittleEndian(VioBlk.maxDiscardSectors, to: &bytes)               // max_discard_sectors
         appendLittleEndian(VioBlk.maxDiscardSegments, to: &bytes)              // max_discard_seg
         appendLittleEndian(UInt32(8), to: &bytes)                              // discard_sector_alignment (4 KiB)
@@ -97,8 +120,13 @@ public final class VioBlk: VirtioDevice {
 
     public func process(queue: Virtqueue, index: Int) throws {
         while let request = try queue.popRequest() {
-            let written = serve(request, memory: queue.memory)
-            try queue.pushUsed(head: request.head, length: written)
+            if let written = start(request, queue: index, memory: queue.memory) {
+                try queue.pushUsed(head: request.head, length: written)
+            }
+        }
+        if let engine {
+            let r = engine.submit()
+            if r < 0 { completeFailedSubmission(errno: -r) }
         }
     }
 
@@ -124,15 +152,19 @@ public final class VioBlk: VirtioDevice {
                 status = readData(sector: sector, into: request.writable, length: dataLength, memory: memory)
                 if status == VirtioBlockStatus.ok { dataWritten = dataLength }
             case VirtioBlockRequestType.write:
+                unflushed = true
                 status = writeData(sector: sector, from: &readable)
             case VirtioBlockRequestType.flush:
+                unflushed = false
                 status = perform("flush") { try backend.flush() }
+                if status != VirtioBlockStatus.ok { unflushed = true }
             case VirtioBlockRequestType.getID:
                 var data = ChainCursor(memory: memory, elements: request.writable)
                 let answer = identifier + [UInt8](repeating: 0, count: VioBlk.idLength - identifier.count)
                 dataWritten = UInt64(data.write(Array(answer.prefix(Int(min(dataLength, UInt64(VioBlk.idLength)))))))
                 status = VirtioBlockStatus.ok
             case VirtioBlockRequestType.discard, VirtioBlockRequestType.writeZeroes:
+                unflushed = true
                 status = discardOrZero(type: type, segments: &readable)
             default:
                 status = VirtioBlockStatus.unsupported
@@ -145,7 +177,7 @@ public final class VioBlk: VirtioDevice {
     }
 
     /// Byte offset of a sector range, if it lies within the image.
-    private func byteRange(sector: UInt64, length: UInt64) -> UInt64? {
+    func byteRange(sector: UInt64, length: UInt64) -> UInt64? {
         let (offset, overflow) = sector.multipliedReportingOverflow(by: VioBlk.sectorSize)
         guard !overflow else { return nil }
         let (end, overflow2) = offset.addingReportingOverflow(length)
@@ -223,7 +255,7 @@ public final class VioBlk: VirtioDevice {
     }
 
     /// Run a backend operation; failures become a status and one log line.
-    private func perform(_ what: String, _ operation: () throws -> Void) -> UInt8 {
+    func perform(_ what: String, _ operation: () throws -> Void) -> UInt8 {
         do {
             try operation()
             return VirtioBlockStatus.ok
@@ -241,8 +273,12 @@ extension VioBlk {
         kind: .blk, baseName: "vioblk", single: false, presentation: .modern(.block),
         queueSizes: [queueSize], backends: [.disk],
         syscalls: ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate",
-                   "lseek", "fstat", "newfstatat"],
+                   "lseek", "fstat", "newfstatat",
+                   // the ring, set up (and restricted) before the sandbox
+                   "io_uring_enter"],
+        multiQueue: true,
         make: { c in
+            let engine = try VioBlk.makeEngine(name: c.name)
             let formats = c.parameters.diskFormats
             let disk = try c.backend(.disk)
             let backend: BlockBackend
@@ -256,6 +292,7 @@ extension VioBlk {
                 }
                 backend = try DiskImageBackend(fds: [disk] + bases, formats: formats, readOnly: c.parameters.readOnly)
             }
-            return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier)
+            return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
+                          queues: max(1, c.parameters.queueCount))
         })
 }

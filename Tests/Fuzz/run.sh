@@ -25,22 +25,32 @@ mkdir -p "$BUILD/CVMDSys"
 printf 'module CVMDSys {\n    header "%s"\n    export *\n}\n' "$ROOT/Sources/CVMDSys/include/cvmdsys.h" \
     >"$BUILD/CVMDSys/module.modulemap"
 if ! clang -c -O1 -I "$ROOT/Sources/CVMDSys/include" "$ROOT/Sources/CVMDSys/cvmdsys.c" \
-        -o "$BUILD/cvmdsys.o" >>"$BUILD/build.log" 2>&1; then
+        -o "$BUILD/cvmdsys.o" >>"$BUILD/build.log" 2>&1 \
+    || ! clang -c -O1 -I "$ROOT/Sources/CVMDSys/include" "$ROOT/Sources/CVMDSys/crash.c" \
+        -o "$BUILD/crash.o" >>"$BUILD/build.log" 2>&1; then
     tail -20 "$BUILD/build.log" >&2
     exit 2
 fi
 build -wmo -c -module-name VMDSystem -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -emit-module \
     -emit-module-path "$BUILD/VMDSystem.swiftmodule" -o "$BUILD/VMDSystem.o" "$ROOT"/Sources/VMDSystem/*.swift
-SYSTEM_OBJS="$BUILD/VMDSystem.o $BUILD/cvmdsys.o -lbsd -lseccomp -levent_core"
+SYSTEM_OBJS="$BUILD/VMDSystem.o $BUILD/cvmdsys.o $BUILD/crash.o -lbsd -lseccomp -levent_core"
 build -wmo -c -module-name Virtio -emit-module -emit-module-path "$BUILD/Virtio.swiftmodule" \
     -o "$BUILD/Virtio.o" "$ROOT"/Sources/Virtio/*.swift
-# qcow2 parsing and metadata updates (DiskImage, with zlib for compressed clusters).
-build -wmo -c -module-name DiskImage -I "$ROOT/Sources/CZlib" -emit-module -emit-module-path "$BUILD/DiskImage.swiftmodule" \
+# qcow2 parsing and metadata updates (DiskImage, with zlib for compressed clusters;
+# its files go through VMDSystem's FileIO).
+build -wmo -c -module-name DiskImage -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" -emit-module -emit-module-path "$BUILD/DiskImage.swiftmodule" \
     -o "$BUILD/DiskImage.o" "$ROOT"/Sources/DiskImage/*.swift
-build -wmo -c -module-name VirtioDevices -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" \
+# vioblk's asynchronous I/O shim (liburing).
+mkdir -p "$BUILD/CVMDAio"
+printf 'module CVMDAio {\n    header "%s"\n    export *\n}\n' "$ROOT/Sources/CVMDAio/include/cvmd_aio.h" \
+    >"$BUILD/CVMDAio/module.modulemap"
+clang -c -O1 -I "$ROOT/Sources/CVMDAio/include" "$ROOT/Sources/CVMDAio/cvmd_aio.c" -o "$BUILD/cvmd_aio.o" >>"$BUILD/build.log" 2>&1 \
+    || { tail -5 "$BUILD/build.log" >&2; exit 2; }
+SYSTEM_OBJS="$SYSTEM_OBJS $BUILD/cvmd_aio.o -luring -lpthread"
+build -wmo -c -module-name VirtioDevices -I "$BUILD/CVMDAio" -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" \
     -emit-module -emit-module-path "$BUILD/VirtioDevices.swiftmodule" -o "$BUILD/VirtioDevices.o" "$ROOT"/Sources/VirtioDevices/*.swift
 # shellcheck disable=SC2086
-build -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" "$HERE/FuzzVirtqueue.swift" \
+build -I "$BUILD" -I "$BUILD/CVMDAio" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" "$HERE/FuzzVirtqueue.swift" \
     "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" "$BUILD/DiskImage.o" $SYSTEM_OBJS -lz -o "$BUILD/fuzz-virtqueue"
 build -I "$BUILD" "$HERE/FuzzViodevMsg.swift" "$BUILD/Virtio.o" -o "$BUILD/fuzz-viodevmsg"
 # vhost-user: the backend state machine over a fuzzed stream and guest memory.
@@ -52,13 +62,15 @@ clang -O1 -fsanitize=fuzzer-no-link,address -I "$ROOT/Sources/CVhostUser/include
 build -wmo -c -module-name VhostUser -I "$BUILD" -I "$BUILD/cvhostuser" -emit-module \
     -emit-module-path "$BUILD/VhostUser.swiftmodule" -o "$BUILD/VhostUser.o" "$ROOT"/Sources/VhostUser/*.swift
 # shellcheck disable=SC2086
-build -I "$BUILD" -I "$BUILD/cvhostuser" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" "$HERE/FuzzVhostUser.swift" \
+build -I "$BUILD" -I "$BUILD/cvhostuser" -I "$BUILD/CVMDAio" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" "$HERE/FuzzVhostUser.swift" \
     "$BUILD/VhostUser.o" "$BUILD/cvhostuser.o" "$BUILD/Virtio.o" "$BUILD/VirtioDevices.o" "$BUILD/DiskImage.o" \
     $SYSTEM_OBJS -lz -o "$BUILD/fuzz-vhostuser"
 # imsg framing and the control payloads are pure Swift: compiled with the harness.
 build "$HERE/FuzzImsg.swift" "$ROOT/Sources/Imsg/ImsgFraming.swift" -o "$BUILD/fuzz-imsg"
 build "$HERE/FuzzControl.swift" "$ROOT"/Sources/VMDControl/*.swift -o "$BUILD/fuzz-control"
-build -I "$BUILD" -I "$ROOT/Sources/CZlib" "$HERE/FuzzQcow2.swift" "$BUILD/DiskImage.o" -lz -o "$BUILD/fuzz-qcow2"
+# shellcheck disable=SC2086
+build -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" "$HERE/FuzzQcow2.swift" \
+    "$BUILD/DiskImage.o" $SYSTEM_OBJS -lz -o "$BUILD/fuzz-qcow2"
 # Seeds: small images from qemu-img (512-byte clusters, every refcount width,
 # v2 and v3, a backing name, compressed clusters), if it is installed.
 seeds="$BUILD/corpus-fuzz-qcow2"

@@ -11,6 +11,7 @@
 #define BLK_F_SEG_MAX (1ULL << 2)
 #define BLK_F_BLK_SIZE (1ULL << 6)
 #define BLK_F_FLUSH (1ULL << 9)
+#define BLK_F_MQ (1ULL << 12)
 
 #define T_IN 0
 #define T_OUT 1
@@ -41,6 +42,9 @@ static u32 size_max = CHUNK_BYTES;
 static struct slot slots[QD_MAX];
 static int slot_of_head[1024];
 static u32 irq_completions, polled_completions, irq_misses;
+static u16 blk_queues = 1;             /* request queues set up (VIRTIO_BLK_F_MQ) */
+
+static void blk_mq_check(void);
 
 static bool alloc_slots(void)
 {
@@ -172,10 +176,22 @@ static bool check_prefix(const u8 *sector_data, const char *expected, u64 n, cha
 void blk_check(struct pci_dev *p)
 {
     char why[160];
-    if (!vdev_init(&blk, p, "vioblk0", BLK_F_SIZE_MAX | BLK_F_SEG_MAX | BLK_F_BLK_SIZE | BLK_F_FLUSH, why, sizeof(why)) ||
+    if (!vdev_init(&blk, p, "vioblk0", BLK_F_SIZE_MAX | BLK_F_SEG_MAX | BLK_F_BLK_SIZE | BLK_F_FLUSH | BLK_F_MQ,
+                   why, sizeof(why)) ||
         !vdev_setup_queue(&blk, 0, 128, why, sizeof(why))) {
         check_fail("blk", "%s", why);
         return;
+    }
+    if (blk.features & BLK_F_MQ) {
+        /* num_queues (config offset 34): the second one is used by blk_mq_check. */
+        u16 nq = vr_read16(&blk.device, 34);
+        if (nq >= 2) {
+            if (!vdev_setup_queue(&blk, 1, 128, why, sizeof(why))) {
+                check_fail("blk", "queue 1 of %u: %s", nq, why);
+                return;
+            }
+            blk_queues = 2;
+        }
     }
     if (!alloc_slots()) {
         check_fail("blk", "vioblk0: out of DMA memory");
@@ -252,6 +268,65 @@ void blk_check(struct pci_dev *p)
     check_ok("blk", "capacity=%lu read=%u wrote=%u flush=%s irq=%d irqs=%u polled=%u",
              capacity, PATTERN_SECTORS, WRITE_COUNT, flushed ? "yes" : "not-offered",
              blk.irq, irq_completions, polled_completions);
+    if (blk_queues > 1)
+        blk_mq_check();
+}
+
+/*
+ * VIRTIO_BLK_F_MQ: 16 pattern reads at once on queue 1 (its own notify),
+ * completions polled there; queue 0 must stay untouched.
+ */
+static void blk_mq_check(void)
+{
+    struct vq *q = &blk.vqs[1];
+    u16 used0 = *(volatile u16 *)(blk.vqs[0].used + 2);
+    int heads[16];
+    for (int i = 0; i < 16; i++) {
+        struct slot *sl = &slots[i];
+        sl->hdr->type = T_IN;
+        sl->hdr->reserved = 0;
+        sl->hdr->sector = (u64)(100 + i * 7);
+        *sl->status = 0xFF;
+        memset(sl->data, 0, SECTOR);
+        struct vseg seg[3] = {
+            { sl->hdr, sizeof(struct blk_req), false }, { sl->data, SECTOR, true }, { sl->status, 1, true } };
+        heads[i] = vq_add(q, seg, 3);
+        if (heads[i] < 0) {
+            check_fail("blk_mq", "vioblk0: queue 1: no free descriptors");
+            return;
+        }
+    }
+    vq_kick(q);
+    int done = 0;
+    u64 start = rdtsc();
+    while (done < 16) {
+        if (vq_get_used(q, NULL) >= 0) {
+            done++;
+            continue;
+        }
+        if (rdtsc() - start > us_to_tsc(5000000)) {
+            check_fail("blk_mq", "vioblk0: queue 1: %d of 16 requests came back in 5 s", done);
+            return;
+        }
+        cpu_relax();
+    }
+    for (int i = 0; i < 16; i++) {
+        char expected[32], why[160];
+        snprintf(expected, sizeof(expected), "vmdisk %u\n", 100 + i * 7);
+        if (*slots[i].status != 0) {
+            check_fail("blk_mq", "vioblk0: queue 1: request %d status %u", i, *slots[i].status);
+            return;
+        }
+        if (!check_prefix(slots[i].data, expected, (u64)(100 + i * 7), why, sizeof(why))) {
+            check_fail("blk_mq", "vioblk0: queue 1: %s", why);
+            return;
+        }
+    }
+    if (*(volatile u16 *)(blk.vqs[0].used + 2) != used0) {
+        check_fail("blk_mq", "vioblk0: queue 1's requests came back on queue 0");
+        return;
+    }
+    check_ok("blk_mq", "queues=%u reads=16 on queue 1", blk_queues);
 }
 
 /* ---- bench: polled, interrupts suppressed ---- */
@@ -358,6 +433,81 @@ void blk_qd1_bench(void)
     vq_no_interrupts(&blk.vqs[0], false);
 }
 
+/*
+ * Sequential 64 KiB writes from sector 4096 to the end of the disk (one
+ * pass), `depth` in flight: on a fresh qcow2 overlay each one allocates.
+ * Each request's data is four 16 KiB slot buffers (slots 4g..4g+3).
+ */
+static bool seqwrite64k(u32 depth, u64 *kib_per_s, u32 *writes, char *why, size_t whysz)
+{
+    struct vq *q = &blk.vqs[0];
+    const u32 per = 65536 / SECTOR;
+    u64 next = 4096, end = capacity - capacity % per;
+    u32 inflight = 0, done = 0;
+    static int group_of_head[1024];    /* group + 1 of a head in flight, 0: none */
+    memset(group_of_head, 0, sizeof(group_of_head));
+    bool busy[8] = { false };
+    if (depth > 8)
+        depth = 8;
+    for (u32 s = 0; s < QD_MAX; s++)
+        memset(slots[s].data, 0x5a + s, CHUNK_BYTES);
+    u64 start = rdtsc();
+    for (;;) {
+        for (u32 g = 0; g < depth && inflight < depth && next + per <= end; g++) {
+            if (busy[g])
+                continue;                           /* in flight (its status may already be 0) */
+            struct slot *h = &slots[4 * g];
+            h->hdr->type = T_OUT;
+            h->hdr->reserved = 0;
+            h->hdr->sector = next;
+            *h->status = 0xFF;
+            struct vseg seg[6];
+            seg[0] = (struct vseg){ h->hdr, sizeof(struct blk_req), false };
+            for (int k = 0; k < 4; k++)
+                seg[1 + k] = (struct vseg){ slots[4 * g + k].data, CHUNK_BYTES, false };
+            seg[5] = (struct vseg){ h->status, 1, true };
+            int head = vq_add(q, seg, 6);
+            if (head < 0 || head >= 1024) {
+                snprintf(why, whysz, "vioblk0: no descriptors for a 64 KiB write");
+                return false;
+            }
+            group_of_head[head] = (int)g + 1;
+            busy[g] = true;
+            inflight++;
+            next += per;
+        }
+        if (inflight == 0)
+            break;
+        vq_kick(q);
+        int id;
+        u64 t0 = rdtsc();
+        while ((id = vq_get_used(q, NULL)) < 0) {
+            if (rdtsc() - t0 > us_to_tsc(10000000)) {
+                snprintf(why, whysz, "vioblk0: a 64 KiB write took over 10 s");
+                return false;
+            }
+            cpu_relax();
+        }
+        if (id >= 1024 || group_of_head[id] == 0) {
+            snprintf(why, whysz, "vioblk0: used ring returned id %d, not a write in flight", id);
+            return false;
+        }
+        int g = group_of_head[id] - 1;
+        group_of_head[id] = 0;
+        if (*slots[4 * g].status != 0) {
+            snprintf(why, whysz, "vioblk0: 64 KiB write (id %d) failed with status %u", id, *slots[4 * g].status);
+            return false;
+        }
+        busy[g] = false;
+        inflight--;
+        done++;
+    }
+    u64 us = tsc_to_us(rdtsc() - start);
+    *writes = done;
+    *kib_per_s = us ? (u64)done * 64 * 1000000 / us : 0;
+    return true;
+}
+
 void blk_bench(void)
 {
     char why[320];
@@ -406,6 +556,16 @@ void blk_bench(void)
                lat[FLUSHES / 2] / 1000, lat[FLUSHES / 2] % 1000 / 100,
                lat[FLUSHES * 99 / 100] / 1000, lat[FLUSHES * 99 / 100] % 1000 / 100, FLUSHES);
     }
+    {
+        u64 kibs;
+        u32 writes;
+        for (u32 s = 0; s < QD_MAX; s++)
+            *slots[s].status = 0;
+        if (seqwrite64k(4, &kibs, &writes, why, sizeof(why)))
+            printf("vmtest bench: blk_seqwrite64k kib_per_s=%lu writes=%u qd=4\n", kibs, writes);
+        else
+            printf("vmtest bench: blk_seqwrite64k FAIL %s\n", why);
+    }
 out:
     vq_no_interrupts(q, false);
 }
@@ -424,4 +584,52 @@ bool blk_transfer(bool write, u64 sector, u8 *buf, u32 count, char *why, size_t 
 u64 blk_capacity(void)
 {
     return blk_ready ? capacity : 0;
+}
+
+/*
+ * blkfill: sequential 16 KiB writes from sector 4096 to the end of the disk,
+ * 8 in flight, then again from the start, forever (every sector begins
+ * with "fill <pass> <sector>"), so a fresh qcow2 overlay allocates all the
+ * time. The kill -9 tests kill the device process in the middle of it.
+ */
+void blk_fill_forever(void)
+{
+    if (!blk_ready) {
+        printf("vmtest: blkfill: no vioblk\n");
+        return;
+    }
+    struct vq *q = &blk.vqs[0];
+    vq_no_interrupts(q, true);
+    const u32 per = CHUNK_BYTES / SECTOR, depth = 8;
+    u64 next = 4096;
+    u32 pass = 0, inflight = 0;
+    for (u32 i = 0; i < depth; i++)
+        *slots[i].status = 0;          /* free */
+    printf("vmtest: blkfill: writing from sector %lu to %lu, %u in flight\n", next, capacity, depth);
+    for (;;) {
+        while (inflight < depth) {
+            if (next + per > capacity) {
+                next = 4096;
+                pass++;
+            }
+            int s = -1;
+            for (u32 i = 0; i < depth; i++)
+                if (*slots[i].status != 0xFF) { s = (int)i; break; }
+            if (s < 0)
+                break;
+            for (u32 k = 0; k < per; k++)
+                snprintf((char *)slots[s].data + k * SECTOR, SECTOR, "fill %u %lu\n", pass, next + k);
+            if (submit(s, T_OUT, next, slots[s].data, CHUNK_BYTES) < 0)
+                break;
+            inflight++;
+            next += per;
+        }
+        vq_kick(q);
+        int id;
+        while ((id = vq_get_used(q, NULL)) < 0)
+            cpu_relax();
+        if (id < 1024)
+            *slots[slot_of_head[id]].status = 0;
+        inflight--;
+    }
 }

@@ -140,6 +140,8 @@ static void parse_options(const char *s)
             opt.kick_stress = v <= 10000 ? v : 10000;
         } else if (word_is(w, len, "regloop")) {
             opt.regloop = true;
+        } else if (word_is(w, len, "blkfill")) {
+            opt.blkfill = true;
         } else if (len > 12 && memcmp(w, "bench_scale=", 12) == 0) {
             u32 v = 0;
             for (const char *p = w + 12; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
@@ -264,6 +266,8 @@ void vmtest_main(void)
     printf("vmtest summary: passed=%u failed=%u\n", passed, failed);
     if (opt.regloop)
         regloop(blk);
+    if (opt.blkfill)
+        blk_fill_forever();
     if (opt.reboot) {
         printf("vmtest: reboot: resetting through the i8042\n");
         reboot();

@@ -92,6 +92,7 @@ struct options {
     u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */
     bool regloop;               /* regloop: read a vioblk register forever after the checks */
     u32 blk_verify;             /* blk_verify=N: write+verify the whole disk for N seconds (verify.c) */
+    bool blkfill;               /* blkfill: write the disk sequentially forever after the checks */
 };
 extern struct options opt;
 
@@ -213,6 +214,7 @@ void blk_qd1_bench(void);
 bool blk_transfer(bool write, u64 sector, u8 *buf, u32 count, char *why, size_t whysz);
 u64 blk_capacity(void);                /* sectors; 0 when the check did not set the device up */
 void blk_verify_run(u32 seconds);      /* verify.c */
+void blk_fill_forever(void);
 void rng_check(struct pci_dev *p);
 void net_check(struct pci_dev *p);
 void net_bench(void);
