@@ -254,11 +254,11 @@ void vmtest_main(void)
     if (opt.bench)
         irq_bench(blk, net);
     /* blk_verify and regloop use vioblk0 as the checks left it, and run
-       while a test kills its device process: the MSI-X check resets the
+       while a test kills its device process (so does blkfill): the MSI-X check resets the
        device and times its interrupts, so it is left out of both. */
     if (opt.blk_verify)
         blk_verify_run(opt.blk_verify);
-    if (!opt.regloop && !opt.blk_verify)
+    if (!opt.regloop && !opt.blk_verify && !opt.blkfill)
         msix_check(blk);
     if (opt.hostile)
         hostile_run(blk, devs, n);
