@@ -90,11 +90,11 @@ extension VMProcess {
 
     /// The state region for a new device: created, mapped here too (the
     /// VM process reads the trackers' used indices to see progress).
-    func makeStateRegion(_ model: DeviceModel, name: String) throws -> (Int32, DeviceStateRegion) {
-        let size = DeviceStateRegion.size(queueMaxSizes: model.queueSizes)
+    func makeStateRegion(queueSizes: [UInt16], name: String) throws -> (Int32, DeviceStateRegion) {
+        let size = DeviceStateRegion.size(queueMaxSizes: queueSizes)
         let fd = try Memfd.create(name: "\(name) state", size: size)
         let base = try SharedMemory.map(fd: fd, size: size, what: "\(name) state")
-        return (fd, DeviceStateRegion(base: base, queueMaxSizes: model.queueSizes))
+        return (fd, DeviceStateRegion(base: base, queueMaxSizes: queueSizes))
     }
 
     /// The spawner, with every slot's descriptors (before the sandbox).

@@ -221,9 +221,11 @@ final class VMProcess {
         let (syncMine, syncTheirs) = try FD.socketPair()
         let (asyncMine, asyncTheirs) = try FD.socketPair()
         // Both ends stay open here: a restarted device gets the same ones.
-        let (stateFD, stateRegion) = try makeStateRegion(model, name: s.name)
+        // One queue per vCPU for a multiqueue vioblk: sizes from the parameters.
+        let queueSizes = model.queueSizes(for: s.parameters)
+        let (stateFD, stateRegion) = try makeStateRegion(queueSizes: queueSizes, name: s.name)
         // One kick eventfd per queue, signalled by KVM itself.
-        let notifyFDs = try model.queueSizes(for: s.parameters).map { _ in try EventFD.create() }
+        let notifyFDs = try queueSizes.map { _ in try EventFD.create() }
         var fds: [Int32] = []
         func pass(_ fd: Int32, as role: DeviceDescriptorRole) {
             fds.append(fd)
@@ -239,7 +241,7 @@ final class VMProcess {
         // Interrupts straight to KVM (IrqRouting.swift): MSI-X on the modern
         // transport, a config vector and one per queue.
         let msixVectors: Int
-        if case .modern = model.presentation { msixVectors = model.queueSizes.count + 1 } else { msixVectors = 0 }
+        if case .modern = model.presentation { msixVectors = queueSizes.count + 1 } else { msixVectors = 0 }
         let irqs = try VMDeviceInterrupts(vectors: msixVectors)
         for (fd, role) in irqs.descriptors { pass(fd, as: role) }
         pass(stateFD, as: .deviceState)
