@@ -27,6 +27,8 @@ let package = Package(
         // C shims for what Swift cannot import: macros, variadics, kernel structs.
         .target(name: "CVMDSys", dependencies: ["CLibbsd", "CLibseccomp", "CLibevent"]),
         .target(name: "CKVM"),
+        // rtnetlink through Debian's libmnl (libmnl-dev): vmd: priv's taps, bridges, VRFs.
+        .target(name: "CNetlink", linkerSettings: [.linkedLibrary("mnl")]),
 
         // The only layer that calls libc for generic system work.
         .target(name: "VMDSystem", dependencies: ["CVMDSys", "CLibseccomp"]),
@@ -43,7 +45,7 @@ let package = Package(
         // The control protocol vmctl and the daemon share (message types, payloads).
         .target(name: "VMDControl"),
         .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMDControl", "VMConfig", "VMM",
-                                            "Virtio", "VirtioDevices", "VhostUser", "DiskImage"]),
+                                            "Virtio", "VirtioDevices", "VhostUser", "DiskImage", "CNetlink"]),
 
         // Thin executables.
         .executableTarget(name: "vmd", dependencies: ["VMDaemon"]),

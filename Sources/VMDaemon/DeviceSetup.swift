@@ -152,6 +152,13 @@ extension DeviceParameters {
         for b in mac { w.u32(UInt32(b)) }
         w.u32(lockedLladdr ? 1 : 0)
         w.u32(UInt32(diskFormats.count)); for f in diskFormats { w.string(f) }
+        if let l = local {
+            w.u32(1); w.u32(l.hostIPv4); w.u32(l.guestIPv4)
+            for b in l.hostMAC { w.u32(UInt32(b)) }
+            w.string(l.hostname)
+        } else {
+            w.u32(0)
+        }
     }
 
     init(_ r: inout WireReader) throws {
@@ -165,5 +172,11 @@ extension DeviceParameters {
         let nf = try r.u32()
         guard nf <= 17 else { throw WireReader.Truncated() }
         diskFormats = try (0..<nf).map { _ in try r.string(max: 8) }
+        if try r.u32() != 0 {
+            let host = try r.u32(), guest = try r.u32()
+            var hostMAC: [UInt8] = []
+            for _ in 0..<6 { hostMAC.append(UInt8(truncatingIfNeeded: try r.u32())) }
+            local = LocalInterface(hostIPv4: host, guestIPv4: guest, hostMAC: hostMAC, hostname: try r.string(max: 63))
+        }
     }
 }

@@ -93,6 +93,8 @@ public struct DeviceParameters: Equatable, Sendable {
     public var lockedLladdr = false
     /// vioblk: "raw" or "qcow2" for the image, then for each base (empty: raw).
     public var diskFormats: [String] = []
+    /// vionet: a `local interface`: the addresses its DHCP server hands out.
+    public var local: LocalInterface?
 
     public init(readOnly: Bool = false, identifier: String = "", mac: [UInt8] = [], lockedLladdr: Bool = false) {
         self.readOnly = readOnly

@@ -85,6 +85,9 @@ public final class VioNet: BackendInputDevice {
     public let mac: [UInt8]
     /// `locked lladdr`: drop transmitted frames whose source MAC isn't ours.
     public let lockedLinkAddress: Bool
+    /// A `local interface`: vionet is the guest's DHCP server (DHCPServer).
+    public var local: LocalInterface?
+    public private(set) var dhcpReplies = 0
     public let queueMaxSizes = VioNet.model.queueSizes
     public let deviceFeatures: UInt64 = VirtioNetFeature.mac | VirtioNetFeature.status
     /// Called when the guest adds receive buffers after `backendReadable()`
@@ -208,6 +211,30 @@ public final class VioNet: BackendInputDevice {
         }
     }
 
+    /// Puts a frame vionet made (a DHCP reply) into the guest's next
+    /// receive buffer; without one it is dropped, as on a wire (the
+    /// client asks again).
+    private func deliver(_ frame: [UInt8]) {
+        host?.withQueue(VioNet.receiveQueue) { queue in
+            guard let request = try queue.popRequest() else {
+                droppedReceiveFrames += 1
+                return
+            }
+            var header = [UInt8](repeating: 0, count: VioNet.headerSize)
+            header[10] = 1
+            let whole = header + frame
+            guard request.writableLength >= UInt64(whole.count) else {
+                droppedReceiveFrames += 1
+                try queue.pushUsed(head: request.head, length: 0)
+                return
+            }
+            var cursor = ChainCursor(memory: queue.memory, elements: request.writable)
+            let written = whole.withUnsafeBytes { cursor.write($0) }
+            try queue.pushUsed(head: request.head, length: UInt32(written))
+            dhcpReplies += 1
+        }
+    }
+
     private func transmitFrames(queue: Virtqueue) throws {
         while let request = try queue.popRequest() {
             defer { _ = try? queue.pushUsed(head: request.head, length: 0) }
@@ -226,6 +253,18 @@ public final class VioNet: BackendInputDevice {
                 let source = VioNet.headerSize + 6
                 guard frameBuffer[source..<source + 6].elementsEqual(mac) else {
                     droppedTransmitFrames += 1
+                    continue
+                }
+            }
+            if let local {
+                let frame = UnsafeRawBufferPointer(rebasing: frameBuffer[VioNet.headerSize..<frameLength])
+                switch DHCPServer.handle(frame: frame, guestMAC: mac, local: local) {
+                case .notDHCP: break
+                case .drop:
+                    droppedTransmitFrames += 1
+                    continue
+                case .reply(let reply):
+                    deliver(reply)
                     continue
                 }
             }
@@ -251,6 +290,7 @@ extension VioNet {
                                    lockedLinkAddress: c.parameters.lockedLladdr) else {
                 throw DeviceConstructionError("\(c.name): bad MAC address")
             }
+            net.local = c.parameters.local
             return net
         })
 }
