@@ -167,6 +167,8 @@ static void rx_frame(const u8 *f, u32 len)
     rx_frames++;
     if (len < 14)
         return;
+    if (opt.dhcp && dhcp_rx(f, len))
+        return;
     u16 type = be16(f + 12);
     if (type == ETH_ARP && len >= 42 && be16(f + 14) == 1 && be16(f + 16) == ETH_IP && f[18] == 6 && f[19] == 4) {
         u16 op = be16(f + 20);
@@ -208,6 +210,9 @@ static void rx_poll(void)
     tx_reclaim();
 }
 
+bool net_send_frame(const u8 *frame, u32 len) { return tx_send(frame, len, true); }
+void net_poll(void) { rx_poll(); irq_service(); }
+
 static void fmt_mac(char *out, const u8 *m)
 {
     snprintf(out, 18, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
@@ -216,11 +221,11 @@ static void fmt_mac(char *out, const u8 *m)
 void net_check(struct pci_dev *p)
 {
     char why[160];
-    if (!opt.have_ip || !opt.have_gw) {
+    if (!opt.dhcp && (!opt.have_ip || !opt.have_gw)) {
         check_skip("net", "no ip=A.B.C.D/len gw=E.F.G.H on the command line");
         return;
     }
-    if ((opt.ip & opt.netmask) != (opt.gw & opt.netmask)) {
+    if (!opt.dhcp && (opt.ip & opt.netmask) != (opt.gw & opt.netmask)) {
         check_fail("net", "gateway is not inside ip/len");
         return;
     }
@@ -255,6 +260,10 @@ void net_check(struct pci_dev *p)
     vdev_driver_ok(&net);
     vq_kick(&net.vqs[0]);
     net_ready = true;
+    if (opt.dhcp && !dhcp_configure(mac)) {
+        check_skip("net", "no address from DHCP");
+        return;
+    }
 
     /* ARP for the gateway, once a second, for up to 10 s (the host may be late). */
     u64 start = rdtsc(), last_req = 0;
