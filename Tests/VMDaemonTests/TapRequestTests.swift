@@ -79,3 +79,14 @@ final class TapRequestTests: XCTestCase {
         }
     }
 }
+
+/// `vmd -P vhost-user -t net -l ADDRESS`: a vhost-user net backend as a local interface.
+final class VhostUserLocalOptionTests: XCTestCase {
+    func testLocalAddressOption() throws {
+        let o = try VhostUserOptions.parse(["-t", "net", "-S", "/tmp/x.sock", "-n", "tap0", "-l", "100.64.1.2"])
+        XCTAssertEqual(o.localHost, 0x6440_0102)
+        XCTAssertThrowsError(try VhostUserOptions.parse(["-t", "net", "-S", "/s", "-n", "t", "-l", "100.64.1.3"]),
+                             "the host side is the first, even, address of the /31")
+        XCTAssertThrowsError(try VhostUserOptions.parse(["-t", "net", "-S", "/s", "-n", "t", "-l", "nonsense"]))
+    }
+}
