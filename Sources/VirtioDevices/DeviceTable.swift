@@ -151,7 +151,8 @@ public struct DeviceModel {
     /// The descriptors it takes, in order (none for viornd and vmmci).
     public let backends: [BackendRole]
     /// System calls this device needs beyond what every device process
-    /// needs to run its loop (SandboxPolicies.deviceBase).
+    /// needs to run its loop (SandboxPolicies.deviceBase). "name=N" allows
+    /// the call only with N as its second argument (one ioctl request).
     public let syscalls: [String]
     /// The device takes commands from the host (shutdown, reboot): a
     /// graceful `vmctl stop` goes through it (vmmci). At most one per VM.

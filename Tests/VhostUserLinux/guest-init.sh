@@ -49,6 +49,8 @@ for t in $tests; do
 	net)
 		ip link set lo up
 		ip link set eth0 up
+		# The negotiated virtio feature bits, bit 0 first.
+		say net features $(cat /sys/class/net/eth0/device/features 2>/dev/null || echo none)
 		if [ "$(arg guestip)" = dhcp ]; then
 			# A real DHCP client: busybox udhcpc against vionet's server.
 			printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add "$ip/${mask:-$subnet}" dev "$interface"\necho "$ip $router" > /tmp/lease\n' > /tmp/udhcpc.sh

@@ -253,6 +253,14 @@ def scenario_devices(vmd, kernel, initrd, work, log):
         if r[0] != "65536" or int(r[2]) < 60000 or int(r[4]) < 250 or r[6] != "no":
             fail(f"/dev/hwrng does not look random: {r}")
         print("rng: 64 KiB from /dev/hwrng, not constant")
+        bits = find(lines, "net", "features")[0]
+        # CSUM, GUEST_CSUM, GUEST_TSO4/6, HOST_TSO4/6, MRG_RXBUF (virtio 5.1.3).
+        offloads = {0: "CSUM", 1: "GUEST_CSUM", 7: "GUEST_TSO4", 8: "GUEST_TSO6", 11: "HOST_TSO4",
+                    12: "HOST_TSO6", 15: "MRG_RXBUF"}
+        missing = [n for b, n in offloads.items() if len(bits) <= b or bits[b] != "1"]
+        if missing:
+            fail(f"the guest did not negotiate {missing} (features {bits})")
+        print("net: negotiated " + ", ".join(offloads.values()))
         if find(lines, "net", "dhcp") != ["100.64.1.3", "100.64.1.2"]:
             fail(f"udhcpc did not get the local interface's lease: {find(lines, 'net', 'dhcp')}")
         print("net: busybox udhcpc got 100.64.1.3 (router 100.64.1.2) from vionet's DHCP server")
@@ -264,7 +272,7 @@ def scenario_devices(vmd, kernel, initrd, work, log):
         got = out.split()
         if got != [str(64 << 20), guest_sum]:
             fail(f"TCP transfer: host received {got}, guest sent {guest_sum}")
-        print("net: ping and a 64 MiB TCP transfer with matching checksums")
+        print("net: ping and a 64 MiB TCP transfer with matching checksums, offloads on")
     finally:
         if receiver and receiver.poll() is None:
             receiver.kill()
