@@ -98,6 +98,12 @@ final class ParseContext {
             for interface in vm.interfaces {
                 if let name = interface.switchName, !switchNames.contains(name) {
                     error(interface.location, "vm \"\(vm.name)\": interface switch \"\(name)\" is not defined")
+                } else if let name = interface.switchName, let rdomain = interface.rdomain,
+                          let sw = config.switchConfiguration(named: name), rdomain != (sw.rdomain ?? 0) {
+                    // Linux: a bridge port has no routing domain of its own.
+                    warning(interface.location, "vm \"\(vm.name)\": interface rdomain \(rdomain) ignored: "
+                        + "on Linux a tap on switch \"\(name)\" is a bridge port and the switch's rdomain "
+                        + "(\(sw.rdomain ?? 0)) applies")
                 }
             }
         }

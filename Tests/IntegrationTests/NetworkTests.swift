@@ -178,4 +178,37 @@ final class NetworkTests: XCTestCase {
         XCTAssertEqual(d.stop(), 0)
         XCTAssertEqual(links(ns), ["lo"])
     }
+
+    /// `vmctl start -n switch` and `vmctl start -L` on VMs of vm.conf.
+    func testVmctlStartWithSwitchAndLocalInterface() throws {
+        let ns = try NetNamespace()
+        let conf = """
+            switch "lan" { interface brctl }
+            vm "a1" {
+                disable
+                memory 64M
+                boot "\(Repo.vmtestELF)"
+                cmdline "stay"
+            }
+            vm "a2" {
+                disable
+                memory 64M
+                boot "\(Repo.vmtestELF)"
+                cmdline "stay"
+            }
+            """
+        let d = try Daemon(config: conf, extraArgs: ["-v"], netns: ns.name)
+        try d.waitReady()
+        let bad = try d.vmctl(["start", "-n", "nosuch", "a1"], timeout: 30)
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.out.contains("switch \"nosuch\" not found"), bad.out)
+        XCTAssertEqual(try d.vmctl(["start", "-n", "lan", "a1"], timeout: 30).status, 0, d.log)
+        XCTAssertTrue(waitFor { self.ip(ns, ["-o", "link", "show", "master", "brctl"]).contains("tap") },
+                      "the tap joins the switch\n\(d.log)")
+        XCTAssertEqual(try d.vmctl(["start", "-L", "a2"], timeout: 30).status, 0, d.log)
+        XCTAssertTrue(waitFor { self.ip(ns, ["-o", "addr", "show"]).contains("inet 100.64.2.2/31") },
+                      "vm 2's local interface: 100.64.2.2/31 on the host side\n\(ip(ns, ["addr"]))")
+        XCTAssertEqual(d.stop(), 0)
+        XCTAssertEqual(links(ns), ["lo"])
+    }
 }
