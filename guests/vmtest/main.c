@@ -135,6 +135,8 @@ static void parse_options(const char *s)
             opt.kick_stress = v <= 10000 ? v : 10000;
         } else if (word_is(w, len, "dhcp")) {
             opt.dhcp = true;
+        } else if (word_is(w, len, "bench_rx")) {
+            opt.bench_rx = true;
         } else if (word_is(w, len, "regloop")) {
             opt.regloop = true;
         } else if (len > 12 && memcmp(w, "bench_scale=", 12) == 0) {
