@@ -29,6 +29,8 @@ let package = Package(
         .target(name: "CKVM"),
         // Asynchronous block I/O: a restricted io_uring (liburing-dev), else a thread pool.
         .target(name: "CVMDAio", linkerSettings: [.linkedLibrary("uring")]),
+        // rtnetlink through Debian's libmnl (libmnl-dev): vmd: priv's taps, bridges, VRFs.
+        .target(name: "CNetlink", linkerSettings: [.linkedLibrary("mnl")]),
 
         // The only layer that calls libc for generic system work.
         .target(name: "VMDSystem", dependencies: ["CVMDSys", "CLibseccomp"]),
@@ -45,7 +47,7 @@ let package = Package(
         // The control protocol vmctl and the daemon share (message types, payloads).
         .target(name: "VMDControl"),
         .target(name: "VMDaemon", dependencies: ["VMDSystem", "Imsg", "VMDControl", "VMConfig", "VMM",
-                                            "Virtio", "VirtioDevices", "VhostUser", "DiskImage"]),
+                                            "Virtio", "VirtioDevices", "VhostUser", "DiskImage", "CNetlink"]),
 
         // Thin executables.
         .executableTarget(name: "vmd", dependencies: ["VMDaemon"]),

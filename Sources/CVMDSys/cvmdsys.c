@@ -427,3 +427,13 @@ int cvmd_tap_set_vnet_header_size(int fd, int size)
 {
 	return ioctl(fd, TUNSETVNETHDRSZ, &size);
 }
+
+int cvmd_tap_set_offload(int fd, unsigned int flags)
+{
+	return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags);
+}
+
+unsigned long cvmd_tunsetoffload_request(void)
+{
+	return TUNSETOFFLOAD;
+}

@@ -116,7 +116,9 @@ public struct Interface: Equatable, Sendable {
     /// nil with `lladdr` given: a random address (locked or not).
     public var lladdr: MACAddress?
     public var lockedLladdr: Bool
+    /// As written (a name or a number); `groupID` is the Linux link group.
     public var group: String?
+    public var groupID: UInt32?
     public var rdomain: Int?
     public var up: Bool
     public var location: SourceLocation
@@ -194,7 +196,9 @@ public struct SwitchConfiguration: Equatable, Sendable {
     public var enabled = true
     /// The bridge interface (`interface br0`); required.
     public var interface: String?
+    /// As written; `groupID` is the Linux link group.
     public var group: String?
+    public var groupID: UInt32?
     public var lockedLladdr = false
     public var rdomain: Int?
     public var up = true

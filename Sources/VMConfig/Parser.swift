@@ -8,6 +8,11 @@ import Glibc
 #endif
 
 public enum ConfigParser {
+    /// Where link group names are defined, first match wins (iproute2 reads
+    /// /etc/iproute2/group; newer releases ship defaults in /usr/share).
+    /// Tests point this at a fixture.
+    nonisolated(unsafe) public static var linkGroupFiles = ["/etc/iproute2/group", "/usr/share/iproute2/group"]
+
     /// Parses the file at `path`. `macros` are `vmd -D name=value`
     /// definitions: they win over definitions of the same name in the file.
     /// Relative `include` paths are resolved against the including file's
@@ -70,6 +75,9 @@ final class ParseContext {
     let macros: MacroTable
     /// Canonical paths of the files being read, outermost first.
     var includeStack: [String] = []
+    /// Link group names (iproute2's `group` file), read once per parse,
+    /// when the first `group NAME` needs it.
+    lazy var linkGroups: [String: UInt32] = LinkGroups.load(ConfigParser.linkGroupFiles)
 
     init(macros: [String: String]) {
         self.macros = MacroTable(overrides: macros)
@@ -90,6 +98,12 @@ final class ParseContext {
             for interface in vm.interfaces {
                 if let name = interface.switchName, !switchNames.contains(name) {
                     error(interface.location, "vm \"\(vm.name)\": interface switch \"\(name)\" is not defined")
+                } else if let name = interface.switchName, let rdomain = interface.rdomain,
+                          let sw = config.switchConfiguration(named: name), rdomain != (sw.rdomain ?? 0) {
+                    // Linux: a bridge port has no routing domain of its own.
+                    warning(interface.location, "vm \"\(vm.name)\": interface rdomain \(rdomain) ignored: "
+                        + "on Linux a tap on switch \"\(name)\" is a bridge port and the switch's rdomain "
+                        + "(\(sw.rdomain ?? 0)) applies")
                 }
             }
         }
@@ -470,7 +484,7 @@ final class FileParser {
             case .keyword(.group):
                 let group = try self.string("a group name after 'group'")
                 self.once("group", &seen, option)
-                if let problem = Validate.groupName(group) { self.error(option, problem) } else { sw.group = group }
+                if let id = self.linkGroup(group, option) { sw.group = group; sw.groupID = id }
                 return "group"
             case .keyword(.interface):
                 let interface = try self.string("a bridge interface name after 'interface'")
@@ -506,6 +520,25 @@ final class FileParser {
     /// Reports a setting given twice in one block.
     private func once(_ what: String, _ seen: inout Set<String>, _ token: Token) {
         if !seen.insert(what).inserted { error(token, "\(what) specified more than once") }
+    }
+
+    /// A Linux link has one numeric group: `group` takes a number or a name
+    /// that iproute2's group file defines (read here, at load time).
+    private func linkGroup(_ text: String, _ option: Token) -> UInt32? {
+        if !text.isEmpty, text.utf8.allSatisfy(isDigit) {
+            guard let id = UInt32(text) else {
+                error(option, "invalid group: \(text) (expected 0 to \(UInt32.max) or a name)")
+                return nil
+            }
+            return id
+        }
+        if let problem = Validate.groupName(text) { error(option, problem); return nil }
+        guard let id = context.linkGroups[text] else {
+            error(option, "unknown group \"\(text)\": not a number and not defined in "
+                + ConfigParser.linkGroupFiles.joined(separator: " or "))
+            return nil
+        }
+        return id
     }
 
     private func rdomain(_ option: Token) throws -> Int? {
@@ -934,7 +967,7 @@ final class FileParser {
         case .keyword(.group):
             let group = try string("a group name after 'group'")
             once("interface group", &seen, option)
-            if let problem = Validate.groupName(group) { error(option, problem) } else { interface.group = group }
+            if let id = linkGroup(group, option) { interface.group = group; interface.groupID = id }
             return "group"
         case .keyword(.locked), .keyword(.lladdr):
             if isKeyword(option, .locked) {

@@ -6,25 +6,18 @@
 /// order they appear in vm.conf(5). Empty means the VM can start.
 public func unsupportedFeatures(of vm: VMConfiguration) -> [String] {
     var features: [String] = []
-    if vm.interfaces.contains(where: { $0.switchName != nil }) { features.append("interface switch") }
-    if vm.interfaces.contains(where: \.isLocal) { features.append("local interface") }
-    if vm.interfaces.contains(where: { $0.group != nil }) { features.append("interface group") }
-    if vm.interfaces.contains(where: { $0.rdomain != nil }) { features.append("interface rdomain") }
     if vm.bootDevice != nil { features.append("boot device") }
     // Without `boot` the VM starts from the BIOS, which cannot boot an ISO yet.
     if vm.cdrom != nil && vm.bootPath == nil { features.append("cdrom boot through a BIOS") }
     return features
 }
 
-/// Global statements the daemon cannot honour yet: `switch` blocks (Linux
-/// bridges come later) and `local inet6`. The daemon refuses a
-/// configuration that has one (`vmd -n`, start-up and reload), with the
-/// statement's `file:line`.
+/// Global statements the daemon cannot honour yet: `local inet6` (the
+/// guest side needs router advertisements vionet does not send yet). The
+/// daemon refuses a configuration that has one (`vmd -n`, start-up and
+/// reload), with the statement's `file:line`.
 public func unsupportedStatements(of config: VMDConfiguration) -> [ConfigError] {
     var errors: [ConfigError] = []
-    for sw in config.switches {
-        errors.append(ConfigError(sw.location, "not supported yet: switch \"\(sw.name)\""))
-    }
     if config.localInet6 {
         errors.append(ConfigError(config.localInet6Location ?? SourceLocation(file: "", line: 0),
                                   "not supported yet: local inet6"))

@@ -74,6 +74,15 @@ extension Tap {
         try sys("TUNSETVNETHDRSZ") { cvmd_tap_set_vnet_header_size(fd, size) }
         try FD.setNonBlocking(fd)
     }
+
+    /// TUNSETOFFLOAD: what the tap may hand us unfinished (TUN_F_CSUM,
+    /// TUN_F_TSO4/6, TUN_F_TSO_ECN). A device calls it once the guest's
+    /// features are known, so its filter allows exactly this request.
+    public static func setOffload(_ fd: Int32, flags: UInt32) throws {
+        try sys("TUNSETOFFLOAD") { cvmd_tap_set_offload(fd, flags) }
+    }
+
+    public static var setOffloadRequest: UInt64 { UInt64(cvmd_tunsetoffload_request()) }
 }
 
 /// Advisory locks on whole files (flock(2)), held as long as the open file

@@ -184,6 +184,13 @@ extension DeviceParameters {
         w.u32(lockedLladdr ? 1 : 0)
         w.u32(UInt32(diskFormats.count)); for f in diskFormats { w.string(f) }
         w.u32(UInt32(clamping: queueCount))
+        if let l = local {
+            w.u32(1); w.u32(l.hostIPv4); w.u32(l.guestIPv4)
+            for b in l.hostMAC { w.u32(UInt32(b)) }
+            w.string(l.hostname)
+        } else {
+            w.u32(0)
+        }
     }
 
     init(_ r: inout WireReader) throws {
@@ -200,5 +207,11 @@ extension DeviceParameters {
         let nq = try r.u32()
         guard nq <= UInt32(DeviceModel.maxQueues) else { throw WireReader.Truncated() }
         queueCount = Int(nq)
+        if try r.u32() != 0 {
+            let host = try r.u32(), guest = try r.u32()
+            var hostMAC: [UInt8] = []
+            for _ in 0..<6 { hostMAC.append(UInt8(truncatingIfNeeded: try r.u32())) }
+            local = LocalInterface(hostIPv4: host, guestIPv4: guest, hostMAC: hostMAC, hostname: try r.string(max: 63))
+        }
     }
 }

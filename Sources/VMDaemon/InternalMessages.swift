@@ -104,3 +104,73 @@ struct BackendLaunch: Equatable, WirePayload {
     /// The descriptors a launch carries.
     var descriptorCount: Int { hasFile ? 3 : 2 }
 }
+
+/// privOpenTap (parent -> priv): a tap and how to set up its host side.
+/// priv checks every name again (it trusts no payload to be sane).
+struct TapRequest: Equatable, WirePayload {
+    /// "" lets the kernel choose tapN.
+    var name = ""
+    /// IFLA_IFALIAS, vmd's interface description: `vm1-if0-name`.
+    var description = ""
+    var up = true
+    var group: UInt32?
+    /// 0: the default routing domain; N > 0: the VRF `vrfN`.
+    var rdomain: UInt32 = 0
+    /// The host side's own link address (local interfaces), 6 bytes or none.
+    var hostLladdr: [UInt8] = []
+    /// Local interface: the host side's IPv4 address (a /31), 0 for none.
+    var localIPv4: UInt32 = 0
+    /// `local inet6`: the host side's IPv6 address (a /96), 16 bytes or none.
+    var localIPv6: [UInt8] = []
+    /// The switch the tap joins, if any.
+    var bridge: SwitchSetup?
+
+    struct SwitchSetup: Equatable {
+        var name: String
+        /// The Linux bridge (`interface bridge0`).
+        var interface: String
+        var group: UInt32?
+        var rdomain: UInt32 = 0
+        var up = true
+    }
+
+    init(name: String = "") { self.name = name }
+
+    func encode(to w: inout WireWriter) {
+        w.string(name); w.string(description); w.u32(up ? 1 : 0)
+        w.u32(group == nil ? 0 : 1); w.u32(group ?? 0); w.u32(rdomain)
+        bytes(hostLladdr, &w); w.u32(localIPv4); bytes(localIPv6, &w)
+        if let b = bridge {
+            w.u32(1); w.string(b.name); w.string(b.interface)
+            w.u32(b.group == nil ? 0 : 1); w.u32(b.group ?? 0); w.u32(b.rdomain); w.u32(b.up ? 1 : 0)
+        } else {
+            w.u32(0)
+        }
+    }
+
+    init(from r: inout WireReader) throws {
+        name = try r.string(max: 15); description = try r.string(max: 64); up = try r.u32() != 0
+        let hasGroup = try r.u32() != 0; let g = try r.u32(); group = hasGroup ? g : nil
+        rdomain = try r.u32()
+        hostLladdr = try Self.bytes(&r, allowed: [0, 6]); localIPv4 = try r.u32()
+        localIPv6 = try Self.bytes(&r, allowed: [0, 16])
+        if try r.u32() != 0 {
+            let name = try r.string(max: 64), interface = try r.string(max: 15)
+            let hasGroup = try r.u32() != 0; let g = try r.u32()
+            bridge = SwitchSetup(name: name, interface: interface, group: hasGroup ? g : nil,
+                                 rdomain: try r.u32(), up: try r.u32() != 0)
+        }
+    }
+
+    private func bytes(_ b: [UInt8], _ w: inout WireWriter) {
+        w.u32(UInt32(b.count)); for x in b { w.u32(UInt32(x)) }
+    }
+
+    private static func bytes(_ r: inout WireReader, allowed: [Int]) throws -> [UInt8] {
+        let n = Int(try r.u32())
+        guard allowed.contains(n) else { throw WireReader.Truncated() }
+        var b: [UInt8] = []
+        for _ in 0..<n { b.append(UInt8(truncatingIfNeeded: try r.u32())) }
+        return b
+    }
+}

@@ -10,9 +10,10 @@ import DiskImage
 struct PreparedLaunch {
     var spec: LaunchSpec
     var descriptors: [Int32]
-    /// Tap names to ask priv for ("" lets the kernel choose), one per
-    /// network device, in device order.
-    var tapNames: [String]
+    /// The taps to ask priv for, one per network device, in device order.
+    var tapRequests: [TapRequest]
+    /// Their names ("" lets the kernel choose).
+    var tapNames: [String] { tapRequests.map(\.name) }
 
     /// A tap priv opened: it belongs to the first network device that has
     /// no descriptor yet (taps arrive in the order they were asked for).
@@ -43,10 +44,11 @@ struct LaunchRefusal: Error, Equatable, CustomStringConvertible {
 /// backing chain too); the VM and device processes get descriptors. On a
 /// refusal nothing stays open.
 enum LaunchBuilder {
-    static func prepare(vmid: UInt32, config: VMConfiguration, ownerUID: uid_t) -> Result<PreparedLaunch, LaunchRefusal> {
+    static func prepare(vmid: UInt32, config: VMConfiguration, ownerUID: uid_t,
+                        network: NetworkSettings = NetworkSettings()) -> Result<PreparedLaunch, LaunchRefusal> {
         var opened: [Int32] = []
         do {
-            let launch = try build(vmid: vmid, config: config, ownerUID: ownerUID, opened: &opened)
+            let launch = try build(vmid: vmid, config: config, ownerUID: ownerUID, network: network, opened: &opened)
             return .success(launch)
         } catch let refusal as LaunchRefusal {
             opened.forEach(FD.close)
@@ -58,7 +60,7 @@ enum LaunchBuilder {
     }
 
     private static func build(vmid: UInt32, config: VMConfiguration, ownerUID: uid_t,
-                              opened: inout [Int32]) throws -> PreparedLaunch {
+                              network: NetworkSettings, opened: inout [Int32]) throws -> PreparedLaunch {
         if let first = unsupportedFeatures(of: config).first {
             throw LaunchRefusal(code: ENOTSUP, message: "not supported yet: \(first)")
         }
@@ -88,13 +90,19 @@ enum LaunchBuilder {
             // The image, then its bases in chain order.
             spec.devices.append(.init(kind: .blk, parameters: parameters, descriptors: Array(first..<opened.count)))
         }
-        var tapNames: [String] = []
+        var tapRequests: [TapRequest] = []
         for i in 0..<config.effectiveInterfaceCount {
             let iface = i < config.interfaces.count ? config.interfaces[i] : nil
             let mac = iface?.lladdr?.bytes ?? VioNet.randomMAC(index: i)
+            let (tap, local) = try tapRequest(vmid: vmid, vm: config, index: i, interface: iface, mac: mac,
+                                              network: network)
+            // A switch's `locked lladdr` applies to all its VM ports.
+            let switchLocked = iface?.switchName.flatMap { n in network.switches.first { $0.name == n } }?.lockedLladdr ?? false
+            var parameters = DeviceParameters(mac: mac, lockedLladdr: (iface?.lockedLladdr ?? false) || switchLocked)
+            if let local { parameters.local = local }
             // Its descriptor index is known when priv has opened the tap.
-            spec.devices.append(.init(kind: .net, parameters: .init(mac: mac, lockedLladdr: iface?.lockedLladdr ?? false)))
-            tapNames.append((iface?.name == "tap") ? "" : (iface?.name ?? ""))
+            spec.devices.append(.init(kind: .net, parameters: parameters))
+            tapRequests.append(tap)
         }
         spec.devices.append(.init(kind: .rnd))
         if let cd = config.cdrom {
@@ -105,7 +113,44 @@ enum LaunchBuilder {
         spec.kernelName = boot
         spec.initrdName = config.initrd ?? ""
         spec.ownerUID = UInt32(ownerUID)
-        return PreparedLaunch(spec: spec, descriptors: opened, tapNames: tapNames)
+        return PreparedLaunch(spec: spec, descriptors: opened, tapRequests: tapRequests)
+    }
+
+    /// What priv does with interface `index`'s tap, and for a local
+    /// interface what vionet's DHCP server answers.
+    static func tapRequest(vmid: UInt32, vm: VMConfiguration, index: Int, interface: Interface?, mac: [UInt8],
+                           network: NetworkSettings) throws -> (TapRequest, LocalInterface?) {
+        var tap = TapRequest(name: (interface?.name == "tap") ? "" : (interface?.name ?? ""))
+        // vmd's description, truncated as SIOCSIFDESCR would not be (IFALIASZ is larger).
+        tap.description = String("vm\(vmid)-if\(index)-\(vm.name)".utf8.prefix(64))!
+        tap.up = interface?.up ?? true
+        tap.group = interface?.groupID
+        tap.rdomain = UInt32(interface?.rdomain ?? 0)
+        if let name = interface?.switchName {
+            guard let sw = network.switches.first(where: { $0.name == name }), let bridge = sw.interface else {
+                throw LaunchRefusal(code: ENOENT, message: "switch \"\(name)\" not found")
+            }
+            guard sw.enabled else { throw LaunchRefusal(code: ENXIO, message: "switch \"\(name)\" is disabled") }
+            tap.bridge = .init(name: sw.name, interface: bridge, group: sw.groupID,
+                               rdomain: UInt32(sw.rdomain ?? 0), up: sw.up)
+        }
+        guard interface?.isLocal == true else { return (tap, nil) }
+        guard let host = LocalAddress.ipv4(prefix: network.localPrefix, vmid: vmid, index: index, isVM: false),
+              let guest = LocalAddress.ipv4(prefix: network.localPrefix, vmid: vmid, index: index, isVM: true) else {
+            throw LaunchRefusal(code: ERANGE, message: "local interface \(index): address range of "
+                                + "local prefix \(network.localPrefix) exceeded (vm id \(vmid))")
+        }
+        tap.localIPv4 = host
+        // vmd's hostmac: the guest's address with the last byte plus one.
+        var hostMAC = mac
+        hostMAC[5] &+= 1
+        tap.hostLladdr = hostMAC
+        if let prefix6 = network.localInet6Prefix,
+           let a = LocalAddress.ipv6(prefix6: prefix6, prefix: network.localPrefix, vmid: vmid, index: index, isVM: false) {
+            tap.localIPv6 = a
+        }
+        let hostname = vm.name.utf8.count <= 63 ? vm.name : ""
+        return (tap, LocalInterface(hostIPv4: host, guestIPv4: guest, hostMAC: hostMAC, hostname: hostname))
     }
 
     /// Read-write when it may be, read-only when the file allows no more.
@@ -164,5 +209,21 @@ enum LaunchBuilder {
         } catch {
             throw LaunchRefusal(code: EINVAL, message: "disk \(error)")
         }
+    }
+}
+
+/// The global vm.conf settings a VM's interfaces need.
+struct NetworkSettings {
+    var switches: [SwitchConfiguration] = []
+    var localPrefix = VMDConfiguration.defaultLocalPrefix
+    /// nil: no `local inet6`.
+    var localInet6Prefix: IPPrefix?
+
+    init() {}
+
+    init(_ config: VMDConfiguration) {
+        switches = config.switches
+        localPrefix = config.effectiveLocalPrefix
+        if config.localInet6 { localInet6Prefix = config.localInet6Prefix ?? LocalAddress.defaultInet6Prefix }
     }
 }

@@ -81,7 +81,18 @@ public enum SandboxPolicies {
             .allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_NONE)),
             .allowIfArgEquals("mprotect", index: 2, value: UInt64(PROT_READ)),
         ]
-        return SeccompPolicy(name: model.kind.rawValue, allowing: base + model.syscalls, extra: noExec)
+        // "name=value": the call only with that second argument (an ioctl request).
+        var names: [String] = []
+        var argRules: [SeccompPolicy.Rule] = []
+        for call in model.syscalls {
+            let parts = call.split(separator: "=", maxSplits: 1)
+            if parts.count == 2, let value = UInt64(parts[1]) {
+                argRules.append(.allowIfArgEquals(String(parts[0]), index: 1, value: value))
+            } else {
+                names.append(call)
+            }
+        }
+        return SeccompPolicy(name: model.kind.rawValue, allowing: base + names, extra: noExec + argRules)
     }
 
     /// A VM process after its privileged set-up: vCPU threads in KVM_RUN,

@@ -356,7 +356,8 @@ final class VMTable {
 
     func start(_ e: Entry, requester: UInt32?) {
         let name = e.config.name
-        switch LaunchBuilder.prepare(vmid: e.id, config: e.config, ownerUID: e.ownership.uid) {
+        switch LaunchBuilder.prepare(vmid: e.id, config: e.config, ownerUID: e.ownership.uid,
+                                     network: NetworkSettings(parent.config)) {
         case .failure(let refusal):
             Log.warning("start \(name): \(refusal.message)")
             if let r = requester { fail(r, refusal.code, "start \(name): \(refusal.message)") }
@@ -369,8 +370,8 @@ final class VMTable {
             if launch.isComplete {
                 sendLaunch(e)
             } else {
-                for n in launch.tapNames {
-                    parent.send(.priv, Imsg(type: MessageType.privOpenTap.rawValue, peerID: e.id, data: Array(n.utf8)))
+                for tap in launch.tapRequests {
+                    parent.send(.priv, Imsg(type: MessageType.privOpenTap.rawValue, peerID: e.id, data: tap.encoded()))
                 }
             }
         }

@@ -249,8 +249,9 @@ final class VhostUserManager {
         nextTapRequest = (nextTapRequest &+ 1) & ~Self.tapRequestBit
         b.tapRequest = Self.tapRequestBit | nextTapRequest
         if b.mac.isEmpty { b.mac = b.config.lladdr?.bytes ?? VioNet.randomMAC(index: 0) }
-        sendPriv(Imsg(type: MessageType.privOpenTap.rawValue, peerID: b.tapRequest,
-                      data: Array((b.config.interfaceName ?? "").utf8)))
+        var tap = TapRequest(name: b.config.interfaceName ?? "")
+        tap.description = "vhost-user-\(b.config.name)"
+        sendPriv(Imsg(type: MessageType.privOpenTap.rawValue, peerID: b.tapRequest, data: tap.encoded()))
     }
 
     /// priv's answer: the tap (then the backend starts) or why not.

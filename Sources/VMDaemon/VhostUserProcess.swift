@@ -6,6 +6,7 @@ import VhostUser
 import CVhostUser
 import Imsg
 import VMDControl
+import VMConfig
 
 /// `vmd -P vhost-user -t KIND -S SOCKET ...`: one of our virtio devices
 /// (vioblk, vioscsi, viornd, vionet) as a vhost-user backend for QEMU or
@@ -26,6 +27,10 @@ struct VhostUserOptions: Equatable {
     var readOnly = false
     var tapName: String?
     var mac: [UInt8] = []
+    /// `-l address`: net as a local interface: the tap's host side has
+    /// `address` (the first of a /31) and vionet answers the guest's DHCP
+    /// with the second.
+    var localHost: UInt32?
     var owner: String?
     var foreground = false
     var verbosity = 0
@@ -34,7 +39,7 @@ struct VhostUserOptions: Equatable {
     /// (FrontendReport when a frontend connects or leaves).
     var statusFD: Int32?
 
-    static let usage = "usage: vmd -P vhost-user [-drv] -t blk|scsi|rnd|net (-S socket [-u user[:group]] | -L fd)\n       [-i image | -n tap | -B fd] [-m lladdr] [-N name] [-C fd]"
+    static let usage = "usage: vmd -P vhost-user [-drv] -t blk|scsi|rnd|net (-S socket [-u user[:group]] | -L fd)\n       [-i image | -n tap | -B fd] [-m lladdr] [-l host-address] [-N name] [-C fd]"
 
     struct ParseError: Error, CustomStringConvertible { var description: String }
 
@@ -65,6 +70,12 @@ struct VhostUserOptions: Equatable {
             case "-u": o.owner = try value()
             case "-N": o.name = try value()
             case "-C": o.statusFD = try fd(try value())
+            case "-l":
+                let text = try value()
+                guard let a = LocalAddress.parseIPv4(text), a & 1 == 0, a != 0 else {
+                    throw ParseError(description: "bad local address \(text) (the first, even, address of a /31)")
+                }
+                o.localHost = a
             case "-m":
                 let text = try value()
                 let parts = text.split(separator: ":", omittingEmptySubsequences: false)
@@ -189,6 +200,12 @@ final class VhostUserProcess: VhostUserBackendDelegate {
         var parameters = DeviceParameters(readOnly: options.readOnly)
         parameters.identifier = options.imagePath.map { String($0.split(separator: "/").last ?? "") } ?? name
         parameters.mac = options.mac.isEmpty ? VioNet.randomMAC(index: 0) : options.mac
+        if let host = options.localHost {
+            var hostMAC = parameters.mac
+            hostMAC[5] &+= 1
+            parameters.local = LocalInterface(hostIPv4: host, guestIPv4: host + 1, hostMAC: hostMAC,
+                                              hostname: String(name.utf8.prefix(63))!)
+        }
         let backends: [(role: BackendRole, fd: Int32)] = model.backends.compactMap { role in fd.map { (role, $0) } }
         let device: VirtioDevice
         do {

@@ -374,6 +374,27 @@ public final class Virtqueue {
         inflightLog?.returned(head: head, usedIndex: usedIndex)
     }
 
+    /// Return several chains at once, the used index moved once after all
+    /// of them: a frame spread over mergeable receive buffers (virtio-net)
+    /// must not be seen by the driver in part.
+    public func pushUsed(_ entries: [(head: UInt16, length: UInt32)]) throws {
+        guard isEnabled else { throw VirtqueueError.queueNotReady }
+        for (i, e) in entries.enumerated() {
+            guard e.head < size else { throw VirtqueueError.usedHeadOutOfRange(e.head) }
+            inflightLog?.returning(head: e.head)
+            let element = usedRing &+ 4 &+ 8 &* UInt64((usedIndex &+ UInt16(truncatingIfNeeded: i)) % size)
+            guard memory.store32(UInt32(e.head), at: element), memory.store32(e.length, at: element &+ 4) else {
+                throw VirtqueueError.ringOutsideMemory(ring: "used", address: usedRing, length: 8)
+            }
+        }
+        atomicMemoryFence(ordering: .releasing)
+        usedIndex &+= UInt16(truncatingIfNeeded: entries.count)
+        guard memory.store16(usedIndex, at: usedRing &+ 2) else {
+            throw VirtqueueError.ringOutsideMemory(ring: "used", address: usedRing, length: 4)
+        }
+        for e in entries { inflightLog?.returned(head: e.head, usedIndex: usedIndex) }
+    }
+
     /// Whether the driver wants an interrupt for what was added to the used
     /// ring since the last call: with EVENT_IDX, when used_event was crossed
     /// (vring_need_event); without, unless VIRTQ_AVAIL_F_NO_INTERRUPT is set.

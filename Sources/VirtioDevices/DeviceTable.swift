@@ -96,6 +96,8 @@ public struct DeviceParameters: Equatable, Sendable {
     /// A multi-queue device (vioblk): how many request queues (0: its
     /// table entry's own count). One per vCPU, each with its own kick eventfd.
     public var queueCount = 0
+    /// vionet: a `local interface`: the addresses its DHCP server hands out.
+    public var local: LocalInterface?
 
     public init(readOnly: Bool = false, identifier: String = "", mac: [UInt8] = [], lockedLladdr: Bool = false) {
         self.readOnly = readOnly
@@ -152,7 +154,8 @@ public struct DeviceModel {
     /// The descriptors it takes, in order (none for viornd and vmmci).
     public let backends: [BackendRole]
     /// System calls this device needs beyond what every device process
-    /// needs to run its loop (SandboxPolicies.deviceBase).
+    /// needs to run its loop (SandboxPolicies.deviceBase). "name=N" allows
+    /// the call only with N as its second argument (one ioctl request).
     public let syscalls: [String]
     /// The device takes commands from the host (shutdown, reboot): a
     /// graceful `vmctl stop` goes through it (vmmci). At most one per VM.

@@ -1,8 +1,16 @@
-// virtio-net (spec 5.1) over a tap device. No offloads and no control queue,
-// like vmd; the MAC and link status are in config space. Every frame on the
-// tap carries a 12-byte virtio_net_hdr in front (IFF_VNET_HDR with
-// TUNSETVNETHDRSZ 12, the VERSION_1 header size), so the guest's header and
-// the tap's line up and frames are copied once each way.
+// virtio-net (spec 5.1) over a tap device, no control queue, like vmd; the
+// MAC and link status are in config space. Every frame on the tap carries a
+// 12-byte virtio_net_hdr in front (IFF_VNET_HDR with TUNSETVNETHDRSZ 12, the
+// VERSION_1 header size), so the guest's header and the tap's line up and
+// frames are copied once each way.
+//
+// Offloads (when the backend is a real tap): checksum offload and TSO both
+// ways (CSUM, GUEST_CSUM, HOST_TSO4/6, GUEST_TSO4/6). The guest's header
+// goes to the tap after a check that it asks only for work that was
+// negotiated (the kernel checks it again); the tap is told with
+// TUNSETOFFLOAD what the guest accepts, once its features are known.
+// Mergeable receive buffers (MRG_RXBUF): a frame spreads over as many
+// buffers as it needs, returned together.
 //
 // Receive is driven by the event loop: call `backendReadable()` when the tap fd
 // is readable. When the guest has no receive buffers it returns false: stop
@@ -13,8 +21,26 @@ import Virtio
 import VMDSystem
 
 public enum VirtioNetFeature {
+    public static let csum: UInt64 = 1 << 0
+    public static let guestCsum: UInt64 = 1 << 1
     public static let mac: UInt64 = 1 << 5
+    public static let guestTSO4: UInt64 = 1 << 7
+    public static let guestTSO6: UInt64 = 1 << 8
+    public static let hostTSO4: UInt64 = 1 << 11
+    public static let hostTSO6: UInt64 = 1 << 12
+    public static let mrgRxbuf: UInt64 = 1 << 15
     public static let status: UInt64 = 1 << 16
+    /// What a tap with virtio-net headers lets us offer.
+    public static let offloads: UInt64 = csum | guestCsum | guestTSO4 | guestTSO6 | hostTSO4 | hostTSO6
+    public static let guestOffloads: UInt64 = guestCsum | guestTSO4 | guestTSO6
+    public static let hostOffloads: UInt64 = csum | hostTSO4 | hostTSO6
+}
+
+/// TUNSETOFFLOAD flags.
+public enum TunOffload {
+    public static let csum: UInt32 = 1
+    public static let tso4: UInt32 = 2
+    public static let tso6: UInt32 = 4
 }
 
 /// One frame per read and per write, each with a 12-byte virtio_net_hdr.
@@ -24,6 +50,16 @@ public protocol NetworkBackend: AnyObject {
     /// Read one frame into `buffer`; nil when none is waiting.
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> Int?
     func send(_ frame: UnsafeRawBufferPointer) throws
+    /// The backend takes and gives frames with offload work pending (a tap
+    /// with vnet headers whose TUNSETOFFLOAD works).
+    var offloadCapable: Bool { get }
+    /// TUNSETOFFLOAD: the TunOffload flags the guest accepts.
+    func setOffloads(_ flags: UInt32) throws
+}
+
+extension NetworkBackend {
+    public var offloadCapable: Bool { false }
+    public func setOffloads(_ flags: UInt32) throws {}
 }
 
 public struct NetworkBackendError: Error, CustomStringConvertible {
@@ -36,9 +72,25 @@ public struct NetworkBackendError: Error, CustomStringConvertible {
 public final class TapBackend: NetworkBackend {
     public let fd: Int32
     public var descriptor: Int32 { fd }
+    public let offloadCapable: Bool
 
-    public init(fd: Int32) {
+    public init(fd: Int32, offloadCapable: Bool = false) {
         self.fd = fd
+        self.offloadCapable = offloadCapable
+    }
+
+    /// Whether `fd` is a tap that takes TUNSETOFFLOAD (it then starts with
+    /// none: the tap finishes every frame until the guest says otherwise).
+    public static func probeOffloads(fd: Int32) -> Bool {
+        (try? Tap.setOffload(fd, flags: 0)) != nil
+    }
+
+    public func setOffloads(_ flags: UInt32) throws {
+        do {
+            try Tap.setOffload(fd, flags: flags)
+        } catch let e as SystemError {
+            throw NetworkBackendError(errno: e.code, operation: e.what)
+        }
     }
 
     /// Make a tap opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR use the 12-byte
@@ -76,23 +128,38 @@ public final class VioNet: BackendInputDevice {
     public static let receiveQueue = 0
     public static let transmitQueue = 1
     static let ethernetHeaderSize = 14
-    /// Without GSO a frame is at most an MTU plus its headers; anything up
-    /// to 64 KiB is passed through, larger is a guest error.
-    public static let maxFrameSize = 65536
+    /// A GSO frame is at most 64 KiB of IP plus its Ethernet (and VLAN)
+    /// header; larger is a guest error.
+    public static let maxFrameSize = 65536 + 18
 
     public let name: String
     public let backend: NetworkBackend
     public let mac: [UInt8]
     /// `locked lladdr`: drop transmitted frames whose source MAC isn't ours.
     public let lockedLinkAddress: Bool
+    /// A `local interface`: vionet is the guest's DHCP server (DHCPServer).
+    public var local: LocalInterface?
+    public private(set) var dhcpReplies = 0
     public let queueMaxSizes = VioNet.model.queueSizes
-    public let deviceFeatures: UInt64 = VirtioNetFeature.mac | VirtioNetFeature.status
+    public var deviceFeatures: UInt64 {
+        VirtioNetFeature.mac | VirtioNetFeature.status | VirtioNetFeature.mrgRxbuf
+            | (backend.offloadCapable ? VirtioNetFeature.offloads : 0)
+    }
     /// Called when the guest adds receive buffers after `backendReadable()`
     /// returned false: resume watching the tap.
     public var onInputWanted: (() -> Void)?
 
     private weak var host: VirtioDeviceHost?
+    /// Transmit and receive each have their own: a received frame may wait
+    /// in `receiveBuffer` for guest buffers while the guest transmits.
     private let frameBuffer: UnsafeMutableRawBufferPointer
+    private let receiveBuffer: UnsafeMutableRawBufferPointer
+    /// The length of a frame read from the tap and not yet in the guest (0: none).
+    private var pendingLength = 0
+    /// Mergeable receive: buffers taken for the pending frame.
+    private var held: [VirtqueueRequest] = []
+    /// The negotiated features the tap's offloads were last set for.
+    private var appliedFeatures: UInt64?
     /// The guest had no receive buffers at the last look.
     private var receiveStalled = false
     /// `backendReadable()` said to stop watching the tap; the next receive-queue
@@ -115,9 +182,13 @@ public final class VioNet: BackendInputDevice {
         self.mac = mac
         self.lockedLinkAddress = lockedLinkAddress
         self.frameBuffer = .allocate(byteCount: VioNet.headerSize + VioNet.maxFrameSize, alignment: 16)
+        self.receiveBuffer = .allocate(byteCount: VioNet.headerSize + VioNet.maxFrameSize, alignment: 16)
     }
 
-    deinit { frameBuffer.deallocate() }
+    deinit {
+        frameBuffer.deallocate()
+        receiveBuffer.deallocate()
+    }
 
     /// vmd's MAC for an interface without one: fe:e1:bb:dN:xx:xx, where N is
     /// the interface number plus one and xx random.
@@ -133,6 +204,30 @@ public final class VioNet: BackendInputDevice {
 
     public func reset() {
         receiveStalled = false
+        pendingLength = 0
+        held = []
+        appliedFeatures = nil
+    }
+
+    private var negotiated: UInt64 { host?.negotiatedFeatures ?? 0 }
+
+    /// Tells the tap what unfinished frames the guest accepts, once per
+    /// negotiation (the features are known once the driver is ready).
+    private func applyOffloads() {
+        guard backend.offloadCapable, let host, host.isDriverReady, appliedFeatures != host.negotiatedFeatures else { return }
+        let f = host.negotiatedFeatures
+        appliedFeatures = f
+        var flags: UInt32 = 0
+        if f & VirtioNetFeature.guestCsum != 0 {
+            flags |= TunOffload.csum
+            if f & VirtioNetFeature.guestTSO4 != 0 { flags |= TunOffload.tso4 }
+            if f & VirtioNetFeature.guestTSO6 != 0 { flags |= TunOffload.tso6 }
+        }
+        do {
+            try backend.setOffloads(flags)
+        } catch {
+            logBudget.log("\(name): \(error)")
+        }
     }
 
     public func readConfig(offset: Int, size: Int) -> UInt32 {
@@ -174,37 +269,137 @@ public final class VioNet: BackendInputDevice {
     }
 
     private func receiveFrames(queue: Virtqueue) throws {
+        applyOffloads()
+        let features = negotiated
+        let mergeable = features & VirtioNetFeature.mrgRxbuf != 0
+        // Without GUEST_CSUM the guest gets no flags and no GSO (spec 5.1.6.4).
+        let keepHeader = backend.offloadCapable && features & VirtioNetFeature.guestCsum != 0
         while true {
-            guard try queue.hasAvailable() else {
-                receiveStalled = true
-                return
+            if pendingLength == 0 {
+                guard try !held.isEmpty || queue.hasAvailable() else {
+                    receiveStalled = true
+                    return
+                }
+                let received: Int?
+                do {
+                    received = try backend.receive(into: receiveBuffer)
+                } catch {
+                    logBudget.log("\(name): \(error)")
+                    return
+                }
+                guard let length = received else { return }
+                guard length >= VioNet.headerSize + VioNet.ethernetHeaderSize else {
+                    droppedReceiveFrames += 1
+                    continue
+                }
+                if !keepHeader { memset(receiveBuffer.baseAddress!, 0, VioNet.headerSize) }
+                pendingLength = length
+            }
+            let length = pendingLength
+            if mergeable {
+                guard try placeMergeable(length: length, queue: queue) else {
+                    receiveStalled = true
+                    return
+                }
+            } else {
+                guard let request = try queue.popRequest() else {
+                    receiveStalled = true
+                    return
+                }
+                pendingLength = 0
+                guard request.writableLength >= UInt64(length) else {
+                    // A buffer too small for the frame: give it back empty.
+                    droppedReceiveFrames += 1
+                    try queue.pushUsed(head: request.head, length: 0)
+                    continue
+                }
+                receiveBuffer[10] = 1; receiveBuffer[11] = 0     // num_buffers
+                var cursor = ChainCursor(memory: queue.memory, elements: request.writable)
+                let written = cursor.write(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<length]))
+                try queue.pushUsed(head: request.head, length: UInt32(written))
             }
             receiveStalled = false
-            let received: Int?
-            do {
-                received = try backend.receive(into: frameBuffer)
-            } catch {
-                logBudget.log("\(name): \(error)")
-                return
-            }
-            guard let length = received else { return }
-            guard length >= VioNet.headerSize + VioNet.ethernetHeaderSize else {
+        }
+    }
+
+    /// Spreads the pending frame over as many buffers as it needs and
+    /// returns them together; false when the guest has not enough yet (the
+    /// frame and the buffers taken wait for more).
+    private func placeMergeable(length: Int, queue: Virtqueue) throws -> Bool {
+        var capacity = held.reduce(UInt64(0)) { $0 + $1.writableLength }
+        while capacity < UInt64(length) {
+            guard held.count < Int(queue.size) else {
+                // More than the whole ring holds: the frame cannot fit.
                 droppedReceiveFrames += 1
-                continue
+                try queue.pushUsed(held.map { (head: $0.head, length: UInt32(0)) })
+                held = []
+                pendingLength = 0
+                return true
             }
-            guard let request = try queue.popRequest() else { return }
-            guard request.writableLength >= UInt64(length) else {
-                // A buffer too small for the frame: give it back empty.
-                droppedReceiveFrames += 1
+            guard let request = try queue.popRequest() else { return false }
+            if request.writableLength == 0 {
                 try queue.pushUsed(head: request.head, length: 0)
                 continue
             }
-            // Our header: no offloads, one buffer (num_buffers = 1).
-            memset(frameBuffer.baseAddress!, 0, VioNet.headerSize)
-            frameBuffer[10] = 1
+            held.append(request)
+            capacity += request.writableLength
+        }
+        let count = UInt16(held.count)
+        receiveBuffer[10] = UInt8(count & 0xff); receiveBuffer[11] = UInt8(count >> 8)
+        var offset = 0
+        var used: [(head: UInt16, length: UInt32)] = []
+        for request in held {
             var cursor = ChainCursor(memory: queue.memory, elements: request.writable)
-            let written = cursor.write(UnsafeRawBufferPointer(rebasing: frameBuffer[0..<length]))
+            let n = offset < length ? cursor.write(UnsafeRawBufferPointer(rebasing: receiveBuffer[offset..<length])) : 0
+            used.append((request.head, UInt32(n)))
+            offset += n
+        }
+        try queue.pushUsed(used)
+        held = []
+        pendingLength = 0
+        return true
+    }
+
+    /// The guest's transmit header asks only for offloads that were
+    /// negotiated, within the frame (the kernel checks again; a refused
+    /// frame is dropped here instead of failing the write).
+    static func validTransmitHeader(_ h: UnsafeRawBufferPointer, frameLength: Int, features: UInt64) -> Bool {
+        let flags = h[0], gso = h[1]
+        let gsoSize = Int(h[4]) | Int(h[5]) << 8
+        let csumStart = Int(h[6]) | Int(h[7]) << 8, csumOffset = Int(h[8]) | Int(h[9]) << 8
+        guard flags & ~1 == 0 else { return false }                 // only NEEDS_CSUM
+        if flags & 1 != 0 {
+            guard features & VirtioNetFeature.csum != 0, csumStart + csumOffset + 2 <= frameLength else { return false }
+        }
+        switch gso {
+        case 0: return true
+        case 1: return features & VirtioNetFeature.hostTSO4 != 0 && flags & 1 != 0 && gsoSize > 0
+        case 4: return features & VirtioNetFeature.hostTSO6 != 0 && flags & 1 != 0 && gsoSize > 0
+        default: return false                                       // UDP, ECN: not offered
+        }
+    }
+
+    /// Puts a frame vionet made (a DHCP reply) into the guest's next
+    /// receive buffer; without one it is dropped, as on a wire (the
+    /// client asks again).
+    private func deliver(_ frame: [UInt8]) {
+        host?.withQueue(VioNet.receiveQueue) { queue in
+            guard let request = try queue.popRequest() else {
+                droppedReceiveFrames += 1
+                return
+            }
+            var header = [UInt8](repeating: 0, count: VioNet.headerSize)
+            header[10] = 1
+            let whole = header + frame
+            guard request.writableLength >= UInt64(whole.count) else {
+                droppedReceiveFrames += 1
+                try queue.pushUsed(head: request.head, length: 0)
+                return
+            }
+            var cursor = ChainCursor(memory: queue.memory, elements: request.writable)
+            let written = whole.withUnsafeBytes { cursor.write($0) }
             try queue.pushUsed(head: request.head, length: UInt32(written))
+            dhcpReplies += 1
         }
     }
 
@@ -219,13 +414,37 @@ public final class VioNet: BackendInputDevice {
             }
             var cursor = ChainCursor(memory: queue.memory, elements: request.readable)
             let frameLength = cursor.read(into: UnsafeMutableRawBufferPointer(rebasing: frameBuffer[0..<Int(length)]))
-            // Take nothing from the guest's header: it may not ask the host
-            // kernel for checksum or segmentation work we never offered.
-            memset(frameBuffer.baseAddress!, 0, VioNet.headerSize)
+            // The guest's header goes to the tap only when offloads were
+            // negotiated, and only asking for what was; otherwise nothing of
+            // it is taken.
+            let features = negotiated
+            if backend.offloadCapable && features & VirtioNetFeature.hostOffloads != 0 {
+                let header = UnsafeRawBufferPointer(rebasing: frameBuffer[0..<VioNet.headerSize])
+                guard VioNet.validTransmitHeader(header, frameLength: frameLength - VioNet.headerSize,
+                                                 features: features) else {
+                    droppedTransmitFrames += 1
+                    continue
+                }
+                frameBuffer[10] = 0; frameBuffer[11] = 0
+            } else {
+                memset(frameBuffer.baseAddress!, 0, VioNet.headerSize)
+            }
             if lockedLinkAddress {
                 let source = VioNet.headerSize + 6
                 guard frameBuffer[source..<source + 6].elementsEqual(mac) else {
                     droppedTransmitFrames += 1
+                    continue
+                }
+            }
+            if let local {
+                let frame = UnsafeRawBufferPointer(rebasing: frameBuffer[VioNet.headerSize..<frameLength])
+                switch DHCPServer.handle(frame: frame, guestMAC: mac, local: local) {
+                case .notDHCP: break
+                case .drop:
+                    droppedTransmitFrames += 1
+                    continue
+                case .reply(let reply):
+                    deliver(reply)
                     continue
                 }
             }
@@ -242,15 +461,18 @@ extension VioNet {
     public static let model = DeviceModel(
         kind: .net, baseName: "vionet", single: false, presentation: .modern(.network),
         queueSizes: [queueSize, queueSize], backends: [.tap],
-        // Frames in and out of the tap with read/write; no ioctl after set-up.
-        syscalls: [],
+        // Frames in and out of the tap with read/write; one ioctl after
+        // set-up: TUNSETOFFLOAD, once the guest's features are known.
+        syscalls: ["ioctl=\(Tap.setOffloadRequest)"],
         make: { c in
             let tap = try c.backend(.tap)
             try TapBackend.prepareTap(fd: tap)
-            guard let net = VioNet(name: c.name, backend: TapBackend(fd: tap), mac: c.parameters.mac,
+            let backend = TapBackend(fd: tap, offloadCapable: TapBackend.probeOffloads(fd: tap))
+            guard let net = VioNet(name: c.name, backend: backend, mac: c.parameters.mac,
                                    lockedLinkAddress: c.parameters.lockedLladdr) else {
                 throw DeviceConstructionError("\(c.name): bad MAC address")
             }
+            net.local = c.parameters.local
             return net
         })
 }

@@ -16,7 +16,7 @@ extension VMCtl {
         @Flag(name: .customShort("c"), help: "Attach to the VM's console once it has started.")
         var console = false
 
-        @Flag(name: .customShort("L"), help: "Add a local interface (not supported yet by vmd).")
+        @Flag(name: .customShort("L"), help: "Add a local interface (a /31 with DHCP from vmd).")
         var localInterface = false
 
         @Option(name: .customShort("B"), help: ArgumentHelp("Boot from disk, cdrom or net.", valueName: "device"))

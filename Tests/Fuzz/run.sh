@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build the fuzz targets (virtqueue, viodev_msg, vhost-user, imsg, control payloads, qcow2) with libFuzzer + AddressSanitizer and run
+# Build the fuzz targets (virtqueue, viodev_msg, vhost-user, imsg, control payloads, qcow2, DHCP) with libFuzzer + AddressSanitizer and run
 # each for N seconds (default 60). Usage: Tests/Fuzz/run.sh [seconds]
 # Findings (crash-*, leak-*, timeout-*) land in $FUZZ_BUILD_DIR/findings/
 # (default /tmp/vmd-virtio-fuzz); the corpus is kept there between runs.
@@ -71,6 +71,8 @@ build "$HERE/FuzzControl.swift" "$ROOT"/Sources/VMDControl/*.swift -o "$BUILD/fu
 # shellcheck disable=SC2086
 build -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/Sources/CZlib" "$HERE/FuzzQcow2.swift" \
     "$BUILD/DiskImage.o" $SYSTEM_OBJS -lz -o "$BUILD/fuzz-qcow2"
+# vionet's DHCP server for local interfaces (pure Swift, compiled with the harness).
+build "$HERE/FuzzDHCP.swift" "$ROOT/Sources/VirtioDevices/DHCPServer.swift" -o "$BUILD/fuzz-dhcp"
 # Seeds: small images from qemu-img (512-byte clusters, every refcount width,
 # v2 and v3, a backing name, compressed clusters), if it is installed.
 seeds="$BUILD/corpus-fuzz-qcow2"
@@ -90,15 +92,17 @@ if command -v qemu-img >/dev/null && [ ! -e "$seeds/.seeded" ]; then
     touch "$seeds/.seeded"
 fi
 
+python3 "$HERE/dhcp-seed.py" "$BUILD/corpus-fuzz-dhcp"
 mkdir -p "$BUILD/corpus-fuzz-vhostuser"
 python3 "$HERE/vhostuser-seed.py" "$BUILD/corpus-fuzz-vhostuser/seed-start-sequence"
 
 status=0
-for target in ${FUZZ_TARGETS:-fuzz-virtqueue fuzz-viodevmsg fuzz-vhostuser fuzz-imsg fuzz-control fuzz-qcow2}; do
+for target in ${FUZZ_TARGETS:-fuzz-virtqueue fuzz-viodevmsg fuzz-vhostuser fuzz-imsg fuzz-control fuzz-qcow2 fuzz-dhcp}; do
     corpus="$BUILD/corpus-$target"
     mkdir -p "$corpus"
     echo "== $target: $SECONDS_EACH s"
-    if ! "$BUILD/$target" -max_total_time="$SECONDS_EACH" -max_len=${FUZZ_MAX_LEN:-8192} -print_final_stats=1 \
+    # FUZZ_RUNS=N: stop after N runs instead (e.g. 10000000 for fuzz-dhcp).
+    if ! "$BUILD/$target" -max_total_time="$SECONDS_EACH" ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -max_len=${FUZZ_MAX_LEN:-8192} -print_final_stats=1 \
             -artifact_prefix="$BUILD/findings/$target-" "$corpus" 2>"$BUILD/$target.log"; then
         status=1
         echo "!! $target found a problem; see $BUILD/$target.log and $BUILD/findings/"

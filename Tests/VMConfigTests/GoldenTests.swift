@@ -18,6 +18,7 @@ final class GoldenTests: XCTestCase {
     override func setUpWithError() throws {
         goldenDirectory = try XCTUnwrap(Bundle.module.url(forResource: "Golden", withExtension: nil),
                                         "the Golden resource directory is missing from the test bundle")
+        ConfigParser.linkGroupFiles = [goldenDirectory.appendingPathComponent("link-groups").path]
         savedDirectory = FileManager.default.currentDirectoryPath
         XCTAssertTrue(FileManager.default.changeCurrentDirectoryPath(goldenDirectory.path))
     }

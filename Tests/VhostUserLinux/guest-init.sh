@@ -49,8 +49,22 @@ for t in $tests; do
 	net)
 		ip link set lo up
 		ip link set eth0 up
-		ip addr add "$(arg guestip)/24" dev eth0
-		host=$(arg hostip)
+		# The negotiated virtio feature bits, bit 0 first.
+		say net features $(cat /sys/class/net/eth0/device/features 2>/dev/null || echo none)
+		if [ "$(arg guestip)" = dhcp ]; then
+			# A real DHCP client: busybox udhcpc against vionet's server.
+			printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add "$ip/${mask:-$subnet}" dev "$interface"\necho "$ip $router" > /tmp/lease\n' > /tmp/udhcpc.sh
+			chmod +x /tmp/udhcpc.sh
+			if udhcpc -i eth0 -n -q -t 5 -T 2 -s /tmp/udhcpc.sh > /tmp/udhcpc.out 2>&1 && [ -s /tmp/lease ]; then
+				say net dhcp $(cat /tmp/lease)
+			else
+				say net dhcp FAIL; sed 's/^/VHTEST udhcpc: /' /tmp/udhcpc.out
+			fi
+			host=$(cut -d' ' -f2 /tmp/lease 2>/dev/null)
+		else
+			ip addr add "$(arg guestip)/24" dev eth0
+			host=$(arg hostip)
+		fi
 		ping -c 3 -W 2 "$host" > /tmp/ping.out 2>&1 && say net ping ok || { say net ping FAIL; cat /tmp/ping.out; }
 		dd if=/dev/urandom of=/tmp/d bs=1M count=$(arg netmib) 2>/dev/null
 		say net sha256 $(sha256sum /tmp/d | cut -d' ' -f1)

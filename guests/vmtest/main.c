@@ -138,6 +138,10 @@ static void parse_options(const char *s)
             for (const char *p = w + 12; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
                 v = v * 10 + (u32)(*p - '0');
             opt.kick_stress = v <= 10000 ? v : 10000;
+        } else if (word_is(w, len, "dhcp")) {
+            opt.dhcp = true;
+        } else if (word_is(w, len, "bench_rx")) {
+            opt.bench_rx = true;
         } else if (word_is(w, len, "regloop")) {
             opt.regloop = true;
         } else if (word_is(w, len, "blkfill")) {

@@ -27,6 +27,8 @@ static u16 ping_id = 0x7674, ping_seq;
 static bool ping_answered;
 static u64 rx_frames;
 static char tx_stall[200];            /* why tx_send gave up */
+static bool rx_bench_on;              /* net_rx_1500: count UDP frames to us */
+static u64 rx_bench_frames;
 
 static u16 be16(const u8 *p) { return (u16)((p[0] << 8) | p[1]); }
 static u32 be32(const u8 *p) { return ((u32)p[0] << 24) | ((u32)p[1] << 16) | ((u32)p[2] << 8) | p[3]; }
@@ -167,6 +169,12 @@ static void rx_frame(const u8 *f, u32 len)
     rx_frames++;
     if (len < 14)
         return;
+    if (opt.dhcp && dhcp_rx(f, len))
+        return;
+    if (rx_bench_on && len >= 14 + 20 + 8 && be16(f + 12) == ETH_IP && f[14 + 9] == 17) {
+        rx_bench_frames++;
+        return;
+    }
     u16 type = be16(f + 12);
     if (type == ETH_ARP && len >= 42 && be16(f + 14) == 1 && be16(f + 16) == ETH_IP && f[18] == 6 && f[19] == 4) {
         u16 op = be16(f + 20);
@@ -208,6 +216,9 @@ static void rx_poll(void)
     tx_reclaim();
 }
 
+bool net_send_frame(const u8 *frame, u32 len) { return tx_send(frame, len, true); }
+void net_poll(void) { rx_poll(); irq_service(); }
+
 static void fmt_mac(char *out, const u8 *m)
 {
     snprintf(out, 18, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
@@ -216,11 +227,11 @@ static void fmt_mac(char *out, const u8 *m)
 void net_check(struct pci_dev *p)
 {
     char why[160];
-    if (!opt.have_ip || !opt.have_gw) {
+    if (!opt.dhcp && (!opt.have_ip || !opt.have_gw)) {
         check_skip("net", "no ip=A.B.C.D/len gw=E.F.G.H on the command line");
         return;
     }
-    if ((opt.ip & opt.netmask) != (opt.gw & opt.netmask)) {
+    if (!opt.dhcp && (opt.ip & opt.netmask) != (opt.gw & opt.netmask)) {
         check_fail("net", "gateway is not inside ip/len");
         return;
     }
@@ -255,6 +266,10 @@ void net_check(struct pci_dev *p)
     vdev_driver_ok(&net);
     vq_kick(&net.vqs[0]);
     net_ready = true;
+    if (opt.dhcp && !dhcp_configure(mac)) {
+        check_skip("net", "no address from DHCP");
+        return;
+    }
 
     /* ARP for the gateway, once a second, for up to 10 s (the host may be late). */
     u64 start = rdtsc(), last_req = 0;
@@ -329,4 +344,34 @@ void net_bench(void)
         tx_reclaim();
     u64 cycles = rdtsc() - start;
     printf("vmtest bench: net_tx_1500 fps=%lu frames=%u\n", cycles ? (u64)total * tsc_hz / cycles : 0, total);
+    if (opt.bench_rx)
+        net_rx_bench();
+}
+
+/* Receive: says it is ready, the host floods 1500-byte UDP frames at our
+ * address (bench/vmbench.py), and we count what arrives for a second. */
+void net_rx_bench(void)
+{
+    rx_bench_frames = 0;
+    rx_bench_on = true;
+    printf("vmtest bench: net_rx_ready\n");
+    u64 start = rdtsc();
+    while (rx_bench_frames == 0 && rdtsc() - start < us_to_tsc(10000000))
+        rx_poll();
+    if (rx_bench_frames == 0) {
+        rx_bench_on = false;
+        printf("vmtest bench: net_rx_1500 skip nothing received within 10 s\n");
+        return;
+    }
+    /* Past the start-up (ARP, the sender's first burst). */
+    u64 warm = rdtsc();
+    while (rdtsc() - warm < us_to_tsc(200000))
+        rx_poll();
+    u64 t0 = rdtsc(), f0 = rx_bench_frames;
+    u64 window = us_to_tsc(1000000);
+    while (rdtsc() - t0 < window)
+        rx_poll();
+    u64 cycles = rdtsc() - t0, frames = rx_bench_frames - f0;
+    rx_bench_on = false;
+    printf("vmtest bench: net_rx_1500 fps=%lu frames=%lu\n", cycles ? frames * tsc_hz / cycles : 0, frames);
 }

@@ -93,8 +93,17 @@ struct options {
     bool regloop;               /* regloop: read a vioblk register forever after the checks */
     u32 blk_verify;             /* blk_verify=N: write+verify the whole disk for N seconds (verify.c) */
     bool blkfill;               /* blkfill: write the disk sequentially forever after the checks */
+    bool dhcp;                  /* dhcp: get ip/gw from a DHCP server before the net check */
+    bool bench_rx;              /* bench_rx: after net_tx_1500, net_rx_1500 (the host floods UDP) */
 };
 extern struct options opt;
+
+/* ---- dhcp.c: a small DHCP client on vionet0 (net.c sends and polls) ---- */
+bool net_send_frame(const u8 *frame, u32 len);
+void net_rx_bench(void);                         /* net.c: bench net_rx_1500 */
+void net_poll(void);
+bool dhcp_rx(const u8 *frame, u32 len);          /* true: the frame was a DHCP reply for us */
+bool dhcp_configure(const u8 *mac);              /* fills opt.ip/gw/netmask; reports the "dhcp" check */
 
 /* ---- pci.c ---- */
 struct pci_bar {

@@ -120,5 +120,8 @@ int cvmd_fallocate_zero_range(void);
 
 /* TUNSETVNETHDRSZ on a tap opened with IFF_VNET_HDR. */
 int cvmd_tap_set_vnet_header_size(int fd, int size);
+/* TUNSETOFFLOAD (TUN_F_CSUM 1, TUN_F_TSO4 2, TUN_F_TSO6 4, TUN_F_TSO_ECN 8), and its request number for seccomp. */
+int cvmd_tap_set_offload(int fd, unsigned int flags);
+unsigned long cvmd_tunsetoffload_request(void);
 
 #endif

@@ -1,0 +1,55 @@
+// Addresses of `local interface`s, computed as OpenBSD vmd's priv.c does
+// (vm_priv_addr, vm_priv_addr6): VM id N and interface index M give
+// the /31 PREFIX + N.(2M+2) (host side) and PREFIX + N.(2M+3) (guest), and
+// with `local inet6` PREFIX6 with the guest's IPv4 address in bytes 8-11
+// and 1 (host) or 2 (guest) in the last byte, a /96.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum LocalAddress {
+    /// The IPv4 address (host byte order), nil when the VM id or the
+    /// interface index does not fit the prefix (vmd's "dhcp address range
+    /// exceeded"): the prefix must keep its bits, and idx < 127.
+    public static func ipv4(prefix: IPPrefix, vmid: UInt32, index: Int, isVM: Bool) -> UInt32? {
+        guard let base = parseIPv4(prefix.address), (0...32).contains(prefix.length),
+              index >= 0, index < 0x7f else { return nil }
+        let mask: UInt32 = prefix.length == 0 ? 0 : ~UInt32(0) << UInt32(32 - prefix.length)
+        var address = vmid &<< 8
+        address |= UInt32((index + 1) * 2)
+        if isVM { address &+= 1 }
+        address |= base
+        guard address & mask == base else { return nil }
+        return address
+    }
+
+    /// The IPv6 address (16 bytes) for `local inet6` with this prefix.
+    public static func ipv6(prefix6: IPPrefix, prefix: IPPrefix, vmid: UInt32, index: Int, isVM: Bool) -> [UInt8]? {
+        guard var bytes = parseIPv6(prefix6.address),
+              let guest = ipv4(prefix: prefix, vmid: vmid, index: index, isVM: true) else { return nil }
+        bytes[8] = UInt8(guest >> 24); bytes[9] = UInt8((guest >> 16) & 0xff)
+        bytes[10] = UInt8((guest >> 8) & 0xff); bytes[11] = UInt8(guest & 0xff)
+        bytes[15] = isVM ? 2 : 1
+        return bytes
+    }
+
+    /// The default when `local inet6` has no prefix (vmd's parse.y).
+    public static let defaultInet6Prefix = IPPrefix(address: "fd00::", length: 8)
+
+    public static func parseIPv4(_ text: String) -> UInt32? {
+        var a = in_addr()
+        guard inet_pton(AF_INET, text, &a) == 1 else { return nil }
+        return UInt32(bigEndian: a.s_addr)
+    }
+
+    public static func parseIPv6(_ text: String) -> [UInt8]? {
+        var a = in6_addr()
+        guard inet_pton(AF_INET6, text, &a) == 1 else { return nil }
+        return withUnsafeBytes(of: &a) { Array($0) }
+    }
+
+    public static func format(ipv4 a: UInt32) -> String {
+        "\(a >> 24).\((a >> 16) & 0xff).\((a >> 8) & 0xff).\(a & 0xff)"
+    }
+}
