@@ -128,12 +128,15 @@ final class DeviceProcess: InterruptSink {
         for (queue, fd) in setup.descriptors.queueNotifies {
             loop.onReadable(fd) { [unowned self] in
                 guard EventFD.drain(fd) else { return }
-                self.syncReadable()
+                // With the interrupt page, the VM process counts the writes
+                // it sent: most kicks find none waiting and skip the read.
+                if self.interrupts?.writesPending ?? true { self.syncReadable() }
                 self.registers.notify(queue: queue)
             }
         }
         watchForMissedKicks(queues: setup.descriptors.queueNotifies.map(\.0))
         if let irqs = interrupts {
+            irqs.startCountingWrites()
             loop.onReadable(irqs.resampleFD) { irqs.resampled() }
         }
         if let input = device as? BackendInputDevice {
@@ -221,6 +224,7 @@ final class DeviceProcess: InterruptSink {
                 }
                 switch msg.kind {
                 case .ioRead, .ioWrite:
+                    if msg.kind == .ioWrite { interrupts?.writesServed &+= 1 }
                     if let reply = registers.handle(msg) { send(sync: reply) }
                     if Log.verbosity > 2 {
                         Log.debug("\(setup.name): \(msg.kind) reg 0x\(String(msg.reg, radix: 16)) data 0x\(String(msg.data, radix: 16)) line \(registers.isInterruptAsserted)")

@@ -33,6 +33,10 @@ final class InterruptPage {
     static let controlWord = 1          // bit 0 MSI-X enabled, bit 1 function mask
     static let maskWords = 2            // 2 words: vector masks
     static let pendingWords = 4         // 2 words: pending vectors
+    /// Register writes the VM process has sent on the sync channel (it
+    /// counts before sending): a kick needs a look at the sync channel
+    /// only when the device has served fewer (DeviceProcess's kick path).
+    static let writesSentWord = 8
     static let controlEnabled: UInt32 = 1, controlFunctionMask: UInt32 = 2
 
     let base: UnsafeMutablePointer<UInt32>
@@ -49,6 +53,7 @@ final class InterruptPage {
     func or(_ w: Int, _ v: UInt32) -> UInt32 { cvmd_atomic_or32(base + w, v) }
     func and(_ w: Int, _ v: UInt32) -> UInt32 { cvmd_atomic_and32(base + w, v) }
     func exchange(_ w: Int, _ v: UInt32) -> UInt32 { cvmd_atomic_exchange32(base + w, v) }
+    func add(_ w: Int, _ v: UInt32) -> UInt32 { cvmd_atomic_add32(base + w, v) }
 
     var isr: UInt8 { UInt8(truncatingIfNeeded: load(Self.isrWord)) }
     func readAndClearISR() -> UInt8 { UInt8(truncatingIfNeeded: exchange(Self.isrWord, 0)) }
@@ -131,6 +136,17 @@ final class DeviceInterrupts: SharedInterruptState {
         if !page.vectorMasked(v) && page.takePending(v) { EventFD.signal(vectorFDs[v]) }
     }
 
+    /// Register writes served so far (the sync channel's IO_WRITEs).
+    var writesServed: UInt32 = 0
+
+    /// Whether register writes the VM process sent before a kick may still
+    /// wait in the sync channel: only then must the kick read it first.
+    var writesPending: Bool { page.load(InterruptPage.writesSentWord) != writesServed }
+
+    /// A (re)started device: every write sent before now is in the sync
+    /// channel, which its loop reads as soon as it runs.
+    func startCountingWrites() { writesServed = page.load(InterruptPage.writesSentWord) }
+
     /// KVM lowered the INTx line at the guest's EOI: raise it again while
     /// the ISR says an interrupt is still pending (level semantics).
     func resampled() {
@@ -189,6 +205,10 @@ final class VMDeviceInterrupts {
             msix = try vm.makeMSIXTable(eventfds: fds, state: page, signal: { EventFD.signal(fds[$0]) })
         }
     }
+
+    /// A register write is about to be sent to the device (vCPU thread,
+    /// before the send: a kick that follows it sees the count).
+    func countWrite() { _ = page.add(InterruptPage.writesSentWord, 1) }
 
     /// The guest read the ISR (vCPU thread): read-to-clear, here.
     func readISR() -> UInt8 {

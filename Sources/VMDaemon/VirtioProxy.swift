@@ -227,6 +227,7 @@ final class VirtioProxy: PCIFunction {
             guard !broken else { return }
             // Writes are not answered; this waits only while the socket is
             // full, i.e. the device stopped taking messages.
+            interrupts?.countWrite()
             let outcome = send(Imsg(type: MessageType.devopMsg.rawValue, data: req.encoded()),
                                until: Clock.now() + Self.registerTimeout)
             if case .message = outcome { return }
