@@ -216,4 +216,14 @@ final class VMDeviceInterrupts {
         if relayed { line?.deassert() }
         return value
     }
+
+    /// For transports whose status register is not read-to-clear
+    /// (virtio-mmio: InterruptStatus is read with `isrBits`, cleared by a
+    /// write of the handled bits to InterruptACK).
+    var isrBits: UInt8 { page.isr }
+
+    func acknowledge(_ bits: UInt8) {
+        let old = page.and(InterruptPage.isrWord, ~UInt32(bits))
+        if relayed && old & ~UInt32(bits) & 0xff == 0 { line?.deassert() }
+    }
 }

@@ -100,6 +100,20 @@ final class InterruptPageTests: XCTestCase {
         XCTAssertFalse(dev.writesPending)
     }
 
+    func testAcknowledgeClearsOnlyTheHandledBits() throws {
+        let vm = try VMDeviceInterrupts(vectors: 0)
+        fds += vm.descriptors.map(\.fd)
+        let dev = DeviceInterrupts(page: try InterruptPage(fd: vm.pageFD), intxFD: vm.intxFD,
+                                   resampleFD: vm.resampleFD, vectorFDs: [])
+        dev.raiseISR(3)
+        XCTAssertEqual(vm.isrBits, 3)
+        vm.acknowledge(1)
+        XCTAssertEqual(vm.isrBits, 2)
+        XCTAssertEqual(dev.isrBits, 2)
+        vm.acknowledge(2)
+        XCTAssertEqual(vm.readISR(), 0)
+    }
+
     func testCapabilityLayout() {
         let cap = MSIXLayout.capability(vectors: 3, bar: 1)
         XCTAssertEqual(cap, [0x11, 0, 2, 0, 1, 0, 0, 0, 0x01, 0x08, 0, 0])
