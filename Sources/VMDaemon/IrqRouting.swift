@@ -21,6 +21,13 @@ import Virtio
 // round trip. Nothing of this is PCI-specific: a virtio-mmio transport uses
 // the same page (InterruptStatus + InterruptACK) and the same INTx irqfd.
 //
+// INTx costs: a guest that EOIs before it reads the ISR (an 8259 driver that
+// masks and acks first, as vmtest's stubs and Linux's handle_level_irq do)
+// gets the line raised again by the resample (the ISR is still set) and, once
+// it unmasks, one interrupt that finds the ISR clear; a guest that reads the
+// ISR before its EOI (IOAPIC fasteoi) does not. Each EOI also wakes the device
+// once (resamplefd). MSI-X has none of this: one eventfd write per interrupt.
+//
 // Where KVM cannot bind an irqfd (KVM_IRQFD fails), the VM process reads the
 // INTx eventfd itself and drives the line with KVM_IRQ_LINE (the old path,
 // one more process wake-up); the device does not notice the difference.
