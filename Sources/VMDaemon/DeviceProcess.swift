@@ -9,10 +9,10 @@ import VirtioDevices
 /// own process. It maps guest memory, builds its device from the device
 /// table, restricts itself to its descriptors, then serves register
 /// accesses (viodev_msg IO_READ/IO_WRITE on the sync channel), takes queue
-/// kicks from KVM ioeventfds and raises its interrupt line with KICK
-/// messages on the async channel. It never knows which device it carries
-/// beyond what the table's protocols say.
-final class DeviceProcess: InterruptSink {
+/// kicks from KVM ioeventfds and raises its interrupts on KVM irqfds, with
+/// the ISR in a page shared with the VM process (IrqRouting.swift). It
+/// never knows which device it carries beyond what the table's protocols say.
+final class DeviceProcess {
     /// The set-up arrives on the first descriptor, the sync channel; every
     /// other descriptor is named, with its role, in the set-up.
     static let setupDescriptor = DeviceDescriptors.firstChildDescriptor
@@ -26,9 +26,7 @@ final class DeviceProcess: InterruptSink {
     var registers: VirtioRegisterFile!
     var device: VirtioDevice!
     var paused = false
-    var interruptLevel = false
-    /// irqfds and the page shared with the VM process (IrqRouting.swift);
-    /// nil: interrupts go as KICK messages on the async channel.
+    /// irqfds and the page shared with the VM process (IrqRouting.swift).
     var interrupts: DeviceInterrupts?
     var inputWatch: EventHandle?
     /// The state the VM process keeps for this device's next instance.
@@ -95,13 +93,17 @@ final class DeviceProcess: InterruptSink {
         } catch {
             fail("\(error)")
         }
-        registers = model.presentation.makeTransport(device: device, memory: memory, interruptSink: self)
+        // Interrupts go to KVM on irqfds; nothing is told of INTx levels.
+        registers = model.presentation.makeTransport(device: device, memory: memory, interruptSink: nil)
         do {
-            interrupts = try DeviceInterrupts.from(setup.descriptors)
+            guard let irqs = try DeviceInterrupts.from(setup.descriptors) else {
+                fail("no interrupt page and irqfds among the descriptors")
+            }
+            interrupts = irqs
+            (registers as? TransportCore)?.sharedInterrupts = irqs
         } catch {
             fail("cannot map the interrupt page: \(error)")
         }
-        if let interrupts, let transport = registers as? TransportCore { transport.sharedInterrupts = interrupts }
         if let commands = device as? HostCommandDevice {
             commands.onAcknowledge = { [unowned self] cmd in
                 self.async.send(type: MessageType.vmmciAck.rawValue, data: VMMCIMessage(command: cmd).encoded())
@@ -134,12 +136,15 @@ final class DeviceProcess: InterruptSink {
         for (queue, fd) in setup.descriptors.queueNotifies {
             loop.onReadable(fd) { [unowned self] in
                 guard EventFD.drain(fd) else { return }
-                self.syncReadable()
+                // With the interrupt page, the VM process counts the writes
+                // it sent: most kicks find none waiting and skip the read.
+                if self.interrupts?.writesPending ?? true { self.syncReadable() }
                 self.registers.notify(queue: queue)
             }
         }
         watchForMissedKicks(queues: setup.descriptors.queueNotifies.map(\.0))
         if let irqs = interrupts {
+            irqs.startCountingWrites()
             loop.onReadable(irqs.resampleFD) { irqs.resampled() }
         }
         if let input = device as? BackendInputDevice {
@@ -227,9 +232,10 @@ final class DeviceProcess: InterruptSink {
                 }
                 switch msg.kind {
                 case .ioRead, .ioWrite:
+                    if msg.kind == .ioWrite { interrupts?.writesServed &+= 1 }
                     if let reply = registers.handle(msg) { send(sync: reply) }
                     if Log.verbosity > 2 {
-                        Log.debug("\(setup.name): \(msg.kind) reg 0x\(String(msg.reg, radix: 16)) data 0x\(String(msg.data, radix: 16)) line \(registers.isInterruptAsserted)")
+                        Log.debug("\(setup.name): \(msg.kind) reg 0x\(String(msg.reg, radix: 16)) data 0x\(String(msg.data, radix: 16)) isr \(registers.isInterruptAsserted)")
                     }
                     // After a write (a status change) the line may have
                     // moved: async carries the new level.
@@ -263,15 +269,5 @@ final class DeviceProcess: InterruptSink {
         default:
             break
         }
-    }
-
-    // MARK: InterruptSink
-
-    func setInterrupt(_ asserted: Bool) {
-        guard asserted != interruptLevel else { return }
-        interruptLevel = asserted
-        if Log.verbosity > 2 { Log.debug("\(setup.name): interrupt \(asserted ? "asserted" : "deasserted")") }
-        let msg = ViodevMsg(kind: .kick, state: asserted ? ViodevMsg.stateAssert : ViodevMsg.stateDeassert)
-        async?.send(type: MessageType.devopMsg.rawValue, data: msg.encoded())
     }
 }

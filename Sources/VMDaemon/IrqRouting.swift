@@ -21,6 +21,13 @@ import Virtio
 // round trip. Nothing of this is PCI-specific: a virtio-mmio transport uses
 // the same page (InterruptStatus + InterruptACK) and the same INTx irqfd.
 //
+// INTx costs: a guest that EOIs before it reads the ISR (an 8259 driver that
+// masks and acks first, as vmtest's stubs and Linux's handle_level_irq do)
+// gets the line raised again by the resample (the ISR is still set) and, once
+// it unmasks, one interrupt that finds the ISR clear; a guest that reads the
+// ISR before its EOI (IOAPIC fasteoi) does not. Each EOI also wakes the device
+// once (resamplefd). MSI-X has none of this: one eventfd write per interrupt.
+//
 // Where KVM cannot bind an irqfd (KVM_IRQFD fails), the VM process reads the
 // INTx eventfd itself and drives the line with KVM_IRQ_LINE (the old path,
 // one more process wake-up); the device does not notice the difference.
@@ -33,6 +40,10 @@ final class InterruptPage {
     static let controlWord = 1          // bit 0 MSI-X enabled, bit 1 function mask
     static let maskWords = 2            // 2 words: vector masks
     static let pendingWords = 4         // 2 words: pending vectors
+    /// Register writes the VM process has sent on the sync channel (it
+    /// counts before sending): a kick needs a look at the sync channel
+    /// only when the device has served fewer (DeviceProcess's kick path).
+    static let writesSentWord = 8
     static let controlEnabled: UInt32 = 1, controlFunctionMask: UInt32 = 2
 
     let base: UnsafeMutablePointer<UInt32>
@@ -49,6 +60,7 @@ final class InterruptPage {
     func or(_ w: Int, _ v: UInt32) -> UInt32 { cvmd_atomic_or32(base + w, v) }
     func and(_ w: Int, _ v: UInt32) -> UInt32 { cvmd_atomic_and32(base + w, v) }
     func exchange(_ w: Int, _ v: UInt32) -> UInt32 { cvmd_atomic_exchange32(base + w, v) }
+    func add(_ w: Int, _ v: UInt32) -> UInt32 { cvmd_atomic_add32(base + w, v) }
 
     var isr: UInt8 { UInt8(truncatingIfNeeded: load(Self.isrWord)) }
     func readAndClearISR() -> UInt8 { UInt8(truncatingIfNeeded: exchange(Self.isrWord, 0)) }
@@ -131,6 +143,17 @@ final class DeviceInterrupts: SharedInterruptState {
         if !page.vectorMasked(v) && page.takePending(v) { EventFD.signal(vectorFDs[v]) }
     }
 
+    /// Register writes served so far (the sync channel's IO_WRITEs).
+    var writesServed: UInt32 = 0
+
+    /// Whether register writes the VM process sent before a kick may still
+    /// wait in the sync channel: only then must the kick read it first.
+    var writesPending: Bool { page.load(InterruptPage.writesSentWord) != writesServed }
+
+    /// A (re)started device: every write sent before now is in the sync
+    /// channel, which its loop reads as soon as it runs.
+    func startCountingWrites() { writesServed = page.load(InterruptPage.writesSentWord) }
+
     /// KVM lowered the INTx line at the guest's EOI: raise it again while
     /// the ISR says an interrupt is still pending (level semantics).
     func resampled() {
@@ -190,10 +213,24 @@ final class VMDeviceInterrupts {
         }
     }
 
+    /// A register write is about to be sent to the device (vCPU thread,
+    /// before the send: a kick that follows it sees the count).
+    func countWrite() { _ = page.add(InterruptPage.writesSentWord, 1) }
+
     /// The guest read the ISR (vCPU thread): read-to-clear, here.
     func readISR() -> UInt8 {
         let value = page.readAndClearISR()
         if relayed { line?.deassert() }
         return value
+    }
+
+    /// For transports whose status register is not read-to-clear
+    /// (virtio-mmio: InterruptStatus is read with `isrBits`, cleared by a
+    /// write of the handled bits to InterruptACK).
+    var isrBits: UInt8 { page.isr }
+
+    func acknowledge(_ bits: UInt8) {
+        let old = page.and(InterruptPage.isrWord, ~UInt32(bits))
+        if relayed && old & ~UInt32(bits) & 0xff == 0 { line?.deassert() }
     }
 }

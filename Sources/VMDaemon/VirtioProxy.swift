@@ -9,8 +9,8 @@ import VirtioDevices
 /// The VM side of one device process: a PCI function whose BAR accesses
 /// become viodev_msg IO_READ/IO_WRITE on the device's sync channel (vCPU
 /// threads wait for a read's reply, at most `registerTimeout` and only until
-/// the VM stops), and whose interrupt line follows the KICK messages the
-/// device sends on its async channel.
+/// the VM stops). Interrupts bypass it: the device writes KVM irqfds, and
+/// the ISR and the MSI-X table are answered here from shared state.
 final class VirtioProxy: PCIFunction {
     /// How long a device process may take to answer one register access
     /// before it is treated as failed. The vCPU that made the access waits
@@ -212,7 +212,6 @@ final class VirtioProxy: PCIFunction {
         }
         // A failed device reads as all-ones, like an absent one.
         guard let reply else { return 0xffff_ffff }
-        if offset == isrOffset || reply.state == ViodevMsg.stateDeassert { interrupt?.deassert() }
         let mask: UInt32 = size >= 4 ? 0xffff_ffff : (1 << (UInt32(size) * 8)) - 1
         return reply.data & mask
     }
@@ -253,6 +252,7 @@ final class VirtioProxy: PCIFunction {
             guard !broken else { return }
             // Writes are not answered; this waits only while the socket is
             // full, i.e. the device stopped taking messages.
+            interrupts?.countWrite()
             let outcome = send(Imsg(type: MessageType.devopMsg.rawValue, data: req.encoded()),
                                until: Clock.now() + Self.registerTimeout)
             if case .message = outcome { return }
@@ -287,15 +287,8 @@ final class VirtioProxy: PCIFunction {
 
     func asyncMessage(_ m: Imsg) {
         if let f = m.fd { FD.close(f) }
-        guard MessageType(rawValue: m.type) == .devopMsg, let msg = ViodevMsg(bytes: m.data) else { return }
-        switch msg.kind {
-        case .kick:
-            if Log.verbosity > 2 { Log.debug("\(name): kick state \(msg.state) -> IRQ \(interrupt.map { String($0.irq) } ?? "none")") }
-            if msg.state == ViodevMsg.stateAssert { interrupt?.assert() }
-            else if msg.state == ViodevMsg.stateDeassert { interrupt?.deassert() }
-        default:
-            break
-        }
+        // Interrupts no longer come this way (KVM irqfds, IrqRouting.swift):
+        // a KICK from a device is ignored, like any other viodev_msg here.
     }
 
     /// Asks the device process to exit, without waiting: a device that

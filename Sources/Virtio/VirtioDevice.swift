@@ -11,15 +11,17 @@
 //   3. for each viodev_msg from the sync channel: `transport.handle(msg)`;
 //      send back the reply it returns (IO_READ). Queue notifies arrive as
 //      IO_WRITEs and are served inside `handle`.
-//   4. `InterruptSink.setInterrupt(_:)` is told every change of the INTx
-//      level: send KICK with state ASSERT/DEASSERT on the async channel.
+//   4. interrupts: set `sharedInterrupts` (SharedInterrupts.swift) on the
+//      transport; the ISR then lives in memory shared with the VM process
+//      and interrupts are eventfd writes (KVM irqfds, INTx or MSI-X). Without
+//      it (tests), `InterruptSink.setInterrupt(_:)` is told every change of
+//      the INTx level.
 //   5. vionet only: call `backendReadable()` when the tap is readable; stop
 //      watching the tap while it returns false, resume on
 //      `onInputWanted`.
 
-/// Level-triggered interrupt line of one device (INTx; there is no MSI-X).
-/// In a device process the sink sends viodev_msg KICK with state ASSERT or
-/// DEASSERT; in tests it records the level.
+/// Level-triggered interrupt line of one device (INTx) when the transport
+/// has no shared interrupt state: in tests it records the level.
 public protocol InterruptSink: AnyObject {
     func setInterrupt(_ asserted: Bool)
 }

@@ -83,6 +83,37 @@ final class InterruptPageTests: XCTestCase {
         XCTAssertEqual(table.read(offset: 0x7f0, size: 4), 0)
     }
 
+    func testAKickReadsTheSyncChannelOnlyWhenWritesAreUnserved() throws {
+        let vm = try VMDeviceInterrupts(vectors: 0)
+        fds += vm.descriptors.map(\.fd)
+        let dev = DeviceInterrupts(page: try InterruptPage(fd: vm.pageFD), intxFD: try eventfd(),
+                                   resampleFD: try eventfd(), vectorFDs: [])
+        vm.countWrite()
+        dev.startCountingWrites()       // a restarted device: earlier writes are in its channel
+        XCTAssertFalse(dev.writesPending)
+        vm.countWrite()
+        vm.countWrite()
+        XCTAssertTrue(dev.writesPending, "two writes sent, none served")
+        dev.writesServed &+= 1
+        XCTAssertTrue(dev.writesPending)
+        dev.writesServed &+= 1
+        XCTAssertFalse(dev.writesPending)
+    }
+
+    func testAcknowledgeClearsOnlyTheHandledBits() throws {
+        let vm = try VMDeviceInterrupts(vectors: 0)
+        fds += vm.descriptors.map(\.fd)
+        let dev = DeviceInterrupts(page: try InterruptPage(fd: vm.pageFD), intxFD: vm.intxFD,
+                                   resampleFD: vm.resampleFD, vectorFDs: [])
+        dev.raiseISR(3)
+        XCTAssertEqual(vm.isrBits, 3)
+        vm.acknowledge(1)
+        XCTAssertEqual(vm.isrBits, 2)
+        XCTAssertEqual(dev.isrBits, 2)
+        vm.acknowledge(2)
+        XCTAssertEqual(vm.readISR(), 0)
+    }
+
     func testCapabilityLayout() {
         let cap = MSIXLayout.capability(vectors: 3, bar: 1)
         XCTAssertEqual(cap, [0x11, 0, 2, 0, 1, 0, 0, 0, 0x01, 0x08, 0, 0])
