@@ -51,14 +51,9 @@ extension DeviceProcess {
     func continueAfterRestart() {
         guard let keeper = stateKeeper, keeper.region.starts > 1 else { return }
         sandboxSelfTest(role: setup.name + "@restart")
-        // Tell the VM the line's level as restored (the old instance's
-        // last KICK may say otherwise).
-        let asserted = registers.isInterruptAsserted
-        interruptLevel = !asserted
-        setInterrupt(asserted)
-        // With an irqfd the level is the ISR in the shared page: a
-        // predecessor may have set it and died before writing the irqfd,
-        // or missed the resample of the guest's EOI. Raise it again if set.
+        // The INTx level is the ISR in the shared page: a predecessor may
+        // have set it and died before writing the irqfd, or missed the
+        // resample of the guest's EOI. Raise the line again if it is set.
         interrupts?.resampled()
         loop.after(seconds: 0) { [unowned self] in
             for i in keeper.transport.queues.indices where keeper.transport.queues[i].isEnabled {
