@@ -17,6 +17,8 @@ public struct VMSpec {
     public var initrdName: String?
     /// Bytes of console output kept for replay.
     public var consoleHistoryBytes: Int
+    /// Devices the DSDT describes besides the built-in ones (COM1, RTC, PCI root).
+    public var acpiDevices: [ACPIDeviceDescription] = []
 
     public init(name: String, memoryBytes: UInt64, vcpus: Int = 1, kernelPath: String,
                 commandLine: String = "", initrdPath: String? = nil, consoleHistoryBytes: Int = 64 * 1024,
@@ -102,6 +104,9 @@ public final class VirtualMachine {
     private let serial: Serial8250
     private let pci: PCIBus
     private let interrupts: InterruptRouter
+    private var power: PowerManagement?
+    /// The ACPI tables the guest sees (position-independent form).
+    public let acpi: ACPITables
     private let state = RunState()
     private var vcpus: [VCPU] = []
     private var started = false
@@ -169,6 +174,8 @@ public final class VirtualMachine {
                                    initrd: spec.initrdPath.map { BootFile(path: $0, name: spec.initrdName) },
                                    memory: memory)
         try memory.write(MPTable.build(cpus: spec.vcpus).bytes, at: BootLayout.mpTable, what: "MP table")
+        acpi = ACPITables(cpus: spec.vcpus, devices: spec.acpiDevices)
+        try acpi.write(to: memory)
 
         let pty = try Pty.open()
         console = Console(pty: pty, ringCapacity: spec.consoleHistoryBytes)
@@ -205,7 +212,10 @@ public final class VirtualMachine {
         try ioBus.register(base: 0x60, length: 1, device: i8042)
         try ioBus.register(base: 0x64, length: 1, device: ShiftedPort(i8042, shift: 4))
         try ioBus.register(base: 0x80, length: 1, device: SinkDevice())
-        try ioBus.register(base: 0x604, length: 2, device: PowerOffPort(onPowerOff: { [unowned state] in state.requestExit(.powerOff) }))
+        let power = PowerManagement(sci: interrupts.line(irq: UInt32(ACPITables.sciIRQ)),
+                                    onPowerOff: { [unowned state] in state.requestExit(.powerOff) }, log: logger)
+        try ioBus.register(base: PowerManagement.eventBlock, length: PowerManagement.portCount, device: power)
+        self.power = power
         pci.onReset = { [unowned state] in state.requestExit(.reboot) }
         // Port 0x61 is the in-kernel PIT's speaker port (KVM_PIT_SPEAKER_DUMMY);
         // 0x20/0xA0/0x4D0/0x4D1 the in-kernel PICs, 0x40-0x43 the PIT.
@@ -233,6 +243,15 @@ public final class VirtualMachine {
         logger("pci slot \(slot): \(hex(function.configHeader.vendorID)):\(hex(function.configHeader.deviceID)) on IRQ \(irq)")
         return interrupts.line(irq: irq)
     }
+
+    /// Presses the ACPI power button (`vmctl stop` of a guest without
+    /// vmmci). Returns whether the guest had enabled the power-button
+    /// event, i.e. an ACPI OS is there to act on it.
+    @discardableResult
+    public func pressPowerButton() -> Bool { power?.pressPowerButton() ?? false }
+
+    /// True once the guest enabled the ACPI power-button event.
+    public var powerButtonEnabled: Bool { power?.powerButtonEnabled ?? false }
 
     /// Starts the vCPU threads. `onExit` runs once, on a vCPU thread.
     public func start(onExit: @escaping (VMExitReason) -> Void) throws {

@@ -133,6 +133,8 @@ static void parse_options(const char *s)
             for (const char *p = w + 12; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
                 v = v * 10 + (u32)(*p - '0');
             opt.kick_stress = v <= 10000 ? v : 10000;
+        } else if (word_is(w, len, "novmmci")) {
+            opt.novmmci = true;
         } else if (word_is(w, len, "regloop")) {
             opt.regloop = true;
         } else if (len > 12 && memcmp(w, "bench_scale=", 12) == 0) {
@@ -229,7 +231,8 @@ void vmtest_main(void)
 
     cpus_check();
     rtc_check();
-    if (vmmci) vmmci_check(vmmci); else check_skip("vmmci", "no device");
+    acpi_check();
+    if (vmmci && !opt.novmmci) vmmci_check(vmmci); else check_skip("vmmci", vmmci ? "left alone (novmmci)" : "no device");
     if (rng) rng_check(rng); else check_skip("rng", "no device");
     if (blk) blk_check(blk); else check_skip("blk", "no device");
     if (net) net_check(net); else check_skip("net", "no device");
@@ -255,11 +258,13 @@ void vmtest_main(void)
         reboot();
     }
     if (opt.stay) {
-        printf("vmtest: stay: waiting for a vmmci request\n");
+        printf("vmtest: stay: waiting for a vmmci request or the ACPI power button\n");
         if (vmmci_present())
             vmmci_wait();
-        for (;;)
-            cpu_relax();
+        for (;;) {
+            acpi_poll();
+            udelay(1000);
+        }
     }
     power_off();
 }

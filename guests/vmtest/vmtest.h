@@ -90,6 +90,7 @@ struct options {
     bool hostile;               /* hostile: after the checks, act as a broken/malicious driver */
     u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */
     bool regloop;               /* regloop: read a vioblk register forever after the checks */
+    bool novmmci;               /* novmmci: leave the vmmci device alone (a guest without its driver) */
 };
 extern struct options opt;
 
@@ -218,6 +219,10 @@ void cpus_check(void);
 u8 cmos_read(u8 index);
 void cmos_write(u8 index, u8 v);
 void rtc_check(void);
+
+/* ---- acpi.c: the fixed-feature power button ---- */
+void acpi_check(void);
+void acpi_poll(void);    /* on a power-button press: enters S5 (does not return) */
 void hostile_run(struct pci_dev *blk, struct pci_dev *devs, int n);
 void regloop(const struct pci_dev *blk);   /* regloop.c; returns only if it cannot run */
 
