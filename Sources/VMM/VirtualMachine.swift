@@ -105,6 +105,9 @@ public final class VirtualMachine {
     private let pci: PCIBus
     private let interrupts: InterruptRouter
     private var power: PowerManagement?
+    private let fwcfg: FwCfg
+    private var rom: BIOS.ROM?
+    private var functionSlots: [ObjectIdentifier: Int] = [:]
     /// The ACPI tables the guest sees (position-independent form).
     public let acpi: ACPITables
     private let state = RunState()
@@ -173,9 +176,16 @@ public final class VirtualMachine {
                                    commandLine: spec.commandLine,
                                    initrd: spec.initrdPath.map { BootFile(path: $0, name: spec.initrdName) },
                                    memory: memory)
-        try memory.write(MPTable.build(cpus: spec.vcpus).bytes, at: BootLayout.mpTable, what: "MP table")
         acpi = ACPITables(cpus: spec.vcpus, devices: spec.acpiDevices)
-        try acpi.write(to: memory)
+        fwcfg = FwCfg(cpus: spec.vcpus, memory: memory)
+        if let image = boot.firmware {
+            // The BIOS builds its own MP table and loads our ACPI tables through fw_cfg.
+            rom = try BIOS.ROM(image, vmFD: kvmVM.fd)
+            BIOS.configure(fwcfg, layout: layout, acpi: acpi)
+        } else {
+            try memory.write(MPTable.build(cpus: spec.vcpus).bytes, at: BootLayout.mpTable, what: "MP table")
+            try acpi.write(to: memory)
+        }
 
         let pty = try Pty.open()
         console = Console(pty: pty, ringCapacity: spec.consoleHistoryBytes)
@@ -215,6 +225,12 @@ public final class VirtualMachine {
         let power = PowerManagement(sci: interrupts.line(irq: UInt32(ACPITables.sciIRQ)),
                                     onPowerOff: { [unowned state] in state.requestExit(.powerOff) }, log: logger)
         try ioBus.register(base: PowerManagement.eventBlock, length: PowerManagement.portCount, device: power)
+        try ioBus.register(base: FwCfg.basePort, length: FwCfg.portCount, device: fwcfg)
+        if let rom {
+            // Guest writes to a read-only ROM slot exit as MMIO: dropped here.
+            try mmioBus.register(base: rom.guestPhysical, length: UInt64(rom.size), device: ROMWriteSink(rom: rom))
+            logger("BIOS mapped at 0x\(hex(rom.guestPhysical)) (\(rom.size >> 10) KiB\(rom.readOnly ? ", read-only" : ", writable: KVM has no read-only slots"))")
+        }
         self.power = power
         pci.onReset = { [unowned state] in state.requestExit(.reboot) }
         // Port 0x61 is the in-kernel PIT's speaker port (KVM_PIT_SPEAKER_DUMMY);
@@ -238,8 +254,21 @@ public final class VirtualMachine {
         if e != 0 { throw SystemError("KVM_IOEVENTFD port 0x\(hex(UInt64(port)))", code: e) }
     }
 
+    /// BIOS boot: the device SeaBIOS tries first (its `bootorder`); the
+    /// function must be on the bus. `scsi` for the virtio-scsi CD-ROM.
+    public func bootFirst(_ function: PCIFunction, scsi: Bool) throws {
+        guard let slot = functionSlots[ObjectIdentifier(function)] else {
+            throw VMMError("boot device: the function is not on the PCI bus")
+        }
+        fwcfg.setFile("bootorder", BIOS.bootOrder([BIOS.bootPath(slot: slot, scsi: scsi)]))
+        logger("BIOS boots \(BIOS.bootPath(slot: slot, scsi: scsi)) first")
+    }
+
+    public var isFirmwareBoot: Bool { boot.firmware != nil }
+
     public func addPCIFunction(_ function: PCIFunction) throws -> InterruptLine {
         let (slot, irq) = try pci.add(function)
+        functionSlots[ObjectIdentifier(function)] = slot
         logger("pci slot \(slot): \(hex(function.configHeader.vendorID)):\(hex(function.configHeader.deviceID)) on IRQ \(irq)")
         return interrupts.line(irq: irq)
     }
@@ -313,6 +342,20 @@ public final class VirtualMachine {
         ("KVM_GET_REGS", UInt64(CKVM_GET_REGS)),  // only to report a KVM internal error
         ("KVM_IOEVENTFD", UInt64(ckvm_ioeventfd_request())),  // a guest moving a virtio BAR
     ]
+}
+
+/// Reads of the ROM never get here (KVM maps it); writes do, and are dropped.
+final class ROMWriteSink: BusDevice {
+    let rom: BIOS.ROM
+    init(rom: BIOS.ROM) { self.rom = rom }
+    func read(offset: UInt64, size: Int) -> UInt64 {
+        var v: UInt64 = 0
+        for i in 0..<size where Int(offset) + i < rom.size {
+            v |= UInt64(rom.host.load(fromByteOffset: Int(offset) + i, as: UInt8.self)) << (8 * UInt64(i))
+        }
+        return v
+    }
+    func write(offset: UInt64, size: Int, value: UInt64) {}
 }
 
 /// Where log lines go; shared so that replacing `VirtualMachine.logger`
