@@ -10,9 +10,8 @@ public func unsupportedFeatures(of vm: VMConfiguration) -> [String] {
     if vm.interfaces.contains(where: \.isLocal) { features.append("local interface") }
     if vm.interfaces.contains(where: { $0.group != nil }) { features.append("interface group") }
     if vm.interfaces.contains(where: { $0.rdomain != nil }) { features.append("interface rdomain") }
-    if vm.bootDevice != nil { features.append("boot device") }
-    // Without `boot` the VM starts from the BIOS, which cannot boot an ISO yet.
-    if vm.cdrom != nil && vm.bootPath == nil { features.append("cdrom boot through a BIOS") }
+    // Network boot needs an iPXE option ROM for virtio-net handed to SeaBIOS.
+    if vm.bootDevice == .net { features.append("boot device net") }
     return features
 }
 

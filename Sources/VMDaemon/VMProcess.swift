@@ -165,10 +165,20 @@ final class VMProcess {
                 if d.kind.model.takesHostCommands { vmmci = proxy }
             }
             for d in devices { try d.waitReady() }
+            try chooseBootDevice()
         } catch {
             die("cannot start devices: \(error)")
         }
         for d in spec.devices { for i in d.descriptors { FD.close(descriptor(i)) } }
+    }
+
+    /// BIOS boot: the configured boot device goes first in SeaBIOS's order.
+    private func chooseBootDevice() throws {
+        guard vm.isFirmwareBoot, let kind = ["disk": DeviceKind.blk, "cdrom": DeviceKind.scsi][spec.bootDevice] else { return }
+        guard let i = spec.devices.firstIndex(where: { $0.kind == kind }), i < devices.count else {
+            throw VMMError("boot device \(spec.bootDevice): no such device")
+        }
+        try vm.bootFirst(devices[i], scsi: kind == .scsi)
     }
 
     /// The privileged part is over.

@@ -286,7 +286,7 @@ final class ParserTests: XCTestCase {
         XCTAssertEqual(try XCTUnwrap(config.vm(named: "plain")).unsupportedFeatures, [])
         XCTAssertEqual(unsupportedFeatures(of: try XCTUnwrap(config.vm(named: "fancy"))),
                        ["interface switch", "local interface", "interface group",
-                        "interface rdomain", "boot device", "cdrom boot through a BIOS"])
+                        "interface rdomain"])
         XCTAssertEqual(try XCTUnwrap(config.vm(named: "iso-with-kernel")).unsupportedFeatures, [])
         XCTAssertEqual(unsupportedStatements(of: config).map(\.description),
                        ["vm.conf:1: not supported yet: switch \"sw\"", "vm.conf:16: not supported yet: local inet6"])

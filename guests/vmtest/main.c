@@ -133,6 +133,8 @@ static void parse_options(const char *s)
             for (const char *p = w + 12; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
                 v = v * 10 + (u32)(*p - '0');
             opt.kick_stress = v <= 10000 ? v : 10000;
+        } else if (len == 11 && memcmp(w, "blk_index=", 10) == 0 && w[10] >= '0' && w[10] <= '9') {
+            opt.blk_index = (u32)(w[10] - '0');
         } else if (word_is(w, len, "novmmci")) {
             opt.novmmci = true;
         } else if (word_is(w, len, "regloop")) {
@@ -212,6 +214,7 @@ void vmtest_main(void)
                 pci_clear_bars(&devs[i]);
     pci_pool_init(devs, n);
     struct pci_dev *blk = NULL, *rng = NULL, *net = NULL, *vmmci = NULL;
+    u32 blk_seen = 0;
     for (int i = 0; i < n; i++) {
         struct pci_dev *d = &devs[i];
         if (d->vendor == 0x0b5d && d->device == 0x0777) {
@@ -222,7 +225,7 @@ void vmtest_main(void)
             continue;
         /* 0x1040 + id (virtio 1.x) or 0x1000..0x103f transitional (id in the subsystem) */
         u16 id = d->device >= 0x1040 ? (u16)(d->device - 0x1040) : d->subsys_device;
-        if (id == 2 && !blk) blk = d;
+        if (id == 2 && !blk && blk_seen++ == opt.blk_index) blk = d;
         else if (id == 4 && !rng) rng = d;
         else if (id == 1 && !net) net = d;
     }

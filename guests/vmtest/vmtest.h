@@ -91,6 +91,7 @@ struct options {
     u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */
     bool regloop;               /* regloop: read a vioblk register forever after the checks */
     bool novmmci;               /* novmmci: leave the vmmci device alone (a guest without its driver) */
+    u32 blk_index;              /* blk_index=N: check the N-th virtio-blk device (0 = the first) */
 };
 extern struct options opt;
 
