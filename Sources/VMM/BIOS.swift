@@ -92,3 +92,34 @@ enum BIOS {
 }
 
 func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
+
+/// QEMU's debug console port 0x402, where SeaBIOS writes its debug log:
+/// whole lines go to the VM's log as `bios: ...` (at most `limit` lines, so
+/// a chatty or hostile guest cannot flood it).
+final class DebugConsolePort: BusDevice {
+    static let port: UInt64 = 0x402
+    private let lock = Mutex()
+    private var line: [UInt8] = []
+    private var lines = 0
+    private let limit = 500
+    private let log: (String) -> Void
+
+    init(log: @escaping (String) -> Void) { self.log = log }
+
+    func read(offset: UInt64, size: Int) -> UInt64 { 0xE9 }  // QEMU's debugcon reads back 0xe9
+
+    func write(offset: UInt64, size: Int, value: UInt64) {
+        let byte = UInt8(truncatingIfNeeded: value)
+        let done: String? = lock.locked {
+            guard lines < limit else { return nil }
+            if byte != 0x0A && line.count < 512 {
+                if byte >= 0x20 && byte < 0x7F { line.append(byte) }
+                return nil
+            }
+            defer { line.removeAll(keepingCapacity: true) }
+            lines += 1
+            return lines == limit ? "bios: debug log limit reached" : "bios: " + String(decoding: line, as: UTF8.self)
+        }
+        if let done { log(done) }
+    }
+}

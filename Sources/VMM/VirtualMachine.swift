@@ -229,6 +229,7 @@ public final class VirtualMachine {
         if let rom {
             // Guest writes to a read-only ROM slot exit as MMIO: dropped here.
             try mmioBus.register(base: rom.guestPhysical, length: UInt64(rom.size), device: ROMWriteSink(rom: rom))
+            try ioBus.register(base: DebugConsolePort.port, length: 1, device: DebugConsolePort(log: logger))
             logger("BIOS mapped at 0x\(hex(rom.guestPhysical)) (\(rom.size >> 10) KiB\(rom.readOnly ? ", read-only" : ", writable: KVM has no read-only slots"))")
         }
         self.power = power
