@@ -11,6 +11,7 @@ final class LinuxACPITests: XCTestCase {
     func testLinuxFindsOurRSDPAndMADT() throws {
         try XCTSkipUnless(TestSupport.kvmAvailable, "/dev/kvm is missing: Linux ACPI check skipped")
         let environment = ProcessInfo.processInfo.environment
+        try EmulationLoad.skipIfTooLoaded("Debian's kernel runs emulated here for minutes before it parses ACPI")
         let kernels = (try? FileManager.default.contentsOfDirectory(atPath: "/boot"))?
             .filter { $0.hasPrefix("vmlinuz-") }.sorted() ?? []
         guard let kernel = environment["VMM_TEST_BZIMAGE"] ?? kernels.last.map({ "/boot/" + $0 }) else {
@@ -36,5 +37,21 @@ final class LinuxACPITests: XCTestCase {
         for line in wanted { XCTAssertTrue(run.console.contains(line), "missing \"\(line)\"") }
         XCTAssertFalse(run.console.contains("A valid RSDP was not found"))
         XCTAssertTrue(run.console.contains("ACPI: FACP 0x") && run.console.contains("ACPI: DSDT 0x"))
+    }
+}
+
+/// Under PVM, real mode and guest ring 0 run emulated in the host kernel: a
+/// test whose guest does minutes of that (SeaBIOS + GRUB, Linux) can only
+/// meet its time bound when the 2 cores are not shared with a dozen builds.
+enum EmulationLoad {
+    static var loadAverage: Double {
+        (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))
+            .flatMap { $0.split(separator: " ").first.flatMap { Double($0) } } ?? 0
+    }
+
+    static func skipIfTooLoaded(_ what: String, limit: Double = 4) throws {
+        guard TestSupport.isPVM, ProcessInfo.processInfo.environment["VMM_TEST_IGNORE_LOAD"] == nil else { return }
+        let load = loadAverage
+        try XCTSkipIf(load > limit, "load average \(load) > \(limit) on a PVM host: \(what), so its time bound cannot hold (VMM_TEST_IGNORE_LOAD=1 runs it anyway)")
     }
 }

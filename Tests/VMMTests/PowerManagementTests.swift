@@ -82,8 +82,17 @@ final class ACPIGuestTests: XCTestCase {
             XCTAssertEqual(try run.run(timeout: 120), .powerOff, run.console)
             let lines = run.console.split(whereSeparator: \.isNewline).map(String.init)
             XCTAssertTrue(lines.contains { $0.hasPrefix("vmtest: cpus ok count=\(cpus) source=madt") }, run.console)
-            XCTAssertTrue(lines.contains { $0.hasPrefix("vmtest: acpi ok pm1a_evt=0x600 pm1a_cnt=0x604 sci=9 s5_type=0 sci_en=1") }, run.console)
+            XCTAssertTrue(lines.contains { $0.hasPrefix("vmtest: acpi ok pm1a_evt=0x600 pm1a_cnt=0x604 sci=9 s5_type=0 sci_en=1 reset=0xcf9/0x6") }, run.console)
         }
+    }
+
+    /// The FADT's reset register (0xCF9 <- 0x06) resets the VM.
+    func testResetRegisterReboots() throws {
+        var spec = VMSpec(name: "acpireset", memoryBytes: 64 << 20, vcpus: 1, kernelPath: try kernel())
+        spec.commandLine = "reboot=acpi"
+        let run = try GuestRun(spec: spec)
+        XCTAssertEqual(try run.run(timeout: 60), .reboot, run.console)
+        XCTAssertTrue(run.console.contains("vmtest: reboot: resetting through the ACPI reset register 0xcf9"), run.console)
     }
 
     func testPowerButtonMakesVMTestEnterS5() throws {

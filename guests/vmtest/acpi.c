@@ -12,6 +12,8 @@
 #define PM1_SLP_EN (1u << 13)
 
 static u16 pm1a_evt, pm1a_cnt;
+static u16 reset_port;            /* FADT RESET_REG in I/O space (0: none) */
+static u8 reset_value;
 static u32 s5_type;
 static bool ready;
 
@@ -100,14 +102,20 @@ void acpi_check(void)
         check_fail("acpi", "FADT/DSDT: pm1a_evt=0x%x pm1a_cnt=0x%x dsdt=%s", evt, cnt, dsdt ? "ok" : "bad");
         return;
     }
+    /* RESET_REG (GAS at 116: space 1 = I/O) and RESET_VALUE (128), if RESET_REG_SUP (flags bit 10). */
+    if (rd32(fadt + 4) >= 129 && (rd32(fadt + 112) & (1u << 10)) && fadt[116] == 1 && rd32(fadt + 124) == 0 &&
+        rd32(fadt + 120) <= 0xFFFF) {
+        reset_port = (u16)rd32(fadt + 120);
+        reset_value = fadt[128];
+    }
     pm1a_evt = (u16)evt;
     pm1a_cnt = (u16)cnt;
     u16 en_port = (u16)(pm1a_evt + fadt[88] / 2);
     outw(pm1a_evt, PM1_PWRBTN);                 /* clear a stale press, then enable */
     outw(en_port, (u16)(inw(en_port) | PM1_PWRBTN));
     ready = true;
-    check_ok("acpi", "pm1a_evt=0x%x pm1a_cnt=0x%x sci=%u s5_type=%u sci_en=%u", evt, cnt, sci, s5_type,
-             inw(pm1a_cnt) & 1);
+    check_ok("acpi", "pm1a_evt=0x%x pm1a_cnt=0x%x sci=%u s5_type=%u sci_en=%u reset=0x%x/0x%x", evt, cnt, sci,
+             s5_type, inw(pm1a_cnt) & 1, reset_port, reset_value);
 }
 
 void acpi_poll(void)
@@ -117,6 +125,16 @@ void acpi_poll(void)
     outw(pm1a_evt, PM1_PWRBTN);
     printf("vmtest: acpi power button pressed, entering S5\n");
     outw(pm1a_cnt, (u16)((s5_type << 10) | PM1_SLP_EN));
+    for (;;)
+        cpu_relax();
+}
+
+bool acpi_reset(void)
+{
+    if (!reset_port)
+        return false;
+    printf("vmtest: reboot: resetting through the ACPI reset register 0x%x\n", reset_port);
+    outb(reset_port, reset_value);
     for (;;)
         cpu_relax();
 }

@@ -135,6 +135,8 @@ static void parse_options(const char *s)
             opt.kick_stress = v <= 10000 ? v : 10000;
         } else if (len == 11 && memcmp(w, "blk_index=", 10) == 0 && w[10] >= '0' && w[10] <= '9') {
             opt.blk_index = (u32)(w[10] - '0');
+        } else if (word_is(w, len, "reboot=acpi")) {
+            opt.reboot = opt.reboot_acpi = true;
         } else if (word_is(w, len, "novmmci")) {
             opt.novmmci = true;
         } else if (word_is(w, len, "regloop")) {
@@ -256,6 +258,8 @@ void vmtest_main(void)
     printf("vmtest summary: passed=%u failed=%u\n", passed, failed);
     if (opt.regloop)
         regloop(blk);
+    if (opt.reboot_acpi && !acpi_reset())
+        printf("vmtest: reboot=acpi: no ACPI reset register\n");
     if (opt.reboot) {
         printf("vmtest: reboot: resetting through the i8042\n");
         reboot();

@@ -82,6 +82,7 @@ void check_skip(const char *check, const char *fmt, ...);
 struct options {
     bool stay, bench;
     bool reboot;                /* reset (i8042) after the checks instead of powering off */
+    bool reboot_acpi;           /* reboot=acpi: reset through the FADT reset register instead */
     bool have_ip, have_gw;
     u32 ip, gw, netmask;        /* host byte order */
     u32 bench_scale;            /* percent of the default bench op counts */
@@ -224,6 +225,7 @@ void rtc_check(void);
 /* ---- acpi.c: the fixed-feature power button ---- */
 void acpi_check(void);
 void acpi_poll(void);    /* on a power-button press: enters S5 (does not return) */
+bool acpi_reset(void);   /* writes the FADT reset register; false if there is none */
 void hostile_run(struct pci_dev *blk, struct pci_dev *devs, int n);
 void regloop(const struct pci_dev *blk);   /* regloop.c; returns only if it cannot run */
 
