@@ -62,6 +62,23 @@ final class ACPITests: XCTestCase {
         }
     }
 
+    /// The disassembled DSDT compiles again with no errors and no warnings
+    /// (iasl's compiler checks more than its disassembler: _HID with _ADR, ...).
+    func testDisassembledDSDTRecompilesWithoutWarnings() throws {
+        try requireTool("iasl")
+        let (dir, _) = try dumpTables(cpus: 4, devices: [
+            ACPIDeviceDescription(name: "VR00", hid: .string("LNRO0005"), uid: 0,
+                                  resources: [.memory32Fixed(0xD000_0000, length: 0x200), .interrupt(12, level: false)]),
+        ])
+        _ = try TestSupport.run(["iasl", "-d", "dsdt.dat"], in: dir)
+        let output = try TestSupport.run(["iasl", "-p", "recompiled", "dsdt.dsl"], in: dir)
+        XCTAssertTrue(output.contains("Compilation successful. 0 Errors, 0 Warnings"), output)
+        let dsl = try String(contentsOf: dir.appendingPathComponent("dsdt.dsl"), encoding: .utf8)
+        XCTAssertTrue(dsl.contains("Name (_HID, \"LNRO0005\")"), dsl)
+        XCTAssertTrue(dsl.contains("Memory32Fixed (ReadWrite,"), dsl)
+        XCTAssertTrue(dsl.contains("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )"), dsl)
+    }
+
     func testAcpiexecEvaluatesS5AndPRT() throws {
         try requireTool("acpiexec")
         let (dir, _) = try dumpTables(cpus: 2)

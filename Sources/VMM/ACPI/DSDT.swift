@@ -89,7 +89,6 @@ public enum DSDT {
         ])
         return AML.Device("PCI0", [
             AML.Name("_HID", AML.EISAID("PNP0A03")),
-            AML.Name("_ADR", AML.Integer(0)),
             AML.Name("_UID", AML.Integer(0)),
             AML.Name("_SEG", AML.Integer(0)),
             AML.Name("_BBN", AML.Integer(0)),
