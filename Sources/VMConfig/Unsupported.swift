@@ -6,9 +6,8 @@
 /// order they appear in vm.conf(5). Empty means the VM can start.
 public func unsupportedFeatures(of vm: VMConfiguration) -> [String] {
     var features: [String] = []
-    if vm.bootDevice != nil { features.append("boot device") }
-    // Without `boot` the VM starts from the BIOS, which cannot boot an ISO yet.
-    if vm.cdrom != nil && vm.bootPath == nil { features.append("cdrom boot through a BIOS") }
+    // Network boot needs an iPXE option ROM for virtio-net handed to SeaBIOS.
+    if vm.bootDevice == .net { features.append("boot device net") }
     return features
 }
 

@@ -39,6 +39,12 @@ struct LaunchRefusal: Error, Equatable, CustomStringConvertible {
     var description: String { message }
 }
 
+/// The BIOS a VM without a `boot` kernel starts from.
+enum Firmware {
+    static let bios = "/usr/share/seabios/bios-256k.bin"
+    static var available: Bool { access(bios, R_OK) == 0 }
+}
+
 /// The only place that opens a VM's files and probes image formats. Every
 /// file is opened here, in the parent, as root (a qcow2 image's whole
 /// backing chain too); the VM and device processes get descriptors. On a
@@ -64,8 +70,16 @@ enum LaunchBuilder {
         if let first = unsupportedFeatures(of: config).first {
             throw LaunchRefusal(code: ENOTSUP, message: "not supported yet: \(first)")
         }
-        guard let boot = config.bootPath else {
-            throw LaunchRefusal(code: ENOTSUP, message: "no boot kernel given (`boot path`): BIOS boot is not supported yet")
+        // No `boot` kernel: the VM starts from the BIOS (SeaBIOS), as vmd's.
+        let boot = config.bootPath ?? Firmware.bios
+        if config.bootPath == nil, !Firmware.available {
+            throw LaunchRefusal(code: ENOENT, message: "no boot kernel given (`boot path`) and no BIOS at \(Firmware.bios) (Debian's seabios package)")
+        }
+        if config.bootDevice == .cdrom && config.cdrom == nil {
+            throw LaunchRefusal(code: EINVAL, message: "boot device cdrom: the VM has no cdrom")
+        }
+        if config.bootDevice == .disk && config.disks.isEmpty {
+            throw LaunchRefusal(code: EINVAL, message: "boot device disk: the VM has no disk")
         }
         var spec = LaunchSpec(vmid: vmid, name: config.name, memoryBytes: config.effectiveMemoryBytes,
                               cpus: UInt32(config.effectiveCPUs), cmdline: config.cmdline ?? "",
@@ -111,6 +125,7 @@ enum LaunchBuilder {
         }
         spec.devices.append(.init(kind: .vmmci))
         spec.kernelName = boot
+        spec.bootDevice = config.bootDevice?.rawValue ?? ""
         spec.initrdName = config.initrd ?? ""
         spec.ownerUID = UInt32(ownerUID)
         return PreparedLaunch(spec: spec, descriptors: opened, tapRequests: tapRequests)

@@ -37,6 +37,8 @@ public struct LaunchSpec: Equatable, Sendable {
     public var initrdName = ""
     /// The VM's owner: its console pty is handed to this uid (0: root).
     public var ownerUID: UInt32 = 0
+    /// BIOS boot: "disk" or "cdrom" goes first in SeaBIOS's boot order; "" keeps its default.
+    public var bootDevice = ""
 
     public init(vmid: UInt32, name: String, memoryBytes: UInt64, cpus: UInt32, cmdline: String,
                 kernelDescriptor: Int = 0, initrdDescriptor: Int? = nil, devices: [Device] = []) {
@@ -64,6 +66,7 @@ public struct LaunchSpec: Equatable, Sendable {
             w.u32(UInt32(d.descriptors.count)); for i in d.descriptors { w.u32(UInt32(i)) }
         }
         w.string(kernelName); w.string(initrdName); w.u32(ownerUID)
+        w.string(bootDevice)
         return w.bytes
     }
 
@@ -96,6 +99,7 @@ public struct LaunchSpec: Equatable, Sendable {
             devices.append(Device(kind: kind, parameters: p, descriptors: descriptors))
         }
         kernelName = try r.string(max: 4096); initrdName = try r.string(max: 4096); ownerUID = try r.u32()
+        bootDevice = try r.string(max: 8)
         guard r.remaining == 0 else { throw WireReader.Truncated() }
     }
 }

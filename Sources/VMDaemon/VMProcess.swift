@@ -168,11 +168,21 @@ final class VMProcess {
                 if d.kind.model.takesHostCommands { vmmci = proxy }
             }
             for d in devices { try d.waitReady() }
+            try chooseBootDevice()
         } catch {
             die("cannot start devices: \(error)")
         }
         // The backends stay open here: a device started again gets them.
         startSpawner()
+    }
+
+    /// BIOS boot: the configured boot device goes first in SeaBIOS's order.
+    private func chooseBootDevice() throws {
+        guard vm.isFirmwareBoot, let kind = ["disk": DeviceKind.blk, "cdrom": DeviceKind.scsi][spec.bootDevice] else { return }
+        guard let i = spec.devices.firstIndex(where: { $0.kind == kind }), i < devices.count else {
+            throw VMMError("boot device \(spec.bootDevice): no such device")
+        }
+        try vm.bootFirst(devices[i], scsi: kind == .scsi)
     }
 
     /// The privileged part is over.
@@ -333,21 +343,44 @@ final class VMProcess {
         }
     }
 
-    /// Graceful: ask the guest through vmmci and give it time; otherwise
-    /// (or after the time) power the VM off.
+    /// Graceful: ask the guest through vmmci and give it time; a guest that
+    /// does not acknowledge (no vmmci driver: Linux, a BIOS-booted OS) gets
+    /// the ACPI power button if it enabled that event; otherwise (or after
+    /// the time) the VM is powered off.
     func stop(graceful: Bool) {
         guard !finishing else { return }
-        if graceful, let v = vmmci, gracefulTimer == nil {
-            v.async?.send(type: MessageType.vmmciCommand.rawValue, data: VMMCIMessage(command: .shutdown).encoded())
-            Log.info("asked the guest to shut down (vmmci)")
-            // vmd: 3 s for the ack; after an ack the guest gets longer.
-            gracefulTimer = loop.after(seconds: Self.shutdownAckTimeout) { [unowned self] in
-                Log.info("no shutdown acknowledgement from the guest: powering off")
-                self.finish(.stopped, "powered off after the guest did not acknowledge", forced: true)
+        if graceful, gracefulTimer == nil {
+            if let v = vmmci {
+                v.async?.send(type: MessageType.vmmciCommand.rawValue, data: VMMCIMessage(command: .shutdown).encoded())
+                Log.info("asked the guest to shut down (vmmci)")
+                // vmd: 3 s for the ack; after an ack the guest gets longer.
+                gracefulTimer = loop.after(seconds: Self.shutdownAckTimeout) { [unowned self] in
+                    self.gracefulTimer = nil
+                    if self.pressPowerButton(after: "no vmmci acknowledgement") { return }
+                    Log.info("no shutdown acknowledgement from the guest: powering off")
+                    self.finish(.stopped, "powered off after the guest did not acknowledge", forced: true)
+                }
+                return
             }
-            return
+            if pressPowerButton(after: "no vmmci device") { return }
         }
         finish(.stopped, graceful ? "" : "forced stop", forced: !graceful)
+    }
+
+    /// Presses the ACPI power button if the guest enabled the event (an
+    /// ACPI OS listens) and gives it the time an acknowledged vmmci
+    /// shutdown gets; false if nobody listens.
+    func pressPowerButton(after why: String) -> Bool {
+        guard vm.powerButtonEnabled else { return false }
+        vm.pressPowerButton()
+        Log.info("\(why): pressed the ACPI power button")
+        // vmm bounds a graceful stop: the guest is shutting down, as after a vmmci ack.
+        vmm.send(type: MessageType.vmmciAck.rawValue, data: VMMCIMessage(command: .shutdown).encoded())
+        gracefulTimer = loop.after(seconds: Self.guestShutdownTimeout) { [unowned self] in
+            self.finish(.stopped, "powered off: the guest did not shut down in \(Int(Self.guestShutdownTimeout)) s after the power button",
+                        forced: true)
+        }
+        return true
     }
 
     func vmmciAck(_ m: Imsg) {

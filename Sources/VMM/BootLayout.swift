@@ -15,6 +15,9 @@ enum BootLayout {
     static let commandLineMax = 4096          // bytes including the terminating NUL
     static let dataEnd: UInt64 = 0x30000
     static let mpTable: UInt64 = 0xF0000      // BIOS area: every MP scanner looks here
+    static let acpiRSDP: UInt64 = 0xE0000     // BIOS area: every RSDP scanner looks here
+    static let acpiTables: UInt64 = 0xE0040   // the other ACPI tables, up to the MP table
+    static let acpiEnd: UInt64 = 0xF0000
     static let codeSelector: UInt16 = 0x10, dataSelector: UInt16 = 0x18
 
     /// The GDT both paths load: null, null, flat code at 0x10, flat data at 0x18.

@@ -6,23 +6,29 @@ public enum BootEntry: Equatable {
     case protected32(eip: UInt32, eax: UInt32, ebx: UInt32)
     /// Linux 64-bit boot protocol: long mode, identity-mapped, RSI = zero page.
     case long64(rip: UInt64, rsi: UInt64, rsp: UInt64, cr3: UInt64)
+    /// A BIOS: KVM's reset state (real mode, F000:FFF0), nothing to set.
+    case firmware
 }
 
 /// What a boot loader leaves for the VM: the entry and a description.
 public struct BootResult: Equatable {
     public let entry: BootEntry
     public let format: String
+    /// A BIOS image to map below 4 GiB (`BIOS`); nil for a kernel.
+    public var firmware: [UInt8]? = nil
 }
 
 /// Kernel format detection from the file's bytes.
 enum KernelFormat: Equatable {
     case multiboot
     case bzImage
+    case bios
 
     static func detect(_ file: [UInt8], path: String) throws -> KernelFormat {
         if Multiboot.findHeader(file) != nil { return .multiboot }
         if ByteImage(file).u32(0x202) == LinuxBoot.headerMagic { return .bzImage }
-        throw VMMError("\(path): not a kernel this VMM can boot (no Multiboot header in the first 8 KiB, no bzImage \"HdrS\" magic at 0x202)")
+        if BIOS.looksLikeBIOS(file) { return .bios }
+        throw VMMError("\(path): not a kernel or BIOS this VMM can boot (no Multiboot header in the first 8 KiB, no bzImage \"HdrS\" magic at 0x202, not a 64 KiB-multiple BIOS image with a far jump at its reset vector)")
     }
 }
 
@@ -73,6 +79,9 @@ enum BootLoader {
             let initrdBytes = try initrd.map { try readBootFile($0.path, name: $0.name, limit: limit) }
             return try LinuxBoot.load(file, path: kernel.name, commandLine: commandLine,
                                       initrd: initrdBytes, initrdPath: initrd?.name ?? "", memory: memory)
+        case .bios:
+            if initrd != nil { throw VMMError("\(kernel.name): a BIOS takes no initrd") }
+            return try BIOS.load(file, path: kernel.name, memory: memory)
         }
     }
 

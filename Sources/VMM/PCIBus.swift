@@ -43,7 +43,9 @@ final class PCIBus: BusDevice {
         self.ioBus = ioBus
         self.mmioBus = mmioBus
         self.log = log
-        let bridge = PCIConfigHeader(vendorID: 0x0B5D, deviceID: 0x0666, classCode: 0x06, subclass: 0x00, interruptPin: 0)
+        // Subsystem 1af4:1100 ("QEMU virtual machine"): SeaBIOS reads fw_cfg only on a host bridge with it.
+        let bridge = PCIConfigHeader(vendorID: 0x0B5D, deviceID: 0x0666, classCode: 0x06, subclass: 0x00,
+                                     subsystemVendorID: 0x1AF4, subsystemID: 0x1100, interruptPin: 0)
         // The host bridge has no BARs, no capabilities and no interrupt: it cannot fail.
         slots[0] = try! PCISlot(slot: 0, header: bridge, function: nil, irq: 0, ioBus: ioBus, mmioBus: mmioBus, log: log)
     }

@@ -121,6 +121,7 @@ final class VCPU {
 
     /// Puts the boot vCPU at the loader's entry point.
     func setEntry(_ entry: BootEntry) throws {
+        if entry == .firmware { return }  // KVM's reset state is the BIOS's entry
         var sregs = try kvm.getSpecialRegisters()
         var regs = kvm_regs()
         regs.rflags = 0x2
@@ -160,6 +161,8 @@ final class VCPU {
             sregs.efer = 0x500  // LME, LMA
             sregs.idt.base = BootLayout.idt
             sregs.idt.limit = 7
+        case .firmware:
+            return
         }
         sregs.cs = segment(selector: BootLayout.codeSelector, code: true, long: long)
         let data = segment(selector: BootLayout.dataSelector, code: false, long: long)

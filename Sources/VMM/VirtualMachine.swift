@@ -17,6 +17,8 @@ public struct VMSpec {
     public var initrdName: String?
     /// Bytes of console output kept for replay.
     public var consoleHistoryBytes: Int
+    /// Devices the DSDT describes besides the built-in ones (COM1, RTC, PCI root).
+    public var acpiDevices: [ACPIDeviceDescription] = []
 
     public init(name: String, memoryBytes: UInt64, vcpus: Int = 1, kernelPath: String,
                 commandLine: String = "", initrdPath: String? = nil, consoleHistoryBytes: Int = 64 * 1024,
@@ -103,6 +105,12 @@ public final class VirtualMachine {
     private let serial: Serial8250
     private let pci: PCIBus
     private let interrupts: InterruptRouter
+    private var power: PowerManagement?
+    private let fwcfg: FwCfg
+    private var rom: BIOS.ROM?
+    private var functionSlots: [ObjectIdentifier: Int] = [:]
+    /// The ACPI tables the guest sees (position-independent form).
+    public let acpi: ACPITables
     private let state = RunState()
     private var vcpus: [VCPU] = []
     private var started = false
@@ -170,7 +178,16 @@ public final class VirtualMachine {
                                    commandLine: spec.commandLine,
                                    initrd: spec.initrdPath.map { BootFile(path: $0, name: spec.initrdName) },
                                    memory: memory)
-        try memory.write(MPTable.build(cpus: spec.vcpus).bytes, at: BootLayout.mpTable, what: "MP table")
+        acpi = ACPITables(cpus: spec.vcpus, devices: spec.acpiDevices)
+        fwcfg = FwCfg(cpus: spec.vcpus, memory: memory)
+        if let image = boot.firmware {
+            // The BIOS builds its own MP table and loads our ACPI tables through fw_cfg.
+            rom = try BIOS.ROM(image, vmFD: kvmVM.fd)
+            BIOS.configure(fwcfg, layout: layout, acpi: acpi)
+        } else {
+            try memory.write(MPTable.build(cpus: spec.vcpus).bytes, at: BootLayout.mpTable, what: "MP table")
+            try acpi.write(to: memory)
+        }
 
         let pty = try Pty.open()
         console = Console(pty: pty, ringCapacity: spec.consoleHistoryBytes)
@@ -207,7 +224,17 @@ public final class VirtualMachine {
         try ioBus.register(base: 0x60, length: 1, device: i8042)
         try ioBus.register(base: 0x64, length: 1, device: ShiftedPort(i8042, shift: 4))
         try ioBus.register(base: 0x80, length: 1, device: SinkDevice())
-        try ioBus.register(base: 0x604, length: 2, device: PowerOffPort(onPowerOff: { [unowned state] in state.requestExit(.powerOff) }))
+        let power = PowerManagement(sci: interrupts.line(irq: UInt32(ACPITables.sciIRQ)),
+                                    onPowerOff: { [unowned state] in state.requestExit(.powerOff) }, log: logger)
+        try ioBus.register(base: PowerManagement.eventBlock, length: PowerManagement.portCount, device: power)
+        try ioBus.register(base: FwCfg.basePort, length: FwCfg.portCount, device: fwcfg)
+        if let rom {
+            // Guest writes to a read-only ROM slot exit as MMIO: dropped here.
+            try mmioBus.register(base: rom.guestPhysical, length: UInt64(rom.size), device: ROMWriteSink(rom: rom))
+            try ioBus.register(base: DebugConsolePort.port, length: 1, device: DebugConsolePort(log: logger))
+            logger("BIOS mapped at 0x\(hex(rom.guestPhysical)) (\(rom.size >> 10) KiB\(rom.readOnly ? ", read-only" : ", writable: KVM has no read-only slots"))")
+        }
+        self.power = power
         pci.onReset = { [unowned state] in state.requestExit(.reboot) }
         // Port 0x61 is the in-kernel PIT's speaker port (KVM_PIT_SPEAKER_DUMMY);
         // 0x20/0xA0/0x4D0/0x4D1 the in-kernel PICs, 0x40-0x43 the PIT.
@@ -230,11 +257,33 @@ public final class VirtualMachine {
         if e != 0 { throw SystemError("KVM_IOEVENTFD port 0x\(hex(UInt64(port)))", code: e) }
     }
 
+    /// BIOS boot: the device SeaBIOS tries first (its `bootorder`); the
+    /// function must be on the bus. `scsi` for the virtio-scsi CD-ROM.
+    public func bootFirst(_ function: PCIFunction, scsi: Bool) throws {
+        guard let slot = functionSlots[ObjectIdentifier(function)] else {
+            throw VMMError("boot device: the function is not on the PCI bus")
+        }
+        fwcfg.setFile("bootorder", BIOS.bootOrder([BIOS.bootPath(slot: slot, scsi: scsi)]))
+        logger("BIOS boots \(BIOS.bootPath(slot: slot, scsi: scsi)) first")
+    }
+
+    public var isFirmwareBoot: Bool { boot.firmware != nil }
+
     public func addPCIFunction(_ function: PCIFunction) throws -> InterruptLine {
         let (slot, irq) = try pci.add(function)
+        functionSlots[ObjectIdentifier(function)] = slot
         logger("pci slot \(slot): \(hex(function.configHeader.vendorID)):\(hex(function.configHeader.deviceID)) on IRQ \(irq)")
         return interrupts.line(irq: irq)
     }
+
+    /// Presses the ACPI power button (`vmctl stop` of a guest without
+    /// vmmci). Returns whether the guest had enabled the power-button
+    /// event, i.e. an ACPI OS is there to act on it.
+    @discardableResult
+    public func pressPowerButton() -> Bool { power?.pressPowerButton() ?? false }
+
+    /// True once the guest enabled the ACPI power-button event.
+    public var powerButtonEnabled: Bool { power?.powerButtonEnabled ?? false }
 
     /// Starts the vCPU threads. `onExit` runs once, on a vCPU thread.
     public func start(onExit: @escaping (VMExitReason) -> Void) throws {
@@ -297,6 +346,20 @@ public final class VirtualMachine {
         ("KVM_IOEVENTFD", UInt64(ckvm_ioeventfd_request())),  // a guest moving a virtio BAR
         ("KVM_SET_GSI_ROUTING", UInt64(ckvm_set_gsi_routing_request())),  // a guest programming MSI-X
     ]
+}
+
+/// Reads of the ROM never get here (KVM maps it); writes do, and are dropped.
+final class ROMWriteSink: BusDevice {
+    let rom: BIOS.ROM
+    init(rom: BIOS.ROM) { self.rom = rom }
+    func read(offset: UInt64, size: Int) -> UInt64 {
+        var v: UInt64 = 0
+        for i in 0..<size where Int(offset) + i < rom.size {
+            v |= UInt64(rom.host.load(fromByteOffset: Int(offset) + i, as: UInt8.self)) << (8 * UInt64(i))
+        }
+        return v
+    }
+    func write(offset: UInt64, size: Int, value: UInt64) {}
 }
 
 /// Where log lines go; shared so that replacing `VirtualMachine.logger`

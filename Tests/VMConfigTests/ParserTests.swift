@@ -289,7 +289,7 @@ final class ParserTests: XCTestCase {
         XCTAssertEqual(try XCTUnwrap(config.vm(named: "plain")).unsupportedFeatures, [])
         // Switches, local interfaces, groups and rdomains are supported now.
         XCTAssertEqual(unsupportedFeatures(of: try XCTUnwrap(config.vm(named: "fancy"))),
-                       ["boot device", "cdrom boot through a BIOS"])
+                       [])
         XCTAssertEqual(try XCTUnwrap(config.vm(named: "iso-with-kernel")).unsupportedFeatures, [])
         XCTAssertEqual(unsupportedStatements(of: config).map(\.description),
                        ["vm.conf:16: not supported yet: local inet6"])

@@ -66,8 +66,25 @@ long_entry:
     mov %eax, %gs
     mov $kstack_top, %rsp
     call cpu_init
-    mov $0xFF, %al                  /* mask the firmware's PIC setup (IRQ0 on vector 8!) */
-    out %al, $0x21                  /* until pic_init remaps it from CPL3 */
+    /* Remap the PICs to 0x20/0x28 and mask them here, with IF clear: a BIOS
+     * leaves IRQ0 on vector 8, and pic_init's ICW1 (which clears the mask) at
+     * CPL3 would let a pending timer tick in as a "double fault". */
+    mov $0x11, %al                  /* ICW1 */
+    out %al, $0x20
+    out %al, $0xA0
+    mov $0x20, %al                  /* ICW2: vector bases */
+    out %al, $0x21
+    mov $0x28, %al
+    out %al, $0xA1
+    mov $0x04, %al                  /* ICW3 */
+    out %al, $0x21
+    mov $0x02, %al
+    out %al, $0xA1
+    mov $0x01, %al                  /* ICW4 */
+    out %al, $0x21
+    out %al, $0xA1
+    mov $0xFF, %al                  /* everything masked until pic_init / pic_unmask */
+    out %al, $0x21
     out %al, $0xA1
     pushq $USER_DS                  /* ss */
     pushq $ustack_top               /* rsp */

@@ -142,6 +142,12 @@ static void parse_options(const char *s)
             opt.dhcp = true;
         } else if (word_is(w, len, "bench_rx")) {
             opt.bench_rx = true;
+        } else if (len == 11 && memcmp(w, "blk_index=", 10) == 0 && w[10] >= '0' && w[10] <= '9') {
+            opt.blk_index = (u32)(w[10] - '0');
+        } else if (word_is(w, len, "reboot=acpi")) {
+            opt.reboot = opt.reboot_acpi = true;
+        } else if (word_is(w, len, "novmmci")) {
+            opt.novmmci = true;
         } else if (word_is(w, len, "regloop")) {
             opt.regloop = true;
         } else if (word_is(w, len, "blkfill")) {
@@ -221,6 +227,7 @@ void vmtest_main(void)
                 pci_clear_bars(&devs[i]);
     pci_pool_init(devs, n);
     struct pci_dev *blk = NULL, *rng = NULL, *net = NULL, *vmmci = NULL;
+    u32 blk_seen = 0;
     for (int i = 0; i < n; i++) {
         struct pci_dev *d = &devs[i];
         if (d->vendor == 0x0b5d && d->device == 0x0777) {
@@ -231,7 +238,7 @@ void vmtest_main(void)
             continue;
         /* 0x1040 + id (virtio 1.x) or 0x1000..0x103f transitional (id in the subsystem) */
         u16 id = d->device >= 0x1040 ? (u16)(d->device - 0x1040) : d->subsys_device;
-        if (id == 2 && !blk) blk = d;
+        if (id == 2 && !blk && blk_seen++ == opt.blk_index) blk = d;
         else if (id == 4 && !rng) rng = d;
         else if (id == 1 && !net) net = d;
     }
@@ -240,7 +247,8 @@ void vmtest_main(void)
 
     cpus_check();
     rtc_check();
-    if (vmmci) vmmci_check(vmmci); else check_skip("vmmci", "no device");
+    acpi_check();
+    if (vmmci && !opt.novmmci) vmmci_check(vmmci); else check_skip("vmmci", vmmci ? "left alone (novmmci)" : "no device");
     if (rng) rng_check(rng); else check_skip("rng", "no device");
     if (blk) blk_check(blk); else check_skip("blk", "no device");
     if (net) net_check(net); else check_skip("net", "no device");
@@ -272,16 +280,20 @@ void vmtest_main(void)
         regloop(blk);
     if (opt.blkfill)
         blk_fill_forever();
+    if (opt.reboot_acpi && !acpi_reset())
+        printf("vmtest: reboot=acpi: no ACPI reset register\n");
     if (opt.reboot) {
         printf("vmtest: reboot: resetting through the i8042\n");
         reboot();
     }
     if (opt.stay) {
-        printf("vmtest: stay: waiting for a vmmci request\n");
+        printf("vmtest: stay: waiting for a vmmci request or the ACPI power button\n");
         if (vmmci_present())
             vmmci_wait();
-        for (;;)
-            cpu_relax();
+        for (;;) {
+            acpi_poll();
+            udelay(1000);
+        }
     }
     power_off();
 }

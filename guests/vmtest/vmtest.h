@@ -83,6 +83,7 @@ void check_skip(const char *check, const char *fmt, ...);
 struct options {
     bool stay, bench;
     bool reboot;                /* reset (i8042) after the checks instead of powering off */
+    bool reboot_acpi;           /* reboot=acpi: reset through the FADT reset register instead */
     bool have_ip, have_gw;
     u32 ip, gw, netmask;        /* host byte order */
     u32 bench_scale;            /* percent of the default bench op counts */
@@ -95,6 +96,8 @@ struct options {
     bool blkfill;               /* blkfill: write the disk sequentially forever after the checks */
     bool dhcp;                  /* dhcp: get ip/gw from a DHCP server before the net check */
     bool bench_rx;              /* bench_rx: after net_tx_1500, net_rx_1500 (the host floods UDP) */
+    bool novmmci;               /* novmmci: leave the vmmci device alone (a guest without its driver) */
+    u32 blk_index;              /* blk_index=N: check the N-th virtio-blk device (0 = the first) */
 };
 extern struct options opt;
 
@@ -234,6 +237,11 @@ void cpus_check(void);
 u8 cmos_read(u8 index);
 void cmos_write(u8 index, u8 v);
 void rtc_check(void);
+
+/* ---- acpi.c: the fixed-feature power button ---- */
+void acpi_check(void);
+void acpi_poll(void);    /* on a power-button press: enters S5 (does not return) */
+bool acpi_reset(void);   /* writes the FADT reset register; false if there is none */
 void hostile_run(struct pci_dev *blk, struct pci_dev *devs, int n);
 void regloop(const struct pci_dev *blk);
 void msix_check(struct pci_dev *blk);    /* msix.c; resets the device */

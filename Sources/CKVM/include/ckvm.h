@@ -16,6 +16,7 @@
 #include "ckvm_lapic.h"
 #include "ckvm_ioeventfd.h"
 #include "ckvm_irqfd.h"
+#include "ckvm_rom.h"
 
 /* ioctl request numbers (system, VM and vCPU ioctls this project issues). */
 static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;

@@ -1,0 +1,60 @@
+import Foundation
+import XCTest
+import Glibc
+
+/// `vmctl stop` of a guest without a vmmci driver: the VM process waits
+/// the 3 s vmmci acknowledgement time, then presses the ACPI power button;
+/// vmtest (`novmmci`) answers by entering S5 through PM1a_CNT.
+final class PowerButtonStopTests: XCTestCase {
+    override func setUpWithError() throws {
+        try requireRoot()
+        try requireKVM()
+        try requireVmtest()
+        guard FileManager.default.isExecutableFile(atPath: Repo.vmctl) else {
+            throw XCTSkip("vmctl is not built at \(Repo.vmctl)")
+        }
+    }
+
+    func config(_ name: String, cmdline: String) -> String {
+        """
+        vm "\(name)" {
+            memory 64M
+            boot "\(Repo.vmtestELF)"
+            cmdline "\(cmdline)"
+        }
+
+        """
+    }
+
+    func testStopPressesThePowerButtonForAGuestWithoutVMMCI() throws {
+        let d = try Daemon(config: config("pb", cmdline: "stay novmmci"), extraArgs: ["-v"])
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("waiting for a vmmci request or the ACPI power button", timeout: 30), d.log)
+        XCTAssertTrue(d.log.contains("vmtest: acpi ok pm1a_evt=0x600"), d.log)
+        let started = Date()
+        let stop = try d.vmctl(["stop", "-w", "pb"])
+        XCTAssertEqual(stop.status, 0, stop.out)
+        XCTAssertTrue(d.waitLog("vmd: vm pb: stopped", timeout: 20), d.log)
+        let took = Date().timeIntervalSince(started)
+        XCTAssertTrue(d.log.contains("no vmmci acknowledgement: pressed the ACPI power button"), d.log)
+        XCTAssertTrue(d.log.contains("vmtest: acpi power button pressed, entering S5"), d.log)
+        XCTAssertTrue(d.log.contains("guest powered off"), d.log)
+        XCTAssertFalse(d.log.contains("powered off after the guest did not acknowledge"), d.log)
+        XCTAssertLessThan(took, 10, "3 s for vmmci, then the guest's S5")
+        print("power-button stop took \(String(format: "%.2f", took)) s")
+        XCTAssertEqual(d.stop(), 0)
+    }
+
+    /// A guest with vmmci keeps the vmmci path: no power button.
+    func testStopKeepsVMMCIForAGuestThatAcknowledges() throws {
+        let d = try Daemon(config: config("vm", cmdline: "stay"), extraArgs: ["-v"])
+        try d.waitReady()
+        XCTAssertTrue(d.waitLog("waiting for a vmmci request or the ACPI power button", timeout: 30), d.log)
+        let stop = try d.vmctl(["stop", "-w", "vm"])
+        XCTAssertEqual(stop.status, 0, stop.out)
+        XCTAssertTrue(d.waitLog("vmd: vm vm: stopped", timeout: 20), d.log)
+        XCTAssertTrue(d.log.contains("guest acknowledged vmmci command"), d.log)
+        XCTAssertFalse(d.log.contains("pressed the ACPI power button"), d.log)
+        XCTAssertEqual(d.stop(), 0)
+    }
+}
