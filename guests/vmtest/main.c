@@ -128,6 +128,11 @@ static void parse_options(const char *s)
             opt.hostile = true;
         } else if (word_is(w, len, "pci_reassign")) {
             opt.pci_reassign = true;
+        } else if (len > 8 && memcmp(w, "devloop=", 8) == 0) {
+            u32 v = 0;
+            for (const char *p = w + 8; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
+                v = v * 10 + (u32)(*p - '0');
+            opt.devloop = v <= 3600 ? v : 3600;
         } else if (len > 11 && memcmp(w, "blk_verify=", 11) == 0) {
             u32 v = 0;
             for (const char *p = w + 11; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
@@ -253,6 +258,8 @@ void vmtest_main(void)
         hostile_run(blk, devs, n);
     if (opt.blk_verify)
         blk_verify_run(opt.blk_verify);
+    if (opt.devloop)
+        devloop_run(opt.devloop);
     printf("vmtest: checks took %lu ms since entry\n", tsc_to_us(rdtsc() - boot_tsc) / 1000);
     printf("vmtest summary: passed=%u failed=%u\n", passed, failed);
     if (opt.regloop)

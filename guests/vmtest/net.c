@@ -330,3 +330,20 @@ void net_bench(void)
     u64 cycles = rdtsc() - start;
     printf("vmtest bench: net_tx_1500 fps=%lu frames=%u\n", cycles ? (u64)total * tsc_hz / cycles : 0, total);
 }
+
+/* For devloop.c: one ping of the gateway; true when answered within
+ * `timeout_us`. Only after net_check found the gateway. */
+bool net_ping_once(u64 timeout_us)
+{
+    if (!net_ready || !gw_known)
+        return false;
+    ping_seq++;
+    ping_answered = false;
+    u64 t0 = rdtsc();
+    send_ping();
+    while (!ping_answered && rdtsc() - t0 < us_to_tsc(timeout_us)) {
+        rx_poll();
+        irq_service();
+    }
+    return ping_answered;
+}

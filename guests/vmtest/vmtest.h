@@ -91,6 +91,7 @@ struct options {
     u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */
     bool regloop;               /* regloop: read a vioblk register forever after the checks */
     u32 blk_verify;             /* blk_verify=N: write+verify the whole disk for N seconds (verify.c) */
+    u32 devloop;                /* devloop=N: rng reads and gateway pings for N seconds (devloop.c) */
 };
 extern struct options opt;
 
@@ -212,6 +213,9 @@ void blk_qd1_bench(void);
 bool blk_transfer(bool write, u64 sector, u8 *buf, u32 count, char *why, size_t whysz);
 u64 blk_capacity(void);                /* sectors; 0 when the check did not set the device up */
 void blk_verify_run(u32 seconds);      /* verify.c */
+bool rng_read_once(u8 *buf, u32 len, char *why, size_t whysz);
+bool net_ping_once(u64 timeout_us);
+void devloop_run(u32 seconds);         /* devloop.c */
 void rng_check(struct pci_dev *p);
 void net_check(struct pci_dev *p);
 void net_bench(void);
