@@ -200,6 +200,9 @@ extension VMProcess {
                 case .message(let m):
                     if let f = m.fd { FD.close(f) }
                     if ViodevMsg(bytes: m.data)?.kind == .ready {
+                        // A paused VM's devices wait too (the old instance
+                        // may have taken the pause and died).
+                        if vm.isPaused { proxy.async?.send(type: MessageType.vmmPauseVM.rawValue) }
                         for m in asyncPending { proxy.async?.send(type: m.type, data: m.data) }
                         return nil
                     }

@@ -35,6 +35,8 @@ extension DeviceProcess {
             do {
                 if let again = try keeper.resume() {
                     Log.info("restarted (instance \(region.starts)): registers restored, \(again) request(s) in flight served again")
+                } else {
+                    Log.info("restarted (instance \(region.starts)): the driver had not set it up")
                 }
             } catch {
                 // The predecessor left state this one cannot trust: the

@@ -128,6 +128,11 @@ static void parse_options(const char *s)
             opt.hostile = true;
         } else if (word_is(w, len, "pci_reassign")) {
             opt.pci_reassign = true;
+        } else if (len > 8 && memcmp(w, "devloop=", 8) == 0) {
+            u32 v = 0;
+            for (const char *p = w + 8; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
+                v = v * 10 + (u32)(*p - '0');
+            opt.devloop = v <= 3600 ? v : 3600;
         } else if (len > 11 && memcmp(w, "blk_verify=", 11) == 0) {
             u32 v = 0;
             for (const char *p = w + 11; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
@@ -265,12 +270,15 @@ void vmtest_main(void)
         printf("vmtest stress: rounds=%u\n", opt.kick_stress);
     if (opt.bench)
         irq_bench(blk, net);
-    /* blk_verify and regloop use vioblk0 as the checks left it, and run
-       while a test kills its device process (so does blkfill): the MSI-X check resets the
-       device and times its interrupts, so it is left out of both. */
+    /* The restart modes (blk_verify, devloop, regloop, blkfill) run while a
+       test kills device processes and use vioblk0 as the checks left it; the
+       MSI-X check resets vioblk0 and times its interrupts, so it is left
+       out of them. */
     if (opt.blk_verify)
         blk_verify_run(opt.blk_verify);
-    if (!opt.regloop && !opt.blk_verify && !opt.blkfill)
+    if (opt.devloop)
+        devloop_run(opt.devloop);
+    if (!opt.regloop && !opt.blk_verify && !opt.blkfill && !opt.devloop)
         msix_check(blk);
     if (opt.hostile)
         hostile_run(blk, devs, n);

@@ -375,3 +375,20 @@ void net_rx_bench(void)
     rx_bench_on = false;
     printf("vmtest bench: net_rx_1500 fps=%lu frames=%lu\n", cycles ? frames * tsc_hz / cycles : 0, frames);
 }
+
+/* For devloop.c: one ping of the gateway; true when answered within
+ * `timeout_us`. Only after net_check found the gateway. */
+bool net_ping_once(u64 timeout_us)
+{
+    if (!net_ready || !gw_known)
+        return false;
+    ping_seq++;
+    ping_answered = false;
+    u64 t0 = rdtsc();
+    send_ping();
+    while (!ping_answered && rdtsc() - t0 < us_to_tsc(timeout_us)) {
+        rx_poll();
+        irq_service();
+    }
+    return ping_answered;
+}

@@ -60,3 +60,36 @@ void rng_check(struct pci_dev *p)
     else
         check_ok("rng", "bytes=%u+%u first=%02x%02x%02x%02x", (u32)sizeof(a), (u32)sizeof(b), a[0], a[1], a[2], a[3]);
 }
+
+/* For devloop.c: one read of `len` bytes (at most 64) through a buffer kept
+ * across calls; false (with why) when the device gives no answer in 2 s. */
+bool rng_read_once(u8 *buf, u32 len, char *why, size_t whysz)
+{
+    static u8 *dma;
+    struct vq *q = &rng.vqs[0];
+    if (!q->size || len == 0 || len > 64) {
+        snprintf(why, whysz, "viornd0: not set up");
+        return false;
+    }
+    if (!dma && !(dma = dma_alloc(64))) {
+        snprintf(why, whysz, "viornd0: out of DMA memory");
+        return false;
+    }
+    struct vseg seg = { dma, len, true };
+    int head = vq_add(q, &seg, 1);
+    vq_kick(q);
+    u64 start = rdtsc();
+    u32 n = 0;
+    int id;
+    while ((id = vq_get_used(q, &n)) < 0)
+        if (rdtsc() - start > us_to_tsc(2000000)) {
+            snprintf(why, whysz, "viornd0: no answer within 2 s");
+            return false;
+        }
+    if (id != head || n == 0 || n > len) {
+        snprintf(why, whysz, "viornd0: bad completion id=%d len=%u", id, n);
+        return false;
+    }
+    memcpy(buf, dma, n);
+    return true;
+}

@@ -98,6 +98,7 @@ struct options {
     bool bench_rx;              /* bench_rx: after net_tx_1500, net_rx_1500 (the host floods UDP) */
     bool novmmci;               /* novmmci: leave the vmmci device alone (a guest without its driver) */
     u32 blk_index;              /* blk_index=N: check the N-th virtio-blk device (0 = the first) */
+    u32 devloop;                /* devloop=N: rng reads and gateway pings for N seconds (devloop.c) */
 };
 extern struct options opt;
 
@@ -227,6 +228,9 @@ bool blk_transfer(bool write, u64 sector, u8 *buf, u32 count, char *why, size_t 
 u64 blk_capacity(void);                /* sectors; 0 when the check did not set the device up */
 void blk_verify_run(u32 seconds);      /* verify.c */
 void blk_fill_forever(void);
+bool rng_read_once(u8 *buf, u32 len, char *why, size_t whysz);
+bool net_ping_once(u64 timeout_us);
+void devloop_run(u32 seconds);         /* devloop.c */
 void rng_check(struct pci_dev *p);
 void net_check(struct pci_dev *p);
 void net_bench(void);
