@@ -1,7 +1,7 @@
 import Foundation
 import XCTest
 import VMDControl
-@testable import vmctl
+@testable import VMCtlCLI
 
 /// `vmctl status --json`: per-device restart counts, only for a running VM
 /// whose devices were restarted.
