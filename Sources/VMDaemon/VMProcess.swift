@@ -50,6 +50,8 @@ final class VMProcess {
     /// is powered off (a forced stop).
     static let shutdownAckTimeout: Double = 3
     static let guestShutdownTimeout: Double = 120
+    /// After a power-button press, the guest's time to take the event.
+    static let powerButtonAckTimeout: Double = 2
     /// The longest the forced part of a stop takes in this process (vCPUs,
     /// device grace, the reap after SIGKILL); vmm allows a little more.
     static let forcedStopBound: Double = vcpuStopTimeout + forcedDeviceExitGrace + 1
@@ -368,17 +370,29 @@ final class VMProcess {
     }
 
     /// Presses the ACPI power button if the guest enabled the event (an
-    /// ACPI OS listens) and gives it the time an acknowledged vmmci
-    /// shutdown gets; false if nobody listens.
+    /// ACPI OS listens); false if nobody listens. An OS that takes the
+    /// event clears PWRBTN_STS: that is its acknowledgement, and it then
+    /// gets the time an acknowledged vmmci shutdown gets. A guest that does
+    /// not take it in `powerButtonAckTimeout` (stuck, or it only enabled
+    /// the event) is powered off, within vmm's graceful deadline.
     func pressPowerButton(after why: String) -> Bool {
         guard vm.powerButtonEnabled else { return false }
         vm.pressPowerButton()
         Log.info("\(why): pressed the ACPI power button")
-        // vmm bounds a graceful stop: the guest is shutting down, as after a vmmci ack.
-        vmm.send(type: MessageType.vmmciAck.rawValue, data: VMMCIMessage(command: .shutdown).encoded())
-        gracefulTimer = loop.after(seconds: Self.guestShutdownTimeout) { [unowned self] in
-            self.finish(.stopped, "powered off: the guest did not shut down in \(Int(Self.guestShutdownTimeout)) s after the power button",
-                        forced: true)
+        gracefulTimer = loop.after(seconds: Self.powerButtonAckTimeout) { [unowned self] in
+            self.gracefulTimer = nil
+            guard !self.vm.powerButtonPending else {
+                Log.info("no shutdown acknowledgement from the guest: powering off")
+                self.finish(.stopped, "powered off after the guest did not take the power button", forced: true)
+                return
+            }
+            Log.info("the guest took the ACPI power button")
+            // vmm bounds a graceful stop: the guest is shutting down, as after a vmmci ack.
+            self.vmm.send(type: MessageType.vmmciAck.rawValue, data: VMMCIMessage(command: .shutdown).encoded())
+            self.gracefulTimer = self.loop.after(seconds: Self.guestShutdownTimeout) { [unowned self] in
+                self.finish(.stopped, "powered off: the guest did not shut down in \(Int(Self.guestShutdownTimeout)) s after the power button",
+                            forced: true)
+            }
         }
         return true
     }

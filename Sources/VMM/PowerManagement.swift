@@ -56,6 +56,10 @@ final class PowerManagement: BusDevice {
         return enabled
     }
 
+    /// True while a press is not yet handled: an ACPI OS clears
+    /// PWRBTN_STS when it takes the event (its acknowledgement).
+    var powerButtonPending: Bool { lock.locked { status & Self.powerButtonStatus != 0 } }
+
     /// True once the guest enabled the power-button event.
     var powerButtonEnabled: Bool { lock.locked { enable & Self.powerButtonStatus != 0 } }
 

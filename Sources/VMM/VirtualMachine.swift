@@ -282,6 +282,10 @@ public final class VirtualMachine {
     @discardableResult
     public func pressPowerButton() -> Bool { power?.pressPowerButton() ?? false }
 
+    /// True while the guest has not taken the last power-button press
+    /// (PWRBTN_STS still set).
+    public var powerButtonPending: Bool { power?.powerButtonPending ?? false }
+
     /// True once the guest enabled the ACPI power-button event.
     public var powerButtonEnabled: Bool { power?.powerButtonEnabled ?? false }
 

@@ -145,6 +145,10 @@ final class NetworkTests: XCTestCase {
         let first = try Daemon(config: conf, extraArgs: ["-v"], netns: ns.name)
         try first.waitReady()
         XCTAssertTrue(waitFor { self.links(ns).contains("brleft") }, first.log)
+        // The whole daemon killed at once: priv first, or it would see the
+        // parent's socket close and remove its bridge before its own death
+        // signal arrives (which it does when only the parent is killed).
+        for p in descendants(of: first.pid) where p.args == "vmd: priv" { kill(p.pid, SIGKILL) }
         kill(first.pid, SIGKILL)
         first.process.waitUntilExit()
         XCTAssertTrue(waitFor { !self.links(ns).contains { $0.hasPrefix("tap") } }, "taps die with their VM: \(links(ns))")
