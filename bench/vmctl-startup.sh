@@ -6,8 +6,8 @@
 #      cc -O2, dynamically linked as usual), alternating: median wall time from spawn to exit
 #      and median CPU time (user + system) of the child.
 #   2. The daemon's share of `vmctl status`: on one open control connection, request ->
-#      last reply (vmdInfoVMEnd), median over N requests, with 1 VM and with 100 VMs
-#      configured (disabled, so nothing boots); the rows returned are counted.
+#      last reply (vmdInfoVMEnd), median over N requests (bench/statusrtt.c), with 1 VM
+#      and with 100 VMs configured (disabled, so nothing boots); the rows are counted.
 #
 # BIN_DIR holds vmd and vmctl (default .build/debug). Part 2 needs root (vmd); without root
 # only part 1 runs. Needs cc and python3. Prints the load averages before and after.
@@ -34,6 +34,7 @@ vmd_pid=""
 cleanup() { [ -z "$vmd_pid" ] || kill "$vmd_pid" 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 cc -O2 -o "$tmp/spawntime" "$here/spawntime.c"
+cc -O2 -o "$tmp/statusrtt" "$here/statusrtt.c"
 echo 'int main(void){return 0;}' > "$tmp/minimal.c"
 cc -O2 -o "$tmp/minimal" "$tmp/minimal.c"
 
@@ -60,40 +61,7 @@ share() { # share COUNT -> prints "median_ms rows"
 	vmd_pid=$!
 	for _ in $(seq 1 200); do grep -q "startup complete" "$log" 2>/dev/null && break; sleep 0.05; done
 	grep -q "startup complete" "$log" || { cat "$log" >&2; fail "vmd did not start"; }
-	python3 - "$sock" "$runs" <<'PY'
-import socket, struct, sys, time
-GET_INFO, INFO_DATA, INFO_END, BACKEND = 10, 11, 12, 22
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect(sys.argv[1])
-buf, off = bytearray(), 0
-def message():
-    # Walks the buffer by offset: no copy per message.
-    global buf, off
-    while True:
-        if len(buf) - off >= 16:
-            t, n = struct.unpack_from("=IH", buf, off)
-            if len(buf) - off >= n:
-                off += n
-                return t
-        chunk = s.recv(1 << 20)
-        if not chunk: raise SystemExit("vmd closed the connection")
-        del buf[:off]
-        off = 0
-        buf += chunk
-times, rows = [], 0
-for i in range(int(sys.argv[2]) + 5):
-    t0 = time.perf_counter()
-    s.sendall(struct.pack("=IHHII", GET_INFO, 16, 0, 0, 0))
-    rows = 0
-    while True:
-        t = message()
-        if t == INFO_END: break
-        if t != INFO_DATA and t != BACKEND: raise SystemExit("unexpected reply type %d" % t)
-        rows += 1
-    if i >= 5: times.append((time.perf_counter() - t0) * 1e3)
-times.sort()
-print("%.3f %d" % (times[len(times) // 2], rows))
-PY
+	"$tmp/statusrtt" "$sock" "$runs"
 	kill "$vmd_pid"; wait "$vmd_pid" 2>/dev/null || true; vmd_pid=""
 }
 read -r one_ms one_rows < <(share 1)

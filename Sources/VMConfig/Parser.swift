@@ -663,11 +663,9 @@ final class FileParser {
             var format: DiskFormat?
             if isKeyword(peek(), .format) {
                 advance()
-                let name = try string("raw after 'format'")
+                let name = try string("raw or qcow2 after 'format'")
                 format = DiskFormat(rawValue: name.lowercased())
-                if format != .raw {
-                    error(option, "unsupported vhost-user disk format \(name) (expected raw)")
-                }
+                if format == nil { error(option, "unrecognized disk format \(name) (expected raw or qcow2)") }
             }
             if isKeyword(peek(), .readonly) {
                 advance()

@@ -1,15 +1,16 @@
 /// Small, size-checked payload codecs shared by the roles (no Foundation).
 public struct WireWriter {
     public private(set) var bytes: [UInt8] = []
-    public init() {}
+    /// Room for a typical payload at once (a status reply writes one per
+    /// VM: growing the array step by step cost more than the encoding).
+    public init() { bytes.reserveCapacity(128) }
     public mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
     public mutating func i32(_ v: Int32) { u32(UInt32(bitPattern: v)) }
     public mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
     /// u32 length + UTF-8 bytes.
     public mutating func string(_ s: String) {
-        let b = Array(s.utf8)
-        u32(UInt32(b.count))
-        bytes += b
+        u32(UInt32(s.utf8.count))
+        bytes.append(contentsOf: s.utf8)
     }
 }
 

@@ -76,24 +76,31 @@ struct BackendLaunch: Equatable, WirePayload {
     /// "" or six hex bytes with ':'.
     var mac: String
     var hasFile: Bool
+    /// blk: "raw", "qcow2" or "" (detect by magic).
+    var format = ""
 
     func encode(to w: inout WireWriter) {
         w.string(name); w.string(kind); w.u32(readOnly ? 1 : 0); w.string(mac); w.u32(hasFile ? 1 : 0)
+        w.string(format)
     }
 
-    init(name: String, kind: String, readOnly: Bool, mac: String, hasFile: Bool) {
+    init(name: String, kind: String, readOnly: Bool, mac: String, hasFile: Bool, format: String = "") {
         self.name = name; self.kind = kind; self.readOnly = readOnly; self.mac = mac; self.hasFile = hasFile
+        self.format = format
     }
 
     init(from r: inout WireReader) throws {
         name = try r.string(max: 64); kind = try r.string(max: 8); readOnly = try r.u32() != 0
         mac = try r.string(max: 17); hasFile = try r.u32() != 0
+        format = try r.string(max: 8)
+        guard format.isEmpty || format == "raw" || format == "qcow2" else { throw WireReader.Truncated() }
     }
 
     /// The backend's arguments, the descriptors mapped from fd 3 in order.
     func arguments(foreground: Bool, verbosity: Int) -> [String] {
         var args = ["vmd", "-P", "vhost-user", "-t", kind, "-N", name, "-L", "3", "-C", "4"]
         if hasFile { args += ["-B", "5"] }
+        if !format.isEmpty { args += ["-F", format] }
         if readOnly { args.append("-r") }
         if !mac.isEmpty { args += ["-m", mac] }
         if foreground { args.append("-d") }

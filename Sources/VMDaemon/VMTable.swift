@@ -188,10 +188,12 @@ final class VMTable {
     }
 
     func info(_ e: Entry) -> VMInfo {
-        var owner = e.config.owner.map { o in
-            [o.user, o.group.map { ":" + $0 }].compactMap { $0 }.joined()
-        } ?? "root"
-        if owner.isEmpty { owner = "root" }
+        // (Plain concatenation: this runs once per VM for every status.)
+        var owner = "root"
+        if let o = e.config.owner {
+            owner = (o.user ?? "") + (o.group.map { ":" + $0 } ?? "")
+            if owner.isEmpty { owner = "root" }
+        }
         let running = e.state != .stopped && e.pid != 0
         var vm = VMInfo(id: e.id, pid: running ? e.pid : 0, vcpus: UInt32(e.config.effectiveCPUs),
                         maxMemory: e.config.effectiveMemoryBytes,

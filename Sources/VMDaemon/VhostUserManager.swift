@@ -336,7 +336,8 @@ final class VhostUserManager {
             b.frontendPID = 0
             let launch = BackendLaunch(name: b.config.name, kind: kind.rawValue, readOnly: b.config.readOnly,
                                        mac: b.mac.map { String($0, radix: 16) }.joined(separator: ":"),
-                                       hasFile: b.fileFD != nil)
+                                       hasFile: b.fileFD != nil,
+                                       format: b.config.disk?.format?.rawValue ?? "")
             sendVMM(Imsg(type: MessageType.vmmStartBackend.rawValue, peerID: b.launch, data: launch.encoded()))
             // The channel takes each descriptor over and closes it once sent.
             for f in fds { sendVMM(Imsg(type: MessageType.vmmStartBackendFD.rawValue, peerID: b.launch, fd: f)) }

@@ -7,6 +7,7 @@ import CVhostUser
 import Imsg
 import VMDControl
 import VMConfig
+import DiskImage
 
 /// `vmd -P vhost-user -t KIND -S SOCKET ...`: one of our virtio devices
 /// (vioblk, vioscsi, viornd, vionet) as a vhost-user backend for QEMU or
@@ -38,8 +39,11 @@ struct VhostUserOptions: Equatable {
     /// `-C fd`: an imsg channel to the vmd parent that manages this backend
     /// (FrontendReport when a frontend connects or leaves).
     var statusFD: Int32?
+    /// blk: `-F raw|qcow2`; nil: qcow2 if the image has its magic, else
+    /// raw (as a VM's disk without `format`).
+    var format: String?
 
-    static let usage = "usage: vmd -P vhost-user [-drv] -t blk|scsi|rnd|net (-S socket [-u user[:group]] | -L fd)\n       [-i image | -n tap | -B fd] [-m lladdr] [-l host-address] [-N name] [-C fd]"
+    static let usage = "usage: vmd -P vhost-user [-drv] -t blk|scsi|rnd|net (-S socket [-u user[:group]] | -L fd)\n       [-i image [-F raw|qcow2] | -n tap | -B fd] [-m lladdr] [-l host-address] [-N name] [-C fd]"
 
     struct ParseError: Error, CustomStringConvertible { var description: String }
 
@@ -76,6 +80,10 @@ struct VhostUserOptions: Equatable {
                     throw ParseError(description: "bad local address \(text) (the first, even, address of a /31)")
                 }
                 o.localHost = a
+            case "-F":
+                let f = try value()
+                guard f == "raw" || f == "qcow2" else { throw ParseError(description: "-F must be raw or qcow2\n\(usage)") }
+                o.format = f
             case "-m":
                 let text = try value()
                 let parts = text.split(separator: ":", omittingEmptySubsequences: false)
@@ -110,6 +118,23 @@ struct VhostUserOptions: Equatable {
 }
 
 final class VhostUserProcess: VhostUserBackendDelegate {
+    /// The image's format as vioblk wants it (["raw"] or ["qcow2"]); a qcow2
+    /// image with a backing file is refused: a backend gets one descriptor.
+    static func diskFormats(fd: Int32, path: String, format: String?, writable: Bool, name: String) -> [String] {
+        do {
+            let chain = try BackingChain.resolve(path: path, file: FDImageFile(fd: fd),
+                                                 format: format.flatMap { DiskFormat(rawValue: $0) },
+                                                 writable: writable) { base in
+                throw DiskImageError.invalid("backing file \(base): not supported by vhost-user backends "
+                                             + "(give a standalone image: qemu-img convert)")
+            }
+            return chain.map(\.format.rawValue)
+        } catch {
+            exitWith("\(name): \(path): \(error)")
+        }
+    }
+
+
     lazy var loop = EventLoop()
     let options: VhostUserOptions
     let name: String
@@ -205,6 +230,10 @@ final class VhostUserProcess: VhostUserBackendDelegate {
             hostMAC[5] &+= 1
             parameters.local = LocalInterface(hostIPv4: host, guestIPv4: host + 1, hostMAC: hostMAC,
                                               hostname: String(name.utf8.prefix(63))!)
+        }
+        if kind == .blk, let fd {
+            parameters.diskFormats = Self.diskFormats(fd: fd, path: options.imagePath ?? name, format: options.format,
+                                                      writable: !options.readOnly, name: name)
         }
         let backends: [(role: BackendRole, fd: Int32)] = model.backends.compactMap { role in fd.map { (role, $0) } }
         let device: VirtioDevice

@@ -8,7 +8,7 @@ devices:     one QEMU TCG guest with our blk (run by the vmd daemon from a
              backends: fio verify + discard + flush on a 256 MiB disk (the
              host checks the image), the ISO's checksum, 64 KiB of
              /dev/hwrng, ping and a 64 MiB TCP transfer into a test netns.
-restart:     fio verify on blk while the backend is SIGKILLed and respawned
+restart:     fio verify on blk (a qcow2 image) while the backend is SIGKILLed and respawned
              5 times (QEMU reconnect=1, inflight resubmission).
 badfrontend: a hostile vhost-user client; the backend must answer with an
              error or close, never die, and serve the next frontend.
@@ -301,10 +301,12 @@ def scenario_restart(vmd, kernel, initrd, work, log):
     backend kills itself (VMD_VHOST_USER_SELFTEST=kill-inflight:N, N random)
     right after recording a request as taken, before serving it. The test
     respawns it on the same socket; QEMU reconnects and hands back the
-    inflight region; the new instance must serve that request again."""
-    image = os.path.join(work, "disk.img")
-    with open(image, "wb") as f:
-        f.truncate(256 << 20)
+    inflight region; the new instance must serve that request again.
+    The disk is a qcow2 image (the format found by its magic, as for a VM's
+    disk), so the qcow2 code serves Linux too; the host checks it converted
+    to raw."""
+    image = os.path.join(work, "disk.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "256M"], check=True)
     sock = os.path.join(work, "blk.sock")
     rng = random.Random(7)
 
@@ -340,7 +342,10 @@ def scenario_restart(vmd, kernel, initrd, work, log):
         stop.set()
         if len(kills) < 5:
             fail(f"fio finished after {len(kills)} of 5 kills; the test proves nothing")
-        check_blk(lines, image, mib)
+        raw = os.path.join(work, "disk.raw")
+        subprocess.run(["qemu-img", "check", "-q", image], check=True)
+        subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True)
+        check_blk(lines, raw, mib)
         log.flush()
         text = open(log.name).read()
         resubmitted = len(re.findall(r"resubmitting 1 requests in flight", text))
