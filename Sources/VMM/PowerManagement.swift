@@ -56,6 +56,9 @@ final class PowerManagement: BusDevice {
         return enabled
     }
 
+    /// True while a press is not yet acknowledged (PWRBTN_STS still set).
+    var powerButtonPending: Bool { lock.locked { status & Self.powerButtonStatus != 0 } }
+
     /// True once the guest enabled the power-button event.
     var powerButtonEnabled: Bool { lock.locked { enable & Self.powerButtonStatus != 0 } }
 

@@ -280,6 +280,10 @@ public final class VirtualMachine {
     @discardableResult
     public func pressPowerButton() -> Bool { power?.pressPowerButton() ?? false }
 
+    /// True while a power-button press is not acknowledged (the guest's
+    /// ACPI handler clears PWRBTN_STS).
+    public var powerButtonPending: Bool { power?.powerButtonPending ?? false }
+
     /// True once the guest enabled the ACPI power-button event.
     public var powerButtonEnabled: Bool { power?.powerButtonEnabled ?? false }
 
