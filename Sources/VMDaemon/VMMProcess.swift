@@ -25,11 +25,8 @@ final class VMMProcess {
     /// takes its device processes with it (parent-death signal).
     static let stopMargin: Double = 0.5
     static var forcedStopDeadline: Double { VMProcess.forcedStopBound + stopMargin }
-    /// Graceful: the guest's time to acknowledge vmmci, then to take the
-    /// ACPI power button, then the forced part.
-    static var gracefulStopDeadline: Double {
-        VMProcess.shutdownAckTimeout + VMProcess.powerButtonAckTimeout + forcedStopDeadline
-    }
+    /// Graceful: the guest's time to acknowledge, then the forced part.
+    static var gracefulStopDeadline: Double { VMProcess.shutdownAckTimeout + forcedStopDeadline }
     /// After the guest acknowledged: its time to power off, then forced.
     static var acknowledgedStopDeadline: Double { VMProcess.guestShutdownTimeout + forcedStopDeadline }
 

@@ -50,8 +50,6 @@ final class VMProcess {
     /// is powered off (a forced stop).
     static let shutdownAckTimeout: Double = 3
     static let guestShutdownTimeout: Double = 120
-    /// After a power-button press, the guest's time to take the event.
-    static let powerButtonAckTimeout: Double = 2
     /// The longest the forced part of a stop takes in this process (vCPUs,
     /// device grace, the reap after SIGKILL); vmm allows a little more.
     static let forcedStopBound: Double = vcpuStopTimeout + forcedDeviceExitGrace + 1
@@ -345,56 +343,51 @@ final class VMProcess {
         }
     }
 
-    /// Graceful: ask the guest through vmmci and give it time; a guest that
-    /// does not acknowledge (no vmmci driver: Linux, a BIOS-booted OS) gets
-    /// the ACPI power button if it enabled that event; otherwise (or after
-    /// the time) the VM is powered off.
+    /// Graceful: ask the guest through vmmci and, if it enabled the ACPI
+    /// power-button event (an ACPI OS listens), press the power button too.
+    /// A guest that acknowledges within 3 s (the vmmci ack, or its ACPI
+    /// handler clearing PWRBTN_STS) gets the acknowledged-stop time; any
+    /// other, or one that never asked for either, is powered off.
     func stop(graceful: Bool) {
         guard !finishing else { return }
         if graceful, gracefulTimer == nil {
+            var asked = false
             if let v = vmmci {
                 v.async?.send(type: MessageType.vmmciCommand.rawValue, data: VMMCIMessage(command: .shutdown).encoded())
                 Log.info("asked the guest to shut down (vmmci)")
+                asked = true
+            }
+            let pressed = vm.powerButtonEnabled
+            if pressed {
+                vm.pressPowerButton()
+                Log.info("pressed the ACPI power button")
+                asked = true
+            }
+            if asked {
                 // vmd: 3 s for the ack; after an ack the guest gets longer.
                 gracefulTimer = loop.after(seconds: Self.shutdownAckTimeout) { [unowned self] in
                     self.gracefulTimer = nil
-                    if self.pressPowerButton(after: "no vmmci acknowledgement") { return }
+                    if pressed && !self.vm.powerButtonPending {
+                        Log.info("the guest took the ACPI power button: waiting for it to power off")
+                        self.acknowledgedStop(MessageType.vmmciAck.rawValue, VMMCIMessage(command: .shutdown).encoded())
+                        return
+                    }
                     Log.info("no shutdown acknowledgement from the guest: powering off")
                     self.finish(.stopped, "powered off after the guest did not acknowledge", forced: true)
                 }
                 return
             }
-            if pressPowerButton(after: "no vmmci device") { return }
         }
         finish(.stopped, graceful ? "" : "forced stop", forced: !graceful)
     }
 
-    /// Presses the ACPI power button if the guest enabled the event (an
-    /// ACPI OS listens); false if nobody listens. An OS that takes the
-    /// event clears PWRBTN_STS: that is its acknowledgement, and it then
-    /// gets the time an acknowledged vmmci shutdown gets. A guest that does
-    /// not take it in `powerButtonAckTimeout` (stuck, or it only enabled
-    /// the event) is powered off, within vmm's graceful deadline.
-    func pressPowerButton(after why: String) -> Bool {
-        guard vm.powerButtonEnabled else { return false }
-        vm.pressPowerButton()
-        Log.info("\(why): pressed the ACPI power button")
-        gracefulTimer = loop.after(seconds: Self.powerButtonAckTimeout) { [unowned self] in
-            self.gracefulTimer = nil
-            guard !self.vm.powerButtonPending else {
-                Log.info("no shutdown acknowledgement from the guest: powering off")
-                self.finish(.stopped, "powered off after the guest did not take the power button", forced: true)
-                return
-            }
-            Log.info("the guest took the ACPI power button")
-            // vmm bounds a graceful stop: the guest is shutting down, as after a vmmci ack.
-            self.vmm.send(type: MessageType.vmmciAck.rawValue, data: VMMCIMessage(command: .shutdown).encoded())
-            self.gracefulTimer = self.loop.after(seconds: Self.guestShutdownTimeout) { [unowned self] in
-                self.finish(.stopped, "powered off: the guest did not shut down in \(Int(Self.guestShutdownTimeout)) s after the power button",
-                            forced: true)
-            }
+    /// The guest is shutting down: vmm extends its bound, the guest gets its time.
+    func acknowledgedStop(_ type: UInt32, _ data: [UInt8]) {
+        vmm.send(type: type, data: data)
+        gracefulTimer = loop.after(seconds: Self.guestShutdownTimeout) { [unowned self] in
+            self.finish(.stopped, "powered off: the guest did not shut down in \(Int(Self.guestShutdownTimeout)) s",
+                        forced: true)
         }
-        return true
     }
 
     func vmmciAck(_ m: Imsg) {
@@ -403,11 +396,7 @@ final class VMProcess {
         guard ack.command == .shutdown || ack.command == .reboot, let t = gracefulTimer else { return }
         loop.remove(t)
         // vmm bounds a graceful stop; the guest is now shutting down.
-        vmm.send(type: MessageType.vmmciAck.rawValue, data: m.data)
-        gracefulTimer = loop.after(seconds: Self.guestShutdownTimeout) { [unowned self] in
-            self.finish(.stopped, "powered off: the guest did not shut down in \(Int(Self.guestShutdownTimeout)) s",
-                        forced: true)
-        }
+        acknowledgedStop(MessageType.vmmciAck.rawValue, m.data)
     }
 
     /// Stops the VM in bounded time whatever state its devices are in:

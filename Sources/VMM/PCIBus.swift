@@ -294,7 +294,10 @@ final class PCISlot {
                 barRegisters[index] = (merged & mask) | typeBits(index)
                 return remap(index)
             case 0x3C:
-                config[0x3C] = UInt8(truncatingIfNeeded: merged)  // interrupt line: the guest's note
+                // Interrupt line: our INTx routing is fixed by slot, so the register
+                // reports it and ignores writes (a BIOS that does not know this
+                // platform, SeaBIOS, would write 0xFF "unknown" over it).
+                if irq == 0 { config[0x3C] = UInt8(truncatingIfNeeded: merged) }
             case let d where d == msixCapability:
                 let writable = MSIXLayout.controlEnable | MSIXLayout.controlFunctionMask
                 let old = UInt16(config[d + 2]) | UInt16(config[d + 3]) << 8

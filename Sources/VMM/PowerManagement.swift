@@ -56,8 +56,7 @@ final class PowerManagement: BusDevice {
         return enabled
     }
 
-    /// True while a press is not yet handled: an ACPI OS clears
-    /// PWRBTN_STS when it takes the event (its acknowledgement).
+    /// True while a press is not yet acknowledged (PWRBTN_STS still set).
     var powerButtonPending: Bool { lock.locked { status & Self.powerButtonStatus != 0 } }
 
     /// True once the guest enabled the power-button event.

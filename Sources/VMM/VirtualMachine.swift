@@ -282,8 +282,8 @@ public final class VirtualMachine {
     @discardableResult
     public func pressPowerButton() -> Bool { power?.pressPowerButton() ?? false }
 
-    /// True while the guest has not taken the last power-button press
-    /// (PWRBTN_STS still set).
+    /// True while a power-button press is not acknowledged (the guest's
+    /// ACPI handler clears PWRBTN_STS).
     public var powerButtonPending: Bool { power?.powerButtonPending ?? false }
 
     /// True once the guest enabled the ACPI power-button event.

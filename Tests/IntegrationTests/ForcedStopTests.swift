@@ -125,8 +125,8 @@ final class ForcedStopTests: XCTestCase {
         let r = try g.daemon.vmctl(["stop", "-w", g.name], timeout: 30)
         let took = Date().timeIntervalSince(start)
         XCTAssertEqual(r.status, 0, r.out)
-        g.assertEnded("graceful stop", took: took, since: start, within: Self.bound + 5)
-        XCTAssertTrue(g.daemon.log.contains("the VM process did not stop in 8 s: killed"), g.daemon.log)
+        g.assertEnded("graceful stop", took: took, since: start, within: Self.bound + 3)
+        XCTAssertTrue(g.daemon.log.contains("the VM process did not stop in 6 s: killed"), g.daemon.log)
         XCTAssertEqual(g.daemon.stop(timeout: 10), 0)
     }
 
@@ -140,9 +140,8 @@ final class ForcedStopTests: XCTestCase {
         let r = try g.daemon.vmctl(["stop", "-w", g.name], timeout: 20)
         let took = Date().timeIntervalSince(start)
         XCTAssertEqual(r.status, 0, r.out)
-        // vmd's 3 s for the vmmci acknowledgement, 2 s for the guest to take
-        // the ACPI power button (vmtest enables it), then a forced stop's bound.
-        g.assertEnded("graceful stop", took: took, since: start, within: 3 + 2 + Self.bound)
+        // vmd's 3 s for the acknowledgement, then a forced stop's bound.
+        g.assertEnded("graceful stop", took: took, since: start, within: 3 + Self.bound)
         XCTAssertTrue(g.daemon.log.contains("vm gdev: no shutdown acknowledgement from the guest: powering off"),
                       g.daemon.log)
         XCTAssertEqual(g.daemon.stop(timeout: 10), 0)
@@ -157,14 +156,12 @@ final class ForcedStopTests: XCTestCase {
         while g.daemon.process.isRunning && Date().timeIntervalSince(start) < 20 { usleep(20_000) }
         let took = Date().timeIntervalSince(start)
         XCTAssertFalse(g.daemon.process.isRunning, "vmd still running after 20 s\n\(g.daemon.log)")
-        // A graceful stop of its VM: the vmmci and power-button windows (5 s)
-        // come before the forced part.
-        g.assertEnded("vmd SIGTERM shutdown", took: took, since: start, within: 3 + 2 + Self.bound)
+        g.assertEnded("vmd SIGTERM shutdown", took: took, since: start, within: Self.bound)
         XCTAssertEqual(g.daemon.stop(timeout: 1), 0)
     }
 
     /// vmd's SIGTERM with a stopped VM process: vmm kills it after the
-    /// graceful deadline (8 s: 3 s for vmmci, 2 s for the power button, 3 s forced) and the daemon exits.
+    /// graceful deadline (6 s) and the daemon exits.
     func testDaemonShutdownWithStoppedVMProcess() throws {
         let g = try Looping("tvm")
         g.stop(g.vm)
@@ -173,8 +170,8 @@ final class ForcedStopTests: XCTestCase {
         while g.daemon.process.isRunning && Date().timeIntervalSince(start) < 30 { usleep(20_000) }
         let took = Date().timeIntervalSince(start)
         XCTAssertFalse(g.daemon.process.isRunning, "vmd still running after 30 s\n\(g.daemon.log)")
-        g.assertEnded("vmd SIGTERM shutdown", took: took, since: start, within: Self.bound + 5)
-        XCTAssertTrue(g.daemon.log.contains("the VM process did not stop in 8 s: killed"), g.daemon.log)
+        g.assertEnded("vmd SIGTERM shutdown", took: took, since: start, within: Self.bound + 3)
+        XCTAssertTrue(g.daemon.log.contains("the VM process did not stop in 6 s: killed"), g.daemon.log)
         XCTAssertEqual(g.daemon.stop(timeout: 1), 0)
     }
 

@@ -12,6 +12,18 @@ final class BIOSBootTests: XCTestCase {
         try XCTSkipUnless(FileManager.default.fileExists(atPath: Self.seabios), "\(Self.seabios) missing (Debian seabios)")
     }
 
+    /// The ROM is a read-only KVM slot; a guest write exits to the MMIO bus,
+    /// which drops it. The shadow copy below 1 MiB holds the image's top.
+    func testROMMappingIgnoresWritesAndShadowsTheTop() throws {
+        let vm = try VirtualMachine(spec: VMSpec(name: "rom", memoryBytes: 64 << 20, kernelPath: Self.seabios))
+        let image = Array(try Data(contentsOf: URL(fileURLWithPath: Self.seabios)))
+        let resetVector: UInt64 = 0xFFFF_FFF0
+        XCTAssertEqual(vm.mmioBus.read(resetVector, size: 1), UInt64(image[image.count - 16]), "0xEA: jmp far")
+        vm.mmioBus.write(resetVector, size: 4, value: 0)
+        XCTAssertEqual(vm.mmioBus.read(resetVector, size: 1), 0xEA, "the write was dropped")
+        XCTAssertEqual(vm.boot.entry, .firmware)
+    }
+
     /// Nothing to boot: SeaBIOS says so on COM1 and waits; the VM stops when told.
     func testSeaBIOSWithNoDiskSaysNoBootableDevice() throws {
         let run = try GuestRun(spec: VMSpec(name: "bios", memoryBytes: 128 << 20, vcpus: 1, kernelPath: Self.seabios))

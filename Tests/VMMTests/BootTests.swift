@@ -195,8 +195,13 @@ final class MultibootTests: XCTestCase {
         bz.put32(0x202, 0x5372_6448)
         XCTAssertEqual(try KernelFormat.detect(bz.bytes, path: "b"), .bzImage)
         XCTAssertThrowsError(try KernelFormat.detect([1, 2, 3], path: "/x/y.img")) { error in
-            XCTAssertEqual("\(error)", "/x/y.img: not a kernel this VMM can boot (no Multiboot header in the first 8 KiB, no bzImage \"HdrS\" magic at 0x202)")
+            XCTAssertEqual("\(error)", "/x/y.img: not a kernel or BIOS this VMM can boot (no Multiboot header in the first 8 KiB, no bzImage \"HdrS\" magic at 0x202, not a 64 KiB-multiple BIOS image with a far jump at its reset vector)")
         }
+        var bios = [UInt8](repeating: 0, count: 128 << 10)
+        bios[bios.count - 16] = 0xEA
+        XCTAssertEqual(try KernelFormat.detect(bios, path: "c"), .bios)
+        bios[bios.count - 16] = 0x90
+        XCTAssertThrowsError(try KernelFormat.detect(bios, path: "d"), "no far jump at the reset vector")
     }
 }
 

@@ -140,12 +140,12 @@ final class PCIBusTests: XCTestCase {
         XCTAssertEqual(mmio.read(0xC000_0000, size: 4), 0xA001_0000)
     }
 
-    func testReadOnlyRegistersIgnoreWritesAndInterruptLineIsWritable() throws {
+    func testReadOnlyRegistersIgnoreWritesAndInterruptLineIsHardWired() throws {
         _ = try pci.add(virtioLike())
         setConfig(1, 0x00, 0xDEAD_BEEF)
         XCTAssertEqual(config(1, 0x00), 0x1042_1AF4)
-        setConfig(1, 0x3C, 0x0B, size: 1)
-        XCTAssertEqual(config(1, 0x3C, size: 1), 0x0B)
+        setConfig(1, 0x3C, 0xFF, size: 1)   // SeaBIOS's "unknown routing"
+        XCTAssertEqual(config(1, 0x3C, size: 1), 5, "the routed IRQ stays")
         XCTAssertEqual(config(1, 0x3D, size: 1), 1)
         setConfig(1, 0x40, 0xFFFF_FFFF)
         XCTAssertEqual(config(1, 0x40, size: 1), 0x09, "capabilities are read-only")

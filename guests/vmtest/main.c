@@ -295,6 +295,7 @@ void vmtest_main(void)
         reboot();
     }
     if (opt.stay) {
+        /* A guest with a vmmci driver takes its requests; the power button is for the others. */
         printf("vmtest: stay: waiting for a vmmci request or the ACPI power button\n");
         if (vmmci_present())
             vmmci_wait();

@@ -8,10 +8,8 @@
 
 void pic_init(void)
 {
-    outb(0x20, 0x11); outb(0xA0, 0x11);    /* ICW1: edge/level per ELCR, ICW4 follows */
-    outb(0x21, 0x20); outb(0xA1, 0x28);    /* ICW2: vector bases */
-    outb(0x21, 0x04); outb(0xA1, 0x02);    /* ICW3: slave on IRQ2 */
-    outb(0x21, 0x01); outb(0xA1, 0x01);    /* ICW4: 8086 mode, normal EOI */
+    /* boot.S programmed both PICs (ICW1-4, bases 0x20/0x28) at CPL0 with IF clear:
+     * an ICW1 here would reset the vector base to 0 while a BIOS-started PIT ticks. */
     outb(0x21, 0xFB);                      /* everything masked but the cascade (IRQ2) */
     outb(0xA1, 0xFF);
 }

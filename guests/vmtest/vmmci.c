@@ -62,7 +62,6 @@ void vmmci_wait(void)
 {
     for (;;) {
         irq_service();
-        acpi_poll();
         u8 isr = vmmci.isr_pending;
         vmmci.isr_pending = 0;
         if (vmmci.irq < 0 || !isr)
