@@ -54,6 +54,8 @@ public final class VioBlk: VirtioDevice {
     weak var host: VirtioDeviceHost?
     /// Runs reads, writes and flushes asynchronously (nil: all synchronous).
     public let engine: BlockIOEngine?
+    /// Serve every request in turn even with an engine (VMD_BLOCK_IO=sync).
+    let synchronous: Bool
     /// Requests handed to the engine and not yet returned, by operation tag.
     var operations: [UInt64: AsyncOperation] = [:]
     var nextTag: UInt64 = 1
@@ -63,7 +65,9 @@ public final class VioBlk: VirtioDevice {
     var unflushed = true
     public var onInputWanted: (() -> Void)?
 
-    public init(name: String, backend: BlockBackend, identifier: String, engine: BlockIOEngine? = nil, queues: Int = 1) {
+    public init(name: String, backend: BlockBackend, identifier: String, engine: BlockIOEngine? = nil, queues: Int = 1,
+                synchronous: Bool = false) {
+        self.synchronous = synchronous
         var parameters = DeviceParameters()
         parameters.queueCount = queues
         self.queueMaxSizes = VioBlk.model.queueSizes(for: parameters)
@@ -278,7 +282,7 @@ extension VioBlk {
                    "io_uring_enter"],
         multiQueue: true,
         make: { c in
-            let engine = try VioBlk.makeEngine(name: c.name)
+            let (engine, synchronous) = try VioBlk.makeEngine(name: c.name)
             let formats = c.parameters.diskFormats
             let disk = try c.backend(.disk)
             let backend: BlockBackend
@@ -293,6 +297,6 @@ extension VioBlk {
                 backend = try DiskImageBackend(fds: [disk] + bases, formats: formats, readOnly: c.parameters.readOnly)
             }
             return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
-                          queues: max(1, c.parameters.queueCount))
+                          queues: max(1, c.parameters.queueCount), synchronous: synchronous)
         })
 }

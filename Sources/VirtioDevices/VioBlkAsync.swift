@@ -55,9 +55,15 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
     }
 
     /// The engine for a device process: `VMD_BLOCK_IO` (io_uring, threads)
-    /// picks one for tests; the log says which runs and why.
-    static func makeEngine(name: String) throws -> BlockIOEngine {
+    /// picks one for tests, `sync` none (every request served in turn, as
+    /// before the engine existed: the bench's baseline); the log says which
+    /// runs and why.
+    static func makeEngine(name: String) throws -> (engine: BlockIOEngine, synchronous: Bool) {
         let asked = getenv("VMD_BLOCK_IO").map { String(cString: $0) } ?? ""
+        if asked == "sync" {
+            Log.info("\(name): synchronous I/O, one request at a time (VMD_BLOCK_IO=sync)")
+            return (try BlockIOEngine(depth: 1, mode: .threads), true)
+        }
         let mode = BlockIOEngine.Mode(rawValue: asked) ?? .automatic
         let engine = try BlockIOEngine(depth: 512, mode: mode)
         if let why = engine.fallbackReason {
@@ -65,13 +71,13 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
         } else {
             Log.info("\(name): asynchronous I/O on \(engine.description)")
         }
-        return engine
+        return (engine, false)
     }
 
     /// Starts a request: returns the length to return it with now, or nil
     /// when it completes later (operations in flight).
     func start(_ request: VirtqueueRequest, queue index: Int, memory: GuestMemory) -> UInt32? {
-        guard let engine, let backend = backend as? AsyncBlockBackend, request.writableLength >= 1 else {
+        guard let engine, !synchronous, let backend = backend as? AsyncBlockBackend, request.writableLength >= 1 else {
             return serve(request, memory: memory)
         }
         var readable = ChainCursor(memory: memory, elements: request.readable)
