@@ -131,6 +131,9 @@ public final class VioBlk: VirtioDevice {
         if let engine {
             let r = engine.submit()
             if r < 0 { completeFailedSubmission(errno: -r) }
+            // Reads from the page cache complete inside the submission:
+            // return them now, without another trip through the event loop.
+            if engine.inflight > 0 { completeReady(wait: false, serving: (index, queue)) }
         }
     }
 

@@ -243,7 +243,7 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
 
     /// Takes the engine's completions and returns the requests they finish
     /// on their queues (one interrupt decision per queue and batch).
-    func completeReady(wait: Bool) {
+    func completeReady(wait: Bool, serving current: (index: Int, queue: Virtqueue)? = nil) {
         guard let engine else { return }
         var done: [Int: [(UInt16, UInt32)]] = [:]
         var first = true
@@ -274,6 +274,11 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
             }
         }
         for (queue, heads) in done {
+            if let current, current.index == queue {
+                // Inside the queue's own processing: its host checks the interrupt after.
+                for (head, length) in heads { try? current.queue.pushUsed(head: head, length: length) }
+                continue
+            }
             host?.withQueue(queue) { q in
                 for (head, length) in heads { try q.pushUsed(head: head, length: length) }
             }
