@@ -282,7 +282,7 @@ extension VioBlk {
         syscalls: ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate",
                    "lseek", "fstat", "newfstatat",
                    // the ring, set up (and restricted) before the sandbox
-                   "io_uring_enter"],
+                   "io_uring_enter", "pwritev2"],
         multiQueue: true,
         make: { c in
             let (engine, synchronous) = try VioBlk.makeEngine(name: c.name)

@@ -176,7 +176,11 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
             switch extent {
             case .file(let fd, let hostOffset, let n):
                 let tag = nextTag
-                if iovecs.count <= BlockIOEngine.maxSegments,
+                if !pending.isRead, iovecs.count <= BlockIOEngine.maxSegments,
+                   engine.writeIfNonBlocking(fd: fd, iovecs: iovecs, offset: hostOffset, length: n) {
+                    // Into the page cache without blocking: done (io_uring
+                    // would hand a buffered write to a worker thread).
+                } else if iovecs.count <= BlockIOEngine.maxSegments,
                    engine.transfer(write: !pending.isRead, fd: fd, iovecs: iovecs, offset: hostOffset, tag: tag) {
                     nextTag &+= 1
                     operations[tag] = AsyncOperation(request: pending, kind: pending.isRead ? .read : .write, fd: fd,
