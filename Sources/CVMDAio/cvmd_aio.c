@@ -334,3 +334,10 @@ int cvmd_aio_reap(cvmd_aio *a, cvmd_aio_completion *out, int max, int wait) {
 		nanosleep(&ts, NULL);
 	}
 }
+
+int64_t cvmd_aio_write_nowait(int fd, const struct iovec *iov, int iovcnt, uint64_t offset) {
+	if (offset > (uint64_t)INT64_MAX) return -EINVAL;
+	ssize_t n;
+	do { n = pwritev2(fd, iov, iovcnt, (off_t)offset, RWF_NOWAIT); } while (n < 0 && errno == EINTR);
+	return n < 0 ? -errno : n;
+}

@@ -69,7 +69,7 @@ public enum SandboxPolicies {
             "accept4", "accept",
             // vioblk's restricted io_uring, set up by device processes before their own
             // filter, and its thread-pool fallback (preadv/pwritev)
-            "io_uring_setup", "io_uring_register", "io_uring_enter", "preadv", "pwritev",
+            "io_uring_setup", "io_uring_register", "io_uring_enter", "preadv", "pwritev", "pwritev2",
         ])
 
     /// A device process: its channels, guest memory (already mapped), its

@@ -66,6 +66,16 @@ public final class BlockIOEngine {
         return r == 0
     }
 
+    /// Writes `iovecs` here and now if that cannot block; false: queue it.
+    public func writeIfNonBlocking(fd: Int32, iovecs: [iovec], offset: UInt64, length: UInt64) -> Bool {
+        guard isIoUring, !nowaitUnsupported else { return false }
+        let n = iovecs.withUnsafeBufferPointer { cvmd_aio_write_nowait(fd, $0.baseAddress, Int32($0.count), offset) }
+        if n == -Int64(EOPNOTSUPP) { nowaitUnsupported = true }
+        // A short write is simply done again whole on the ring (same bytes, same place).
+        return n == Int64(length)
+    }
+    private var nowaitUnsupported = false
+
     public func syncData(fd: Int32, tag: UInt64) -> Bool {
         cvmd_aio_fdatasync(handle, fd, tag) == 0
     }

@@ -54,6 +54,8 @@ public final class VioBlk: VirtioDevice {
     weak var host: VirtioDeviceHost?
     /// Runs reads, writes and flushes asynchronously (nil: all synchronous).
     public let engine: BlockIOEngine?
+    /// Serve every request in turn even with an engine (VMD_BLOCK_IO=sync).
+    let synchronous: Bool
     /// Requests handed to the engine and not yet returned, by operation tag.
     var operations: [UInt64: AsyncOperation] = [:]
     var nextTag: UInt64 = 1
@@ -63,7 +65,9 @@ public final class VioBlk: VirtioDevice {
     var unflushed = true
     public var onInputWanted: (() -> Void)?
 
-    public init(name: String, backend: BlockBackend, identifier: String, engine: BlockIOEngine? = nil, queues: Int = 1) {
+    public init(name: String, backend: BlockBackend, identifier: String, engine: BlockIOEngine? = nil, queues: Int = 1,
+                synchronous: Bool = false) {
+        self.synchronous = synchronous
         var parameters = DeviceParameters()
         parameters.queueCount = queues
         self.queueMaxSizes = VioBlk.model.queueSizes(for: parameters)
@@ -127,6 +131,9 @@ public final class VioBlk: VirtioDevice {
         if let engine {
             let r = engine.submit()
             if r < 0 { completeFailedSubmission(errno: -r) }
+            // Reads from the page cache complete inside the submission:
+            // return them now, without another trip through the event loop.
+            if engine.inflight > 0 { completeReady(wait: false, serving: (index, queue)) }
         }
     }
 
@@ -275,10 +282,10 @@ extension VioBlk {
         syscalls: ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate",
                    "lseek", "fstat", "newfstatat",
                    // the ring, set up (and restricted) before the sandbox
-                   "io_uring_enter"],
+                   "io_uring_enter", "pwritev2"],
         multiQueue: true,
         make: { c in
-            let engine = try VioBlk.makeEngine(name: c.name)
+            let (engine, synchronous) = try VioBlk.makeEngine(name: c.name)
             let formats = c.parameters.diskFormats
             let disk = try c.backend(.disk)
             let backend: BlockBackend
@@ -292,7 +299,9 @@ extension VioBlk {
                 }
                 backend = try DiskImageBackend(fds: [disk] + bases, formats: formats, readOnly: c.parameters.readOnly)
             }
-            return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
-                          queues: max(1, c.parameters.queueCount))
+            let blk = VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
+                             queues: max(1, c.parameters.queueCount), synchronous: synchronous)
+            VioBlk.flushAtExit(blk)
+            return blk
         })
 }

@@ -10,6 +10,10 @@ import Glibc
 import Virtio
 import VMDSystem
 
+extension VioBlk {
+    static var exitHooks: [() -> Void] = []
+}
+
 /// One request with operations in flight.
 final class AsyncRequest {
     let queue: Int
@@ -55,9 +59,15 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
     }
 
     /// The engine for a device process: `VMD_BLOCK_IO` (io_uring, threads)
-    /// picks one for tests; the log says which runs and why.
-    static func makeEngine(name: String) throws -> BlockIOEngine {
+    /// picks one for tests, `sync` none (every request served in turn, as
+    /// before the engine existed: the bench's baseline); the log says which
+    /// runs and why.
+    static func makeEngine(name: String) throws -> (engine: BlockIOEngine, synchronous: Bool) {
         let asked = getenv("VMD_BLOCK_IO").map { String(cString: $0) } ?? ""
+        if asked == "sync" {
+            Log.info("\(name): synchronous I/O, one request at a time (VMD_BLOCK_IO=sync)")
+            return (try BlockIOEngine(depth: 1, mode: .threads), true)
+        }
         let mode = BlockIOEngine.Mode(rawValue: asked) ?? .automatic
         let engine = try BlockIOEngine(depth: 512, mode: mode)
         if let why = engine.fallbackReason {
@@ -65,13 +75,13 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
         } else {
             Log.info("\(name): asynchronous I/O on \(engine.description)")
         }
-        return engine
+        return (engine, false)
     }
 
     /// Starts a request: returns the length to return it with now, or nil
     /// when it completes later (operations in flight).
     func start(_ request: VirtqueueRequest, queue index: Int, memory: GuestMemory) -> UInt32? {
-        guard let engine, let backend = backend as? AsyncBlockBackend, request.writableLength >= 1 else {
+        guard let engine, !synchronous, let backend = backend as? AsyncBlockBackend, request.writableLength >= 1 else {
             return serve(request, memory: memory)
         }
         var readable = ChainCursor(memory: memory, elements: request.readable)
@@ -166,7 +176,11 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
             switch extent {
             case .file(let fd, let hostOffset, let n):
                 let tag = nextTag
-                if iovecs.count <= BlockIOEngine.maxSegments,
+                if !pending.isRead, iovecs.count <= BlockIOEngine.maxSegments,
+                   engine.writeIfNonBlocking(fd: fd, iovecs: iovecs, offset: hostOffset, length: n) {
+                    // Into the page cache without blocking: done (io_uring
+                    // would hand a buffered write to a worker thread).
+                } else if iovecs.count <= BlockIOEngine.maxSegments,
                    engine.transfer(write: !pending.isRead, fd: fd, iovecs: iovecs, offset: hostOffset, tag: tag) {
                     nextTag &+= 1
                     operations[tag] = AsyncOperation(request: pending, kind: pending.isRead ? .read : .write, fd: fd,
@@ -233,7 +247,7 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
 
     /// Takes the engine's completions and returns the requests they finish
     /// on their queues (one interrupt decision per queue and batch).
-    func completeReady(wait: Bool) {
+    func completeReady(wait: Bool, serving current: (index: Int, queue: Virtqueue)? = nil) {
         guard let engine else { return }
         var done: [Int: [(UInt16, UInt32)]] = [:]
         var first = true
@@ -264,6 +278,11 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
             }
         }
         for (queue, heads) in done {
+            if let current, current.index == queue {
+                // Inside the queue's own processing: its host checks the interrupt after.
+                for (head, length) in heads { try? current.queue.pushUsed(head: head, length: length) }
+                continue
+            }
             host?.withQueue(queue) { q in
                 for (head, length) in heads { try q.pushUsed(head: head, length: length) }
             }
@@ -280,6 +299,17 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
     /// vhost-user ring about to stop, a memory table about to change).
     public func completeInflight() {
         while let engine, engine.inflight > 0 { completeReady(wait: true) }
+    }
+
+    /// At process exit (a VM stopped, SIGTERM): what is in flight, then a
+    /// flush, so qcow2 links waiting in memory reach the image.
+    static func flushAtExit(_ blk: VioBlk) {
+        if exitHooks.isEmpty { atexit { for hook in VioBlk.exitHooks { hook() } } }
+        exitHooks.append { [weak blk] in
+            guard let blk, !blk.backend.isReadOnly else { return }
+            blk.dropInflight()
+            try? blk.backend.flush()
+        }
     }
 
     /// Waits for every operation in flight and forgets the requests.

@@ -97,11 +97,13 @@ final class VMLifecycleTests: XCTestCase {
             // queues), the INTx irqfd and its resamplefd, and on the modern
             // transport one MSI-X irqfd per queue plus the config vector.
             let queues = ["vioblk0": 1, "vionet0": 2, "viornd": 1, "vmmci": 0][String(dev.args.split(separator: " ").last!)] ?? -1
-            // vioblk also holds its I/O engine: an io_uring and the eventfd
-            // its completions signal (or, without io_uring, that eventfd).
+            // vioblk also holds its I/O engine: the restricted io_uring (where
+            // the kernel allows it) and the eventfd its completions signal.
             let engine = dev.args.hasSuffix("vioblk0") ? 1 : 0
             let eventfds = queues + 2 + (queues > 0 ? queues + 1 : 0) + engine
             XCTAssertEqual(targets.filter { $0 == "anon_inode:[eventfd]" }.count, eventfds, "\(dev.args): \(targets)")
+            let uringAllowed = (try? String(contentsOfFile: "/proc/sys/kernel/io_uring_disabled", encoding: .utf8))?.hasPrefix("0") ?? false
+            XCTAssertEqual(targets.filter { $0 == "anon_inode:[io_uring]" }.count, uringAllowed ? engine : 0, "\(dev.args): \(targets)")
             XCTAssertLessThanOrEqual(targets.count, 9 + eventfds + engine, "\(dev.args): \(targets)")
         }
         let vm = try XCTUnwrap(tree.first { $0.args == "vmd: vm devs" })

@@ -38,6 +38,10 @@ int cvmd_aio_ring_fd(const cvmd_aio *aio);
 int cvmd_aio_readv(cvmd_aio *aio, int fd, const struct iovec *iov, int iovcnt, uint64_t offset, uint64_t tag);
 int cvmd_aio_writev(cvmd_aio *aio, int fd, const struct iovec *iov, int iovcnt, uint64_t offset, uint64_t tag);
 int cvmd_aio_fdatasync(cvmd_aio *aio, int fd, uint64_t tag);
+// A write done here and now if the kernel can do it without blocking
+// (pwritev2 with RWF_NOWAIT: into the page cache, no dirty throttling).
+// Returns the bytes written, or -errno (-EAGAIN: it would block; queue it).
+int64_t cvmd_aio_write_nowait(int fd, const struct iovec *iov, int iovcnt, uint64_t offset);
 // Hand queued operations to the kernel (io_uring) or the workers.
 int cvmd_aio_submit(cvmd_aio *aio);
 // Up to `max` completions; with `wait`, blocks until at least one (if any
