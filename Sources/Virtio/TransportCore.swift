@@ -103,6 +103,13 @@ final class InterruptState {
         return value
     }
 
+    /// The driver acknowledged `bits` (virtio-mmio InterruptACK): they
+    /// clear, and the line drops once nothing is pending.
+    func acknowledge(_ bits: UInt8) {
+        isr &= ~bits
+        if isr == 0 { setLine(false) }
+    }
+
     private func setLine(_ level: Bool) {
         guard level != asserted else { return }
         asserted = level
