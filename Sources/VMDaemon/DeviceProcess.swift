@@ -88,7 +88,7 @@ final class DeviceProcess: InterruptSink {
         } catch {
             fail("\(error)")
         }
-        registers = model.presentation.makeTransport(device: device, memory: memory, interruptSink: self)
+        registers = model.presentation.makeTransport(device: device, memory: memory, interruptSink: self, bus: setup.bus)
         if let commands = device as? HostCommandDevice {
             commands.onAcknowledge = { [unowned self] cmd in
                 self.async.send(type: MessageType.vmmciAck.rawValue, data: VMMCIMessage(command: cmd).encoded())

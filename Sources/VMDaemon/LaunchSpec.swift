@@ -1,5 +1,7 @@
 import VMDControl
 import VirtioDevices
+import Virtio
+import VMM
 /// Everything a VM process needs to know, sent by the parent through vmm
 /// (vmmStartVM). The descriptors follow in vmmStartVMFD messages; the spec
 /// says which is which by index: the kernel, the initrd, and each device's
@@ -37,6 +39,10 @@ public struct LaunchSpec: Equatable, Sendable {
     public var initrdName = ""
     /// The VM's owner: its console pty is handed to this uid (0: root).
     public var ownerUID: UInt32 = 0
+    /// `virtio mmio`: the microVM shape (no PCI; virtio-mmio slots).
+    public var virtioBus: VirtioBus = .pci
+    /// `boot path format F`; `.automatic` chooses by what the file carries.
+    public var bootProtocol: BootProtocol = .automatic
 
     public init(vmid: UInt32, name: String, memoryBytes: UInt64, cpus: UInt32, cmdline: String,
                 kernelDescriptor: Int = 0, initrdDescriptor: Int? = nil, devices: [Device] = []) {
@@ -64,6 +70,7 @@ public struct LaunchSpec: Equatable, Sendable {
             w.u32(UInt32(d.descriptors.count)); for i in d.descriptors { w.u32(UInt32(i)) }
         }
         w.string(kernelName); w.string(initrdName); w.u32(ownerUID)
+        w.string(virtioBus.rawValue); w.string(bootProtocol.rawValue)
         return w.bytes
     }
 
@@ -96,6 +103,10 @@ public struct LaunchSpec: Equatable, Sendable {
             devices.append(Device(kind: kind, parameters: p, descriptors: descriptors))
         }
         kernelName = try r.string(max: 4096); initrdName = try r.string(max: 4096); ownerUID = try r.u32()
+        guard let bus = VirtioBus(rawValue: try r.string(max: 8)),
+              let bootProtocol = BootProtocol(rawValue: try r.string(max: 16)) else { throw WireReader.Truncated() }
+        virtioBus = bus
+        self.bootProtocol = bootProtocol
         guard r.remaining == 0 else { throw WireReader.Truncated() }
     }
 }

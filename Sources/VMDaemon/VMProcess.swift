@@ -101,12 +101,15 @@ final class VMProcess {
         let kernelFD = descriptor(spec.kernelDescriptor)
         let initrdFD = spec.initrdDescriptor.map(descriptor)
         do {
-            vm = try VirtualMachine(spec: VMSpec(
+            var machine = VMSpec(
                 name: spec.name, memoryBytes: spec.memoryBytes, vcpus: Int(spec.cpus),
                 kernelPath: "/proc/self/fd/\(kernelFD)", commandLine: spec.cmdline,
                 initrdPath: initrdFD.map { "/proc/self/fd/\($0)" },
                 kernelName: spec.kernelName.isEmpty ? nil : spec.kernelName,
-                initrdName: spec.initrdName.isEmpty ? nil : spec.initrdName))
+                initrdName: spec.initrdName.isEmpty ? nil : spec.initrdName)
+            machine.bootProtocol = spec.bootProtocol
+            if spec.virtioBus == .mmio { machine.virtioMMIOSlots = spec.devices.count }
+            vm = try VirtualMachine(spec: machine)
         } catch {
             die("\(error)")
         }
@@ -161,6 +164,7 @@ final class VMProcess {
             for (i, d) in spec.devices.enumerated() {
                 var s = DeviceSetup(kind: d.kind, name: spec.deviceName(i), vmName: spec.name, regions: regions)
                 s.parameters = d.parameters
+                s.bus = spec.virtioBus
                 let proxy = try startDevice(s, backends: d.descriptors.map(descriptor))
                 if d.kind.model.takesHostCommands { vmmci = proxy }
             }
@@ -238,7 +242,7 @@ final class VMProcess {
         let pid = try Spawn.spawnSelf(arguments: args, descriptors: fds)
         devicePIDs[pid] = s.name
         let proxy = VirtioProxy(name: s.name, presentation: model.presentation, pid: pid,
-                                syncFD: syncMine, asyncFD: asyncMine, stopFD: stopFD)
+                                syncFD: syncMine, asyncFD: asyncMine, stopFD: stopFD, bus: s.bus)
         proxy.onFailure = { Log.warning($0) }
         // vmd stops the VM when a device process dies; one that stopped
         // answering is failed the same way (vCPU thread: the loop finishes).
@@ -257,7 +261,11 @@ final class VMProcess {
             try vm.portEventFD(fd, port: port, length: 2, value: queue, assign: assign)
         }
         try proxy.setup(s)
-        proxy.interrupt = try vm.addPCIFunction(proxy)
+        if s.bus == .mmio {
+            try proxy.attachMMIO(to: vm)
+        } else {
+            proxy.interrupt = try vm.addPCIFunction(proxy)
+        }
         proxy.async = ImsgChannel(fd: asyncMine, name: "\(s.name): async", loop: loop,
                                   onMessage: { [unowned self, unowned proxy] _, m in
                                       if MessageType(rawValue: m.type) == .vmmciAck { self.vmmciAck(m) }

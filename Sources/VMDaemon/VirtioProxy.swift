@@ -51,13 +51,16 @@ final class VirtioProxy: PCIFunction {
     var registerNotify: ((Int32, UInt16, UInt64, Bool) throws -> Void)?
     private var notifyPort: UInt16?
 
-    init(name: String, presentation: PCIPresentation, pid: pid_t, syncFD: Int32, asyncFD: Int32, stopFD: Int32) {
+    init(name: String, presentation: PCIPresentation, pid: pid_t, syncFD: Int32, asyncFD: Int32, stopFD: Int32,
+         bus: VirtioBus = .pci) {
         self.name = name
         self.configHeader = Self.configHeader(for: presentation)
         self.pid = pid
         self.sync = ImsgBuffer(fd: syncFD)
         self.asyncFD = asyncFD
-        self.isrOffset = UInt32(presentation.isrOffset)
+        // virtio-mmio has no register whose read clears the interrupt (the
+        // driver writes InterruptACK; the device lowers the line with a KICK).
+        self.isrOffset = bus == .mmio ? UInt32.max : UInt32(presentation.isrOffset)
         self.stopFD = stopFD
         // Every wait is a poll with a deadline; a socket call never blocks.
         try? FD.setNonBlocking(syncFD)
