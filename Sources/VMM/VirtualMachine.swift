@@ -181,7 +181,8 @@ public final class VirtualMachine {
                                                                             slots: spec.virtioMMIOSlots ?? 0),
                                    initrd: spec.initrdPath.map { BootFile(path: $0, name: spec.initrdName) },
                                    memory: memory, protocol: spec.bootProtocol)
-        try memory.write(MPTable.build(cpus: spec.vcpus).bytes, at: BootLayout.mpTable, what: "MP table")
+        try memory.write(MPTable.build(cpus: spec.vcpus, virtioMMIOIRQs: spec.virtioMMIOSlots.map {
+            Array(VirtioMMIOSlots.irqs.prefix($0)) }).bytes, at: BootLayout.mpTable, what: "MP table")
 
         let pty = try Pty.open()
         console = Console(pty: pty, ringCapacity: spec.consoleHistoryBytes)
