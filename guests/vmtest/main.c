@@ -118,6 +118,8 @@ static void parse_options(const char *s)
             opt.have_gw = true;
         } else if (word_is(w, len, "stay")) {
             opt.stay = true;
+        } else if (word_is(w, len, "no_cpu_tables")) {
+            opt.no_cpu_tables = true;
         } else if (word_is(w, len, "reboot")) {
             opt.reboot = true;
         } else if (word_is(w, len, "bench")) {
@@ -133,8 +135,6 @@ static void parse_options(const char *s)
             for (const char *p = w + 12; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
                 v = v * 10 + (u32)(*p - '0');
             opt.kick_stress = v <= 10000 ? v : 10000;
-        } else if (word_is(w, len, "no_cpu_tables")) {
-            opt.no_cpu_tables = true;
         } else if (word_is(w, len, "regloop")) {
             opt.regloop = true;
         } else if (len > 12 && memcmp(w, "bench_scale=", 12) == 0) {

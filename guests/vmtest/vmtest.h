@@ -87,10 +87,10 @@ struct options {
     u32 bench_scale;            /* percent of the default bench op counts */
     bool cpus_mptable_only;     /* cpus_from=mptable: skip the MADT (tests the MP table path) */
     bool pci_reassign;          /* pci_reassign: clear virtio BARs first (tests BAR assignment) */
+    bool no_cpu_tables;         /* no_cpu_tables: a machine without MADT or MP table (microvm) */
     bool hostile;               /* hostile: after the checks, act as a broken/malicious driver */
     u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */
     bool regloop;               /* regloop: read a vioblk register forever after the checks */
-    bool no_cpu_tables;         /* no_cpu_tables: a machine without MADT or MP table (microvm) */
 };
 extern struct options opt;
 

@@ -13,9 +13,9 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <linux/kvm.h>
+#include "ckvm_mmio.h"
 #include "ckvm_lapic.h"
 #include "ckvm_ioeventfd.h"
-#include "ckvm_mmio.h"
 
 /* ioctl request numbers (system, VM and vCPU ioctls this project issues). */
 static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
