@@ -186,7 +186,7 @@ def prepare_image(path, megabytes):
     return q
 
 
-def run_ours(vmd, workdir, disk=None, netns=None, timeout=120, scale=100):
+def run_ours(vmd, workdir, disk=None, netns=None, timeout=120, scale=100, elf=None, extra=()):
     """One fresh vmd daemon, one VM; returns a dict of timings and the console lines.
 
     The VM is configured `disable`d and started with `vmctl start` once the daemon
@@ -196,7 +196,7 @@ def run_ours(vmd, workdir, disk=None, netns=None, timeout=120, scale=100):
     conf = os.path.join(workdir, "vm.conf")
     sock = os.path.join(workdir, "vmd.sock")
     cmdline = ""
-    body = ["    disable", f"    memory {MEMORY_MB}M", f'    boot "{ELF}"']
+    body = ["    disable", f"    memory {MEMORY_MB}M", f'    boot "{elf or ELF}"'] + [f"    {x}" for x in extra]
     if disk:
         cmdline = f"bench bench_scale={scale} " + GUEST_NET
         body += [f'    disk "{disk}"', f'    interface "{OUR_TAP}"']

@@ -26,6 +26,8 @@ extension VMDConfiguration {
         vm.cpus = child.cpus ?? parent.cpus
         vm.bootPath = child.bootPath ?? parent.bootPath
         vm.bootDevice = child.bootDevice ?? parent.bootDevice
+        vm.kernelFormat = child.bootPath == nil ? (child.kernelFormat ?? parent.kernelFormat) : child.kernelFormat
+        vm.virtioTransport = child.virtioTransport ?? parent.virtioTransport
         vm.cmdline = child.cmdline ?? parent.cmdline
         vm.initrd = child.initrd ?? parent.initrd
         vm.cdrom = child.cdrom ?? parent.cdrom

@@ -163,6 +163,10 @@ public struct VMConfiguration: Equatable, Sendable {
     /// `boot path`: a kernel (bzImage, Multiboot ELF) or a BIOS image.
     public var bootPath: String?
     public var bootDevice: BootDevice?
+    /// Extension: `boot path format F` forces the kernel's boot protocol.
+    public var kernelFormat: KernelFormat?
+    /// Extension: `virtio mmio` (nil: pci).
+    public var virtioTransport: VirtioTransport?
     /// nil: the default, ConfigLimits.defaultMemoryBytes. Whole megabytes.
     public var memoryBytes: UInt64?
     /// Extension: vCPUs; nil means 1.

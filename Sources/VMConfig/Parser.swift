@@ -812,6 +812,16 @@ final class FileParser {
             case .failure(let problem): error(option, problem.text)
             case .success(let resolved): vm.bootPath = resolved
             }
+            if isKeyword(peek(), .format) {
+                advance()
+                let formatToken = peek()
+                let name = try string("linux, pvh or multiboot after 'boot path format'")
+                if let format = KernelFormat(rawValue: name) {
+                    vm.kernelFormat = format
+                } else {
+                    error(formatToken, "unknown boot format \(name) (expected linux, pvh or multiboot)")
+                }
+            }
             return "boot"
         case .keyword(.cdrom):
             let path = try string("an ISO image path after 'cdrom'")
@@ -869,6 +879,17 @@ final class FileParser {
             case .success(let resolved): vm.initrd = resolved
             }
             return "initrd"
+        case .string("virtio", quoted: false):
+            // A word rather than a keyword, so "virtio" stays usable as a name.
+            let transportToken = peek()
+            let name = try string("pci or mmio after 'virtio'")
+            once("virtio", &seen, option)
+            if let transport = VirtioTransport(rawValue: name) {
+                vm.virtioTransport = transport
+            } else {
+                error(transportToken, "unknown virtio transport \(name) (expected pci or mmio)")
+            }
+            return "virtio"
         default:
             throw fail(option, expected: "a vm option (allow instance, boot, cdrom, cmdline, cpus, disable, "
                 + "disk, enable, initrd, interface, interfaces, local interface, memory, owner)")

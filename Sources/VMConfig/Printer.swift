@@ -45,7 +45,8 @@ extension VMConfiguration {
         if let owner { body.append("owner \(quoted(owner))") }
         if let memoryBytes { body.append("memory \(Validate.formatSize(memoryBytes))") }
         if let cpus { body.append("cpus \(cpus)") }
-        if let bootPath { body.append("boot \(quoted(bootPath))") }
+        if let bootPath { body.append("boot \(quoted(bootPath))" + (kernelFormat.map { " format \($0.rawValue)" } ?? "")) }
+        if let virtioTransport { body.append("virtio \(virtioTransport.rawValue)") }
         if let bootDevice { body.append("boot device \(bootDevice.rawValue)") }
         if let cmdline { body.append("cmdline \(quoted(cmdline))") }
         if let initrd { body.append("initrd \(quoted(initrd))") }

@@ -94,7 +94,7 @@ final class DeviceProcess {
             fail("\(error)")
         }
         // Interrupts go to KVM on irqfds; nothing is told of INTx levels.
-        registers = model.presentation.makeTransport(device: device, memory: memory, interruptSink: nil)
+        registers = model.presentation.makeTransport(device: device, memory: memory, interruptSink: nil, bus: setup.bus)
         do {
             guard let irqs = try DeviceInterrupts.from(setup.descriptors) else {
                 fail("no interrupt page and irqfds among the descriptors")

@@ -140,6 +140,8 @@ struct DeviceSetup: Equatable {
     var regions: [GuestMemoryRegion]
     var parameters = DeviceParameters()
     var descriptors = DeviceDescriptors()
+    /// The transport the device process builds: a PCI BAR or a virtio-mmio slot.
+    var bus: VirtioBus = .pci
 
     init(kind: DeviceKind, name: String, vmName: String, regions: [GuestMemoryRegion]) {
         self.kind = kind; self.name = name; self.vmName = vmName; self.regions = regions
@@ -154,6 +156,7 @@ struct DeviceSetup: Equatable {
         for r in regions { w.u64(r.guestPhysicalAddress); w.u64(r.size); w.u64(r.offsetInMapping) }
         parameters.encode(&w)
         descriptors.encode(&w)
+        w.string(bus.rawValue)
         return w.bytes
     }
 
@@ -171,6 +174,8 @@ struct DeviceSetup: Equatable {
         }
         parameters = try DeviceParameters(&r)
         descriptors = try DeviceDescriptors(&r)
+        guard let bus = VirtioBus(rawValue: try r.string(max: 8)) else { throw WireReader.Truncated() }
+        self.bus = bus
         guard r.remaining == 0 else { throw WireReader.Truncated() }
     }
 }

@@ -132,6 +132,7 @@ final class DeviceInterrupts: SharedInterruptState {
 
     func readAndClearISR() -> UInt8 { page.readAndClearISR() }
     var isrBits: UInt8 { page.isr }
+    func acknowledgeISR(_ bits: UInt8) { _ = page.and(InterruptPage.isrWord, ~UInt32(bits)) }
     var msixVectorCount: Int { vectorFDs.count }
     var msixEnabled: Bool { !vectorFDs.isEmpty && page.msixEnabled }
 

@@ -3,6 +3,8 @@ import VMDSystem
 import VMDControl
 import VMConfig
 import VirtioDevices
+import Virtio
+import VMM
 import DiskImage
 
 /// A VM's launch as the parent assembles it: the spec for the VM process
@@ -128,6 +130,8 @@ enum LaunchBuilder {
         spec.bootDevice = config.bootDevice?.rawValue ?? ""
         spec.initrdName = config.initrd ?? ""
         spec.ownerUID = UInt32(ownerUID)
+        if config.virtioTransport == .mmio { spec.virtioBus = .mmio }
+        spec.bootProtocol = config.kernelFormat.flatMap { BootProtocol(rawValue: $0.rawValue) } ?? .automatic
         return PreparedLaunch(spec: spec, descriptors: opened, tapRequests: tapRequests)
     }
 

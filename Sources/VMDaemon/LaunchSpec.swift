@@ -1,5 +1,7 @@
 import VMDControl
 import VirtioDevices
+import Virtio
+import VMM
 /// Everything a VM process needs to know, sent by the parent through vmm
 /// (vmmStartVM). The descriptors follow in vmmStartVMFD messages; the spec
 /// says which is which by index: the kernel, the initrd, and each device's
@@ -39,6 +41,10 @@ public struct LaunchSpec: Equatable, Sendable {
     public var ownerUID: UInt32 = 0
     /// BIOS boot: "disk" or "cdrom" goes first in SeaBIOS's boot order; "" keeps its default.
     public var bootDevice = ""
+    /// `virtio mmio`: the microVM shape (no PCI; virtio-mmio slots).
+    public var virtioBus: VirtioBus = .pci
+    /// `boot path format F`; `.automatic` chooses by what the file carries.
+    public var bootProtocol: BootProtocol = .automatic
 
     public init(vmid: UInt32, name: String, memoryBytes: UInt64, cpus: UInt32, cmdline: String,
                 kernelDescriptor: Int = 0, initrdDescriptor: Int? = nil, devices: [Device] = []) {
@@ -67,6 +73,7 @@ public struct LaunchSpec: Equatable, Sendable {
         }
         w.string(kernelName); w.string(initrdName); w.u32(ownerUID)
         w.string(bootDevice)
+        w.string(virtioBus.rawValue); w.string(bootProtocol.rawValue)
         return w.bytes
     }
 
@@ -100,6 +107,10 @@ public struct LaunchSpec: Equatable, Sendable {
         }
         kernelName = try r.string(max: 4096); initrdName = try r.string(max: 4096); ownerUID = try r.u32()
         bootDevice = try r.string(max: 8)
+        guard let bus = VirtioBus(rawValue: try r.string(max: 8)),
+              let bootProtocol = BootProtocol(rawValue: try r.string(max: 16)) else { throw WireReader.Truncated() }
+        virtioBus = bus
+        self.bootProtocol = bootProtocol
         guard r.remaining == 0 else { throw WireReader.Truncated() }
     }
 }

@@ -104,12 +104,15 @@ final class VMProcess {
         let kernelFD = descriptor(spec.kernelDescriptor)
         let initrdFD = spec.initrdDescriptor.map(descriptor)
         do {
-            vm = try VirtualMachine(spec: VMSpec(
+            var machine = VMSpec(
                 name: spec.name, memoryBytes: spec.memoryBytes, vcpus: Int(spec.cpus),
                 kernelPath: "/proc/self/fd/\(kernelFD)", commandLine: spec.cmdline,
                 initrdPath: initrdFD.map { "/proc/self/fd/\($0)" },
                 kernelName: spec.kernelName.isEmpty ? nil : spec.kernelName,
-                initrdName: spec.initrdName.isEmpty ? nil : spec.initrdName))
+                initrdName: spec.initrdName.isEmpty ? nil : spec.initrdName)
+            machine.bootProtocol = spec.bootProtocol
+            if spec.virtioBus == .mmio { machine.virtioMMIOSlots = spec.devices.count }
+            vm = try VirtualMachine(spec: machine)
         } catch {
             die("\(error)")
         }
@@ -164,6 +167,7 @@ final class VMProcess {
             for (i, d) in spec.devices.enumerated() {
                 var s = DeviceSetup(kind: d.kind, name: spec.deviceName(i), vmName: spec.name, regions: regions)
                 s.parameters = d.parameters
+                s.bus = spec.virtioBus
                 let proxy = try startDevice(s, backends: d.descriptors.map(descriptor))
                 if d.kind.model.takesHostCommands { vmmci = proxy }
             }
@@ -251,7 +255,7 @@ final class VMProcess {
         // Interrupts straight to KVM (IrqRouting.swift): MSI-X on the modern
         // transport, a config vector and one per queue.
         let msixVectors: Int
-        if case .modern = model.presentation { msixVectors = queueSizes.count + 1 } else { msixVectors = 0 }
+        if case .modern = model.presentation, s.bus == .pci { msixVectors = queueSizes.count + 1 } else { msixVectors = 0 }
         let irqs = try VMDeviceInterrupts(vectors: msixVectors)
         for (fd, role) in irqs.descriptors { pass(fd, as: role) }
         pass(stateFD, as: .deviceState)
@@ -262,7 +266,7 @@ final class VMProcess {
         let pid = try Spawn.spawnSelf(arguments: args, descriptors: fds)
         devicePIDs[pid] = s.name
         let proxy = VirtioProxy(name: s.name, presentation: model.presentation, pid: pid,
-                                syncFD: syncMine, asyncFD: asyncMine, stopFD: stopFD, msixVectors: msixVectors)
+                                syncFD: syncMine, asyncFD: asyncMine, stopFD: stopFD, msixVectors: msixVectors, bus: s.bus)
         proxy.interrupts = irqs
         proxy.onFailure = { Log.warning($0) }
         // vmd stops the VM when a device process dies; one that stopped
@@ -282,8 +286,13 @@ final class VMProcess {
             try vm.portEventFD(fd, port: port, length: 2, value: queue, assign: assign)
         }
         try proxy.setup(s)
-        let line = try vm.addPCIFunction(proxy)
-        proxy.interrupt = line
+        let line: InterruptLine
+        if s.bus == .mmio {
+            line = try proxy.attachMMIO(to: vm)
+        } else {
+            line = try vm.addPCIFunction(proxy)
+            proxy.interrupt = line
+        }
         try irqs.connect(vm: vm, line: line, loop: loop, name: s.name)
         proxy.async = ImsgChannel(fd: asyncMine, name: "\(s.name): async", loop: loop,
                                   onMessage: { [unowned self, unowned proxy] _, m in

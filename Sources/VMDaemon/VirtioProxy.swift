@@ -30,6 +30,9 @@ final class VirtioProxy: PCIFunction {
     /// The ISR register's offset in the BAR: reading it clears the device's
     /// interrupt, so the vCPU lowers the line at once (as vmd does).
     let isrOffset: UInt32
+    /// PCI, or a virtio-mmio slot (whose InterruptStatus/InterruptACK the
+    /// VM process answers from the interrupt page, as it does the PCI ISR).
+    let bus: VirtioBus
     /// Readable once the VM is stopping: every wait on the sync channel
     /// watches it, so a vCPU blocked on this device is released at once.
     let stopFD: Int32
@@ -60,13 +63,16 @@ final class VirtioProxy: PCIFunction {
     private var notifyPort: UInt16?
 
     init(name: String, presentation: PCIPresentation, pid: pid_t, syncFD: Int32, asyncFD: Int32, stopFD: Int32,
-         msixVectors: Int = 0) {
+         msixVectors: Int = 0, bus: VirtioBus = .pci) {
+        self.bus = bus
         self.name = name
         self.configHeader = Self.configHeader(for: presentation, msixVectors: msixVectors)
         self.pid = pid
         self.sync = ImsgBuffer(fd: syncFD)
         self.asyncFD = asyncFD
-        self.isrOffset = UInt32(presentation.isrOffset)
+        // virtio-mmio has no register whose read clears the interrupt (the
+        // driver writes InterruptACK; the device lowers the line with a KICK).
+        self.isrOffset = bus == .mmio ? UInt32.max : UInt32(presentation.isrOffset)
         self.stopFD = stopFD
         // Every wait is a poll with a deadline; a socket call never blocks.
         try? FD.setNonBlocking(syncFD)
@@ -203,6 +209,9 @@ final class VirtioProxy: PCIFunction {
         if bar == 1, let msix = interrupts?.msix { return msix.read(offset: offset, size: size) }
         // The ISR is read-to-clear in shared memory: no round trip.
         if bar == 0, offset == isrOffset, size == 1, let irqs = interrupts { return UInt32(irqs.readISR()) }
+        if bus == .mmio, bar == 0, offset == UInt32(VirtioMMIOLayout.interruptStatus), size == 4, let irqs = interrupts {
+            return UInt32(irqs.isrBits)
+        }
         guard bar == 0, offset <= UInt32(UInt16.max) else { return 0xffff_ffff }
         var reply: ViodevMsg?
         for _ in 0..<Self.accessAttempts {
@@ -244,6 +253,9 @@ final class VirtioProxy: PCIFunction {
     func barWrite(bar: Int, offset: UInt32, size: Int, value: UInt32) {
         if bar == 1, let msix = interrupts?.msix { return msix.write(offset: offset, size: size, value: value) }
         guard bar == 0, offset <= UInt32(UInt16.max) else { return }
+        if bus == .mmio, offset == UInt32(VirtioMMIOLayout.interruptACK), size == 4, let irqs = interrupts {
+            return irqs.acknowledge(UInt8(truncatingIfNeeded: value))
+        }
         let req = ViodevMsg(kind: .ioWrite, reg: UInt16(offset), ioSize: UInt8(size), data: value)
         // A write sent while a device restarts is taken by its successor
         // (DeviceRestart.swift carries unread writes over).

@@ -7,6 +7,9 @@ enum BootLayout {
     static let multibootInfo: UInt64 = 0x7000 // Multiboot information structure
     static let multibootMemoryMap: UInt64 = 0x7100
     static let multibootLoaderName: UInt64 = 0x7400
+    static let pvhStartInfo: UInt64 = 0x7000  // PVH hvm_start_info (56 bytes)
+    static let pvhMemoryMap: UInt64 = 0x7100  // PVH memory map, up to 74 entries
+    static let pvhModuleList: UInt64 = 0x7800 // PVH module list (the initrd)
     static let stackTop: UInt64 = 0x8FF0      // Linux boot stack (0x8000-0x8FFF)
     static let pml4: UInt64 = 0x9000          // Linux identity map: PML4, PDPT, 4 PDs
     static let pdpt: UInt64 = 0xA000

@@ -18,17 +18,32 @@ public struct BootResult: Equatable {
     public var firmware: [UInt8]? = nil
 }
 
+/// How to boot a kernel file: by what it carries (`automatic`: bzImage, then
+/// a PVH note, then a Multiboot header), or one protocol forced.
+public enum BootProtocol: String, CaseIterable, Sendable {
+    case automatic = "auto", linux, pvh, multiboot
+}
+
 /// Kernel format detection from the file's bytes.
 enum KernelFormat: Equatable {
     case multiboot
     case bzImage
     case bios
+    case pvh
 
-    static func detect(_ file: [UInt8], path: String) throws -> KernelFormat {
+    static func detect(_ file: [UInt8], path: String, forced: BootProtocol = .automatic) throws -> KernelFormat {
+        let isBzImage = ByteImage(file).u32(0x202) == LinuxBoot.headerMagic
+        switch forced {
+        case .automatic: break
+        case .linux: return .bzImage     // LinuxBoot.parse explains what is missing
+        case .pvh: return .pvh           // PVH.parse explains what is missing
+        case .multiboot: return .multiboot
+        }
+        if isBzImage { return .bzImage }
+        if PVH.findEntry(file) != nil { return .pvh }
         if Multiboot.findHeader(file) != nil { return .multiboot }
-        if ByteImage(file).u32(0x202) == LinuxBoot.headerMagic { return .bzImage }
         if BIOS.looksLikeBIOS(file) { return .bios }
-        throw VMMError("\(path): not a kernel or BIOS this VMM can boot (no Multiboot header in the first 8 KiB, no bzImage \"HdrS\" magic at 0x202, not a 64 KiB-multiple BIOS image with a far jump at its reset vector)")
+        throw VMMError("\(path): not a kernel or BIOS this VMM can boot (no bzImage \"HdrS\" magic at 0x202, no PVH ELF note, no Multiboot header in the first 8 KiB, not a 64 KiB-multiple BIOS image with a far jump at its reset vector)")
     }
 }
 
@@ -68,10 +83,14 @@ func readBootFile(_ path: String, name: String, limit: Int) throws -> [UInt8] {
 enum BootLoader {
     /// Loads the kernel (and initrd) into memory; returns the entry.
     static func load(kernel: BootFile, commandLine: String, initrd: BootFile?,
-                     memory: GuestMemory) throws -> BootResult {
+                     memory: GuestMemory, protocol forced: BootProtocol = .automatic) throws -> BootResult {
         let limit = Int(min(memory.layout.lowBytes, 1 << 31))
         let file = try readBootFile(kernel.path, name: kernel.name, limit: limit)
-        switch try KernelFormat.detect(file, path: kernel.name) {
+        switch try KernelFormat.detect(file, path: kernel.name, forced: forced) {
+        case .pvh:
+            let initrdBytes = try initrd.map { try readBootFile($0.path, name: $0.name, limit: limit) }
+            return try PVH.load(file, path: kernel.name, commandLine: commandLine,
+                                initrd: initrdBytes, initrdPath: initrd?.name ?? "", memory: memory)
         case .multiboot:
             if initrd != nil { throw VMMError("\(kernel.name): initrd is supported for Linux kernels only, not Multiboot") }
             return try Multiboot.load(file, path: kernel.name, commandLine: commandLine, memory: memory)

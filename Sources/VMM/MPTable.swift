@@ -8,6 +8,10 @@
 /// (KVM's default routing; the PCI IRQs are left out), INTA# of slots 1-31 to
 /// their level-triggered, active-high IRQ (`PCIBus.intxIRQ`), LINT0 = ExtINT
 /// (the 8259) and LINT1 = NMI on every LAPIC.
+///
+/// The microVM shape (`virtioMMIOIRQs` given): no PCI bus; every ISA IRQ
+/// 0-15 is routed, and the virtio-mmio lines (some above 15, as Firecracker
+/// does) are ISA sources, level-triggered and active-high.
 enum MPTable {
     static let ioapicAddress: UInt32 = 0xFEC0_0000
     static let lapicAddress: UInt32 = 0xFEE0_0000
@@ -22,7 +26,7 @@ enum MPTable {
     static let flagsLevelActiveHigh: UInt16 = 0x000D  // PO = 01 (high), EL = 11 (level)
 
     /// The floating pointer followed by the config table, for address `base`.
-    static func build(cpus: Int, base: UInt64 = BootLayout.mpTable) -> ByteImage {
+    static func build(cpus: Int, base: UInt64 = BootLayout.mpTable, virtioMMIOIRQs: [UInt32]? = nil) -> ByteImage {
         let cpuCount = min(max(cpus, 1), maxCPUs)
         let ioapicID = UInt8(cpuCount)
         var entries: [[UInt8]] = []
@@ -36,7 +40,7 @@ enum MPTable {
             e.put32(8, 0x0000_0201)        // FPU, APIC
             entries.append(e.bytes)
         }
-        for (id, name) in [(pciBus, "PCI"), (isaBus, "ISA")] {
+        for (id, name) in virtioMMIOIRQs == nil ? [(pciBus, "PCI"), (isaBus, "ISA")] : [(isaBus, "ISA")] {
             var e = ByteImage(count: 8)
             e.put8(0, bus)
             e.put8(1, id)
@@ -62,11 +66,18 @@ enum MPTable {
             e.put8(7, pin)
             return e.bytes
         }
+        if let mmio = virtioMMIOIRQs {
+            let lines = Set(mmio.filter { $0 < 24 }.map { UInt8($0) })
+            for irq in UInt8(0)..<24 where irq < 16 || lines.contains(irq) {
+                entries.append(interrupt(ioInterrupt, intINT, flags: lines.contains(irq) ? flagsLevelActiveHigh : 0,
+                                         bus: isaBus, irq: irq, destination: ioapicID, pin: irq))
+            }
+        }
         let pciIRQs = Set(PCIBus.intxIRQs.map { UInt8($0) })
-        for irq in UInt8(0)..<16 where !pciIRQs.contains(irq) {
+        for irq in UInt8(0)..<16 where !pciIRQs.contains(irq) && virtioMMIOIRQs == nil {
             entries.append(interrupt(ioInterrupt, intINT, flags: 0, bus: isaBus, irq: irq, destination: ioapicID, pin: irq))
         }
-        for slot in 1..<PCIBus.maxSlots {
+        for slot in 1..<PCIBus.maxSlots where virtioMMIOIRQs == nil {
             // Source IRQ for PCI: device number in bits 2-6, pin (0 = INTA#) in bits 0-1.
             entries.append(interrupt(ioInterrupt, intINT, flags: flagsLevelActiveHigh, bus: pciBus,
                                      irq: UInt8(slot << 2), destination: ioapicID,

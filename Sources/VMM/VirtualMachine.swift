@@ -19,6 +19,12 @@ public struct VMSpec {
     public var consoleHistoryBytes: Int
     /// Devices the DSDT describes besides the built-in ones (COM1, RTC, PCI root).
     public var acpiDevices: [ACPIDeviceDescription] = []
+    /// Which boot protocol to use for the kernel (default: by what it carries).
+    public var bootProtocol: BootProtocol = .automatic
+    /// nil: a PC with a PCI host bridge. N: the microVM shape, no PCI at
+    /// all and N virtio-mmio slots (VirtioMMIOSlots), announced on the
+    /// kernel command line.
+    public var virtioMMIOSlots: Int?
 
     public init(name: String, memoryBytes: UInt64, vcpus: Int = 1, kernelPath: String,
                 commandLine: String = "", initrdPath: String? = nil, consoleHistoryBytes: Int = 64 * 1024,
@@ -104,6 +110,9 @@ public final class VirtualMachine {
     private let console: Console
     private let serial: Serial8250
     private let pci: PCIBus
+    private var mmioSlotsUsed = 0
+    /// Guest RAM, for tests that look at what the loader wrote.
+    var memoryForTesting: GuestMemory { memory }
     private let interrupts: InterruptRouter
     private var power: PowerManagement?
     private let fwcfg: FwCfg
@@ -173,11 +182,15 @@ public final class VirtualMachine {
                                       size: mapping.region.size, host: mapping.host)
         }
 
+        if let slots = spec.virtioMMIOSlots, slots > VirtioMMIOSlots.maxSlots {
+            throw VMMError("vm \(name): \(slots) virtio-mmio devices; at most \(VirtioMMIOSlots.maxSlots)")
+        }
         // Loading comes before the pty so a bad kernel leaves nothing open.
         boot = try BootLoader.load(kernel: BootFile(path: spec.kernelPath, name: spec.kernelName),
-                                   commandLine: spec.commandLine,
+                                   commandLine: VirtioMMIOSlots.commandLine(spec.commandLine,
+                                                                            slots: spec.virtioMMIOSlots ?? 0),
                                    initrd: spec.initrdPath.map { BootFile(path: $0, name: spec.initrdName) },
-                                   memory: memory)
+                                   memory: memory, protocol: spec.bootProtocol)
         acpi = ACPITables(cpus: spec.vcpus, devices: spec.acpiDevices)
         fwcfg = FwCfg(cpus: spec.vcpus, memory: memory)
         if let image = boot.firmware {
@@ -185,7 +198,8 @@ public final class VirtualMachine {
             rom = try BIOS.ROM(image, vmFD: kvmVM.fd)
             BIOS.configure(fwcfg, layout: layout, acpi: acpi)
         } else {
-            try memory.write(MPTable.build(cpus: spec.vcpus).bytes, at: BootLayout.mpTable, what: "MP table")
+            try memory.write(MPTable.build(cpus: spec.vcpus, virtioMMIOIRQs: spec.virtioMMIOSlots.map {
+                Array(VirtioMMIOSlots.irqs.prefix($0)) }).bytes, at: BootLayout.mpTable, what: "MP table")
             try acpi.write(to: memory)
         }
 
@@ -219,7 +233,8 @@ public final class VirtualMachine {
         try ioBus.register(base: 0x70, length: 2, device: RTC146818(lowMemoryBytes: layout.lowBytes,
                                                                     highMemoryBytes: layout.highBytes,
                                                                     cpus: spec.vcpus))
-        try ioBus.register(base: 0xCF8, length: 8, device: pci)
+        // The microVM shape has no PCI host bridge: configuration space reads as all ones.
+        if spec.virtioMMIOSlots == nil { try ioBus.register(base: 0xCF8, length: 8, device: pci) }
         let i8042 = I8042(onReset: { [unowned state] in state.requestExit(.reboot) })
         try ioBus.register(base: 0x60, length: 1, device: i8042)
         try ioBus.register(base: 0x64, length: 1, device: ShiftedPort(i8042, shift: 4))
@@ -268,6 +283,30 @@ public final class VirtualMachine {
     }
 
     public var isFirmwareBoot: Bool { boot.firmware != nil }
+
+    /// Puts `device` in the next virtio-mmio slot (before `start`; only in
+    /// the microVM shape, as many as `spec.virtioMMIOSlots`). Returns the
+    /// slot's address and its interrupt line.
+    public func addVirtioMMIODevice(_ device: BusDevice) throws -> (address: UInt64, line: InterruptLine) {
+        guard let slots = spec.virtioMMIOSlots, mmioSlotsUsed < slots else {
+            throw VMMError("vm \(spec.name): no virtio-mmio slot left (\(spec.virtioMMIOSlots ?? 0) announced)")
+        }
+        let slot = mmioSlotsUsed
+        let address = VirtioMMIOSlots.address(slot: slot)
+        try mmioBus.register(base: address, length: VirtioMMIOSlots.slotSize, device: device)
+        mmioSlotsUsed += 1
+        let irq = VirtioMMIOSlots.irqs[slot]
+        logger("virtio-mmio slot \(slot): 0x\(hex(address)) on IRQ \(irq)")
+        return (address, interrupts.line(irq: irq))
+    }
+
+    /// Makes a guest write at `address` signal `eventfd` in the kernel (a
+    /// virtio-mmio QueueNotify); `value` matches the data written.
+    public func mmioEventFD(_ eventfd: Int32, address: UInt64, length: Int, value: UInt64?, assign: Bool) throws {
+        let e = ckvm_mmio_ioeventfd(kvmVM.fd, address, UInt32(length), eventfd, value == nil ? 0 : 1,
+                                    value ?? 0, assign ? 1 : 0)
+        if e != 0 { throw SystemError("KVM_IOEVENTFD mmio 0x\(hex(address))", code: e) }
+    }
 
     public func addPCIFunction(_ function: PCIFunction) throws -> InterruptLine {
         let (slot, irq) = try pci.add(function)

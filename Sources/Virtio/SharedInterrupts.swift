@@ -11,6 +11,8 @@ public protocol SharedInterruptState: AnyObject {
     func raiseISR(_ bits: UInt8)
     /// The ISR bits, cleared (a read by the driver, or a reset).
     func readAndClearISR() -> UInt8
+    /// Clears `bits` of the ISR (virtio-mmio InterruptACK).
+    func acknowledgeISR(_ bits: UInt8)
     /// The ISR bits, left as they are.
     var isrBits: UInt8 { get }
     /// MSI-X vectors this device has (0: no MSI-X, INTx only).

@@ -145,6 +145,17 @@ final class InterruptState {
         _ = readAndClear()
     }
 
+    /// The driver acknowledged `bits` (virtio-mmio InterruptACK): they
+    /// clear, and the line drops once nothing is pending.
+    func acknowledge(_ bits: UInt8) {
+        if let shared {
+            shared.acknowledgeISR(bits)
+            return
+        }
+        localISR &= ~bits
+        if localISR == 0 { setLine(false) }
+    }
+
     private func setLine(_ level: Bool) {
         guard level != localAsserted else { return }
         localAsserted = level

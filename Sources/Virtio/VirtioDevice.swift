@@ -6,7 +6,8 @@
 //   1. map guest memory: `MappedGuestMemory.map(fd:mappingSize:regions:)`
 //   2. make the device (`VioBlk`, `VioNet`, `VioRnd`, `VioSCSI`, `VMMCI`) and
 //      wrap it: `VirtioPCITransport(device:type:memory:interruptSink:)`, or
-//      `VirtioLegacyPCITransport` for vmmci. The transport calls
+//      `VirtioLegacyPCITransport` for vmmci, or `VirtioMMIOTransport` in a
+//      VM with the microVM shape. The transport calls
 //      `device.attach(to:)` itself.
 //   3. for each viodev_msg from the sync channel: `transport.handle(msg)`;
 //      send back the reply it returns (IO_READ). Queue notifies arrive as

@@ -55,9 +55,22 @@ public enum PCIPresentation: Equatable, Sendable {
         }
     }
 
-    /// The transport that carries `device` this way.
+    /// The virtio device id (spec 5): what a virtio-mmio slot reports in
+    /// its DeviceID register. vmmci keeps OpenBSD's 0xffff.
+    public var virtioDeviceID: UInt32 {
+        switch self {
+        case .modern(let type): return UInt32(type.rawValue)
+        case .legacy(let id): return UInt32(id.subsystemID)
+        }
+    }
+
+    /// The transport that carries `device` this way, on `bus`: over mmio
+    /// every device is a virtio-mmio version 2 slot whatever its PCI form.
     public func makeTransport(device: VirtioDevice, memory: GuestMemory,
-                              interruptSink: InterruptSink?) -> VirtioRegisterFile {
+                              interruptSink: InterruptSink?, bus: VirtioBus = .pci) -> VirtioRegisterFile {
+        if bus == .mmio {
+            return VirtioMMIOTransport(device: device, deviceID: virtioDeviceID, memory: memory, interruptSink: interruptSink)
+        }
         switch self {
         case .modern(let type):
             return VirtioPCITransport(device: device, type: type, memory: memory, interruptSink: interruptSink)

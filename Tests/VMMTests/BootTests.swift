@@ -195,7 +195,7 @@ final class MultibootTests: XCTestCase {
         bz.put32(0x202, 0x5372_6448)
         XCTAssertEqual(try KernelFormat.detect(bz.bytes, path: "b"), .bzImage)
         XCTAssertThrowsError(try KernelFormat.detect([1, 2, 3], path: "/x/y.img")) { error in
-            XCTAssertEqual("\(error)", "/x/y.img: not a kernel or BIOS this VMM can boot (no Multiboot header in the first 8 KiB, no bzImage \"HdrS\" magic at 0x202, not a 64 KiB-multiple BIOS image with a far jump at its reset vector)")
+            XCTAssertEqual("\(error)", "/x/y.img: not a kernel or BIOS this VMM can boot (no bzImage \"HdrS\" magic at 0x202, no PVH ELF note, no Multiboot header in the first 8 KiB, not a 64 KiB-multiple BIOS image with a far jump at its reset vector)")
         }
         var bios = [UInt8](repeating: 0, count: 128 << 10)
         bios[bios.count - 16] = 0xEA

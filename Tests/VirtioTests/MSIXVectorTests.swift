@@ -12,6 +12,7 @@ final class MSIXVectorTests: XCTestCase {
         var msixEnabled = false
         func raiseISR(_ bits: UInt8) { isr |= bits; raised.append(bits) }
         func readAndClearISR() -> UInt8 { defer { isr = 0 }; return isr }
+        func acknowledgeISR(_ bits: UInt8) { isr &= ~bits }
         var isrBits: UInt8 { isr }
         func fire(vector: Int) { fired.append(vector) }
     }

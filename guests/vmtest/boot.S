@@ -20,12 +20,15 @@
  */
 #define RFLAGS_USER 0x0202
 
-/* ---- Multiboot v1 header (flags: page-align modules, give memory info) ---- */
+/* ---- Multiboot v1 header (flags: page-align modules, give memory info); not in
+ * vmtest-pvh.elf, which QEMU would otherwise boot as Multiboot (pvhnote.S) ---- */
+#ifndef PVH_ONLY
     .section .multiboot, "a"
     .align 4
     .long 0x1BADB002
     .long 0x00000003
     .long -(0x1BADB002 + 0x00000003)
+#endif
 
 /* ---- 32-bit entry: EAX = magic, EBX = Multiboot info ---- */
     .section .text32, "ax"
@@ -35,6 +38,13 @@ _start:
     cli
     mov %eax, boot_magic
     mov %ebx, boot_info
+    jmp boot_common
+    .global pvh_start
+pvh_start:                          /* the PVH entry (pvhnote.S): EBX = hvm_start_info */
+    cli
+    movl $0x336ec578, boot_magic    /* PVH_START_MAGIC: main.c reads start_info */
+    mov %ebx, boot_info
+boot_common:
     rdtsc
     mov %eax, boot_tsc
     mov %edx, boot_tsc + 4

@@ -11,7 +11,7 @@ extern u64 boot_tsc;
 
 struct options opt;
 u32 passed, failed;               /* cpu_fault reports them too */
-static char cmdline[512];
+static char cmdline[1024];
 
 /* ---- results ---- */
 static void result(const char *check, const char *verdict, const char *fmt, va_list ap)
@@ -118,6 +118,8 @@ static void parse_options(const char *s)
             opt.have_gw = true;
         } else if (word_is(w, len, "stay")) {
             opt.stay = true;
+        } else if (word_is(w, len, "no_cpu_tables")) {
+            opt.no_cpu_tables = true;
         } else if (word_is(w, len, "reboot")) {
             opt.reboot = true;
         } else if (word_is(w, len, "bench")) {
@@ -212,7 +214,7 @@ void vmtest_main(void)
     u64 console_tsc = rdtsc();         /* the first console line is out */
     passed++;
 
-    u64 mem_kib = read_multiboot();
+    u64 mem_kib = boot_magic == PVH_START_MAGIC ? read_pvh(cmdline, sizeof(cmdline)) : read_multiboot();
     parse_options(cmdline);
     bool calibrated = tsc_calibrate();
     if (mem_kib == 0)
@@ -231,6 +233,8 @@ void vmtest_main(void)
             if (devs[i].vendor == 0x1af4 || devs[i].vendor == 0x0b5d)
                 pci_clear_bars(&devs[i]);
     pci_pool_init(devs, n);
+    int n_pci = n;
+    n += mmio_scan(cmdline, devs + n, MAX_PCI - n);
     struct pci_dev *blk = NULL, *rng = NULL, *net = NULL, *vmmci = NULL;
     u32 blk_seen = 0;
     for (int i = 0; i < n; i++) {
@@ -247,7 +251,7 @@ void vmtest_main(void)
         else if (id == 4 && !rng) rng = d;
         else if (id == 1 && !net) net = d;
     }
-    printf("vmtest: pci devices=%d blk=%s rng=%s net=%s vmmci=%s\n", n,
+    printf("vmtest: pci devices=%d mmio devices=%d blk=%s rng=%s net=%s vmmci=%s\n", n_pci, n - n_pci,
            blk ? "yes" : "no", rng ? "yes" : "no", net ? "yes" : "no", vmmci ? "yes" : "no");
 
     cpus_check();
@@ -278,10 +282,12 @@ void vmtest_main(void)
         blk_verify_run(opt.blk_verify);
     if (opt.devloop)
         devloop_run(opt.devloop);
-    if (!opt.regloop && !opt.blk_verify && !opt.blkfill && !opt.devloop)
+    if (!opt.regloop && !opt.blk_verify && !opt.blkfill && !opt.devloop && !(blk && blk->mmio_base))
         msix_check(blk);
-    if (opt.hostile)
-        hostile_run(blk, devs, n);
+    if (opt.hostile && blk && blk->mmio_base)
+        hostile_mmio_run(blk);
+    else if (opt.hostile)
+        hostile_run(blk, devs, n_pci);
     printf("vmtest: checks took %lu ms since entry\n", tsc_to_us(rdtsc() - boot_tsc) / 1000);
     printf("vmtest summary: passed=%u failed=%u\n", passed, failed);
     if (opt.regloop)

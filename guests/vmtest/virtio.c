@@ -91,6 +91,8 @@ static bool find_caps(struct vdev *d)
 
 bool vdev_init(struct vdev *d, struct pci_dev *p, const char *name, u64 wanted, char *why, size_t whysz)
 {
+    if (p->mmio_base)
+        return mmio_vdev_init(d, p, name, wanted, why, whysz);
     d->name = name;
     d->pci = p;
     /* The interrupt-line register is trusted even if the pin register says 0. */
@@ -136,6 +138,8 @@ bool vdev_init(struct vdev *d, struct pci_dev *p, const char *name, u64 wanted, 
 
 bool vdev_setup_queue(struct vdev *d, u16 index, u16 max_size, char *why, size_t whysz)
 {
+    if (d->mmio)
+        return mmio_setup_queue(d, index, max_size, why, whysz);
     const struct vregion *cc = &d->common;
     if (index >= VDEV_MAX_QUEUES || index >= vr_read16(cc, CC_NUM_QUEUES)) {
         snprintf(why, whysz, "%s: queue %u does not exist", d->name, index);
@@ -189,6 +193,10 @@ bool vdev_setup_queue(struct vdev *d, u16 index, u16 max_size, char *why, size_t
 
 void vdev_driver_ok(struct vdev *d)
 {
+    if (d->mmio) {
+        mmio_driver_ok(d);
+        return;
+    }
     vr_write8(&d->common, CC_STATUS, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
 }
 
@@ -222,6 +230,10 @@ int vq_add(struct vq *q, const struct vseg *segs, int n)
 void vq_kick(struct vq *q)
 {
     full_barrier();
+    if (q->dev->mmio) {
+        mmio_kick(q);
+        return;
+    }
     vr_write16(&q->dev->notify, q->notify_offset, q->index);
 }
 
@@ -288,7 +300,8 @@ void irq_service(void)
             if (d->irq != line)
                 continue;
             ours = true;
-            u8 isr = d->legacy ? inb((u16)(d->legacy_port + 0x13)) : vr_read8(&d->isr, 0);
+            u8 isr = d->legacy ? inb((u16)(d->legacy_port + 0x13)) : d->mmio ? mmio_ack_interrupt(d)
+                                                                         : vr_read8(&d->isr, 0);
             if (isr == 0xFF)
                 isr = 0;
             if (isr & 1)

@@ -89,6 +89,7 @@ struct options {
     u32 bench_scale;            /* percent of the default bench op counts */
     bool cpus_mptable_only;     /* cpus_from=mptable: skip the MADT (tests the MP table path) */
     bool pci_reassign;          /* pci_reassign: clear virtio BARs first (tests BAR assignment) */
+    bool no_cpu_tables;         /* no_cpu_tables: a machine without MADT or MP table (microvm) */
     bool hostile;               /* hostile: after the checks, act as a broken/malicious driver */
     u32 kick_stress;            /* kick_stress=N: N rounds of blk_randread_qd1 + net_tx_1500 */
     bool regloop;               /* regloop: read a vioblk register forever after the checks */
@@ -120,6 +121,7 @@ struct pci_dev {
     u8 class_code, subclass, header_type;
     u8 irq_line, irq_pin;
     struct pci_bar bar[6];
+    u64 mmio_base, mmio_size;  /* non-zero: a virtio-mmio slot (mmio.c), not a PCI function */
 };
 int pci_scan(struct pci_dev *out, int max);
 u32 pci_read32(const struct pci_dev *d, u8 off);
@@ -198,6 +200,7 @@ struct vdev {
     struct vq vqs[VDEV_MAX_QUEUES];
     bool legacy;               /* 0.9 I/O-port layout (vmmci) */
     u16 legacy_port;
+    bool mmio;                 /* virtio-mmio slot (mmio.c) */
 };
 #define VIRTIO_F_VERSION_1 (1ULL << 32)
 
@@ -219,6 +222,39 @@ int vq_get_used(struct vq *q, u32 *len);                      /* head id or -1 *
 void vq_no_interrupts(struct vq *q, bool off);
 void irq_register(struct vdev *d);
 void irq_service(void);       /* reads ISR of devices whose line fired, unmasks */
+
+/* ---- mmio.c: virtio-mmio (version 2) slots from "virtio_mmio.device=" words ---- */
+#define MMIO_MAGIC 0x000
+#define MMIO_VERSION 0x004
+#define MMIO_DEVICE_ID 0x008
+#define MMIO_DEVICE_FEATURES 0x010
+#define MMIO_DEVICE_FEATURES_SEL 0x014
+#define MMIO_DRIVER_FEATURES 0x020
+#define MMIO_DRIVER_FEATURES_SEL 0x024
+#define MMIO_QUEUE_SEL 0x030
+#define MMIO_QUEUE_NUM_MAX 0x034
+#define MMIO_QUEUE_NUM 0x038
+#define MMIO_QUEUE_READY 0x044
+#define MMIO_QUEUE_NOTIFY 0x050
+#define MMIO_INTERRUPT_STATUS 0x060
+#define MMIO_INTERRUPT_ACK 0x064
+#define MMIO_STATUS 0x070
+#define MMIO_QUEUE_DESC_LOW 0x080
+#define MMIO_QUEUE_DRIVER_LOW 0x090
+#define MMIO_QUEUE_DEVICE_LOW 0x0a0
+#define MMIO_CONFIG_GENERATION 0x0fc
+#define MMIO_CONFIG 0x100
+int mmio_scan(const char *cmdline, struct pci_dev *out, int max);
+bool mmio_vdev_init(struct vdev *d, struct pci_dev *p, const char *name, u64 wanted, char *why, size_t whysz);
+bool mmio_setup_queue(struct vdev *d, u16 index, u16 max_size, char *why, size_t whysz);
+void mmio_driver_ok(struct vdev *d);
+void mmio_kick(struct vq *q);
+u8 mmio_ack_interrupt(struct vdev *d);
+void hostile_mmio_run(struct pci_dev *blk);   /* hostile_mmio.c */
+
+/* ---- pvh.c: the PVH entry's hvm_start_info ---- */
+#define PVH_START_MAGIC 0x336ec578u
+u64 read_pvh(char *cmdline, size_t size);
 
 /* ---- devices ---- */
 void blk_check(struct pci_dev *p);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <linux/kvm.h>
+#include "ckvm_mmio.h"
 #include "ckvm_lapic.h"
 #include "ckvm_ioeventfd.h"
 #include "ckvm_irqfd.h"
