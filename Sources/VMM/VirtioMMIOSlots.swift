@@ -35,4 +35,18 @@ public enum VirtioMMIOSlots {
         if devices.isEmpty { return userLine }
         return userLine.isEmpty ? devices : userLine + " " + devices
     }
+
+    /// The same slots for an ACPI OS (Linux's virtio_mmio binds LNRO0005,
+    /// as Cloud Hypervisor describes its devices): one DSDT device per slot,
+    /// its registers and its level-triggered, active-high line (as the MP
+    /// table routes it). A guest that reads both the command line and the
+    /// DSDT finds a slot twice; the second claim of its registers fails.
+    public static func acpiDevices(slots: Int) -> [ACPIDeviceDescription] {
+        (0..<min(slots, maxSlots)).map { slot in
+            ACPIDeviceDescription(name: "VR" + (slot < 16 ? "0" : "") + String(slot, radix: 16, uppercase: true),
+                                  hid: .string("LNRO0005"), uid: slot,
+                                  resources: [.memory32Fixed(UInt32(address(slot: slot)), length: UInt32(slotSize)),
+                                              .interrupt(irqs[slot], level: true)])
+        }
+    }
 }

@@ -191,7 +191,8 @@ public final class VirtualMachine {
                                                                             slots: spec.virtioMMIOSlots ?? 0),
                                    initrd: spec.initrdPath.map { BootFile(path: $0, name: spec.initrdName) },
                                    memory: memory, protocol: spec.bootProtocol)
-        acpi = ACPITables(cpus: spec.vcpus, devices: spec.acpiDevices)
+        acpi = ACPITables(cpus: spec.vcpus,
+                          devices: spec.acpiDevices + VirtioMMIOSlots.acpiDevices(slots: spec.virtioMMIOSlots ?? 0))
         fwcfg = FwCfg(cpus: spec.vcpus, memory: memory)
         if let image = boot.firmware {
             // The BIOS builds its own MP table and loads our ACPI tables through fw_cfg.

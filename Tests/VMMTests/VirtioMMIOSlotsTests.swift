@@ -26,6 +26,26 @@ final class VirtioMMIOSlotsTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(VirtioMMIOSlots.maxSlots, 16, "as many as a launch spec has devices")
     }
 
+    /// The DSDT describes each slot as Linux's virtio_mmio ACPI match wants
+    /// it: LNRO0005, the slot's 4 KiB and its level-triggered line.
+    func testDSDTDescribesEverySlot() throws {
+        let devices = VirtioMMIOSlots.acpiDevices(slots: 18)
+        XCTAssertEqual(devices.map(\.name).prefix(3), ["VR00", "VR01", "VR02"])
+        XCTAssertEqual(devices.last?.name, "VR11")
+        XCTAssertEqual(Set(devices.map(\.name)).count, 18)
+        guard case .memory32Fixed(let base, let length) = devices[2].resources[0],
+              case .interrupt(let irq, let level) = devices[2].resources[1] else { return XCTFail("\(devices[2].resources)") }
+        XCTAssertEqual(UInt64(base), VirtioMMIOSlots.address(slot: 2))
+        XCTAssertEqual(UInt64(length), VirtioMMIOSlots.slotSize)
+        XCTAssertEqual(irq, VirtioMMIOSlots.irqs[2])
+        XCTAssertTrue(level)
+        let tables = ACPITables(cpus: 1, devices: VirtioMMIOSlots.acpiDevices(slots: 3))
+        let image = tables.tables
+        let hid = Array("LNRO0005".utf8)
+        let count = (0...(image.count - hid.count)).filter { Array(image[$0..<$0 + hid.count]) == hid }.count
+        XCTAssertEqual(count, 3, "one LNRO0005 device per slot in the DSDT")
+    }
+
     func testCommandLineAnnouncesEverySlot() {
         XCTAssertEqual(VirtioMMIOSlots.commandLine("console=ttyS0", slots: 2),
                        "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:9")
