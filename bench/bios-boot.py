@@ -4,7 +4,7 @@ ours (vmd: SeaBIOS from the virtio-scsi CD-ROM) against QEMU -M pc -accel kvm (s
 SeaBIOS, virtio-scsi CD). GRUB's grub.cfg loads build/vmtest.elf with `multiboot`. Prints, per
 run, the seconds from start to the guest's first console line ("vmtest: serial ok") and to its
 summary. Needs root, /dev/kvm, grub-mkrescue (grub-pc-bin, grub-common, xorriso, mtools)."""
-import os, shutil, subprocess, sys, tempfile, time, argparse
+import os, shutil, subprocess, sys, tempfile, threading, time, argparse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ELF = os.path.join(ROOT, "build", "vmtest.elf")
@@ -22,22 +22,22 @@ def make_iso(work):
     return iso
 
 
-def watch(proc, marks, timeout, prefix=""):
-    """Seconds from now until each mark appears in proc's stdout lines (None if it never did)."""
+def watch(proc, marks, timeout):
+    """Seconds from now until each mark appears in a line of proc's output (None if it never did)."""
     start, found = time.monotonic(), {}
-    os.set_blocking(proc.stdout.fileno(), False)
-    buf = b""
-    while time.monotonic() - start < timeout and len(found) < len(marks):
-        chunk = proc.stdout.read()
-        if chunk:
-            buf += chunk
+
+    def reader():
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace")
             for m in marks:
-                if m not in found and (prefix + m).encode() in buf:
+                if m not in found and m in line:
                     found[m] = time.monotonic() - start
-        elif proc.poll() is not None:
-            break
-        else:
-            time.sleep(0.05)
+            if len(found) == len(marks):
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(timeout)
     return [found.get(m) for m in marks]
 
 
@@ -45,7 +45,7 @@ def ours(bindir, iso, work, timeout):
     conf, sock = os.path.join(work, "vm.conf"), os.path.join(work, "vmd.sock")
     with open(conf, "w") as f:
         f.write(f'vm "biosbench" {{\n    memory 128M\n    cdrom "{iso}"\n    boot device cdrom\n}}\n')
-    proc = subprocess.Popen([os.path.join(bindir, "vmd"), "-d", "-v", "-f", conf, "-s", sock],
+    proc = subprocess.Popen([os.path.join(bindir, "vmd"), "-d", "-vv", "-f", conf, "-s", sock],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         return watch(proc, ["vmtest: serial ok", "vmtest summary:"], timeout)
