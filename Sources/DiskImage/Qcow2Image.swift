@@ -7,12 +7,6 @@
 // block and written, then (after a barrier) linked into its L2 table; a new
 // L2 table is written before (after a barrier) its L1 entry. A crash at any
 // point leaves at worst leaked clusters, which `qemu-img check` accepts.
-// As QEMU does with its metadata caches, the links wait in memory (reads see
-// them) and go to the file in batches: one barrier, every waiting L2 entry,
-// a barrier, every waiting L1 entry. A FLUSH, any operation that frees
-// clusters, and every `pendingLimit` allocations write them; a write that
-// was never flushed may be lost in a crash (virtio-blk's volatile write
-// cache), the image stays consistent.
 // Freeing runs the other way: unlink, barrier, then the refcount drops.
 // The image metadata is hostile input: every offset is checked against the
 // file and the metadata areas, and bad metadata is an error, never a trap.
@@ -42,15 +36,6 @@ public final class Qcow2Image: VirtualDisk {
     var nextFreeCluster: UInt64 = 0
     var compressedCache: (offset: UInt64, data: [UInt8])?
     var hasUnflushedWrites = true
-    /// Links made in memory and not yet in the file (see the header).
-    var pendingL2: [PendingL2] = []
-    var pendingL1: [Int] = []
-    var pendingReleases: [(UInt64, UInt64)] = []
-    /// Allocations whose links may wait before they are written.
-    static let pendingLimit = 256
-    /// Whether links wait in memory (a caller that writes the file itself
-    /// at flush must first call `syncMetadata`).
-    public var hasPendingMetadata: Bool { !pendingL2.isEmpty || !pendingL1.isEmpty || !pendingReleases.isEmpty }
 
     static let l1OffsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
     static let l1ReservedMask: UInt64 = 0x7f00_0000_0000_01ff
@@ -174,9 +159,7 @@ public final class Qcow2Image: VirtualDisk {
     func l2Table(at offset: UInt64) throws -> [UInt64] {
         if let table = l2Cache[offset] { return table }
         let raw = try file.readExactly(Int(clusterSize), at: offset, what: "L2 table")
-        var table = raw.withUnsafeBytes { b in (0..<Int(l2Entries)).map { be64(b, $0 * 8) } }
-        // Links still waiting in memory for this table (it was evicted).
-        for p in pendingL2 where p.table == offset { table[p.index] = p.entry }
+        let table = raw.withUnsafeBytes { b in (0..<Int(l2Entries)).map { be64(b, $0 * 8) } }
         if l2Cache.count >= cacheLimit { l2Cache.remove(at: l2Cache.startIndex) }
         l2Cache[offset] = table
         return table
@@ -588,9 +571,6 @@ public final class Qcow2Image: VirtualDisk {
     /// After a failed update the in-memory tables may be ahead of the file:
     /// reload them from it.
     func resync() {
-        pendingL2 = []
-        pendingL1 = []
-        pendingReleases = []
         l2Cache = [:]
         refBlockCache = [:]
         compressedCache = nil
@@ -622,43 +602,19 @@ public final class Qcow2Image: VirtualDisk {
     /// Writes the recorded L2 entries, then (after a barrier) the L1 entries
     /// of new L2 tables.
     func commit(_ pending: [PendingL2], newL1: [Int]) throws {
-        pendingL2 += pending
-        pendingL1 += newL1
-        if pendingL2.count + pendingL1.count >= Self.pendingLimit { try syncMetadata() }
-    }
-
-    /// Writes the links waiting in memory, in crash-safe order: a barrier
-    /// (their clusters and refcounts are durable), the L2 entries, a
-    /// barrier, the L1 entries of new L2 tables; then frees what they
-    /// replaced (after another barrier).
-    public func syncMetadata() throws {
-        guard hasPendingMetadata else { return }
-        do {
-            if !pendingL2.isEmpty || !pendingL1.isEmpty { try file.flush() }
-            var entry = [UInt8](repeating: 0, count: 8)
-            for update in pendingL2 {
-                putBE64(&entry, 0, update.entry)
-                try file.write(entry, at: update.table + UInt64(update.index) * 8)
+        guard !pending.isEmpty || !newL1.isEmpty else { return }
+        try file.flush()
+        var entry = [UInt8](repeating: 0, count: 8)
+        for update in pending {
+            putBE64(&entry, 0, update.entry)
+            try file.write(entry, at: update.table + UInt64(update.index) * 8)
+        }
+        if !newL1.isEmpty {
+            try file.flush()
+            for i in newL1 {
+                putBE64(&entry, 0, l1[i])
+                try file.write(entry, at: header.l1TableOffset + UInt64(i) * 8)
             }
-            pendingL2 = []
-            if !pendingL1.isEmpty {
-                try file.flush()
-                for i in pendingL1 {
-                    putBE64(&entry, 0, l1[i])
-                    try file.write(entry, at: header.l1TableOffset + UInt64(i) * 8)
-                }
-                pendingL1 = []
-            }
-            if !pendingReleases.isEmpty {
-                try file.flush()
-                let releases = pendingReleases
-                pendingReleases = []
-                for (start, length) in releases { try release(offset: start, length: length) }
-            }
-        } catch let error as DiskImageError {
-            if case .invalid = error { markCorrupt() }
-            resync()
-            throw error
         }
     }
 
@@ -734,14 +690,15 @@ public final class Qcow2Image: VirtualDisk {
             pending.append(PendingL2(table: table, index: j, entry: entry))
             done += n
         }
-        pendingReleases += releases
         try commit(pending, newL1: newL1)
+        if !releases.isEmpty {
+            try file.flush()
+            for (start, length) in releases { try release(offset: start, length: length) }
+        }
     }
 
-    /// Makes every completed write durable, with its metadata.
     public func flush() throws {
         guard !isReadOnly else { return }
-        try syncMetadata()
         guard hasUnflushedWrites else { return }
         try file.flush()
         hasUnflushedWrites = false
@@ -751,8 +708,6 @@ public final class Qcow2Image: VirtualDisk {
     /// or the zero flag), then frees what they held. Partial clusters at
     /// either end are left to the caller.
     func replaceWholeClusters(offset: UInt64, length: UInt64, newEntry: UInt64) throws {
-        // Links waiting in memory go first: this writes L2 entries directly.
-        try syncMetadata()
         let cs = clusterSize
         var first = (offset + cs - 1) / cs
         let end = (offset + length) / cs

@@ -6,12 +6,7 @@ import Glibc
 public final class DiskImageBackend: AsyncBlockBackend {
     let disk: VirtualDisk
     /// The top image's descriptor: every write (data and metadata) goes to it.
-    let topDescriptor: Int32?
-    /// fdatasync of the top image is a FLUSH unless qcow2 links still wait
-    /// in memory (then `flush()` writes them first).
-    public var flushDescriptor: Int32? {
-        (disk as? Qcow2Image)?.hasPendingMetadata == true ? nil : topDescriptor
-    }
+    public let flushDescriptor: Int32?
     public var capacity: UInt64 { disk.virtualSize }
     public var isReadOnly: Bool { disk.isReadOnly }
     public var supportsDiscard: Bool { !disk.isReadOnly }
@@ -26,7 +21,7 @@ public final class DiskImageBackend: AsyncBlockBackend {
             }
             links.append((FDImageFile(fd: fd), format))
         }
-        topDescriptor = readOnly ? nil : fds.first
+        flushDescriptor = readOnly ? nil : fds.first
         do {
             disk = try BackingChain.open(links, readOnly: readOnly)
         } catch let error as DiskImageError {

@@ -299,9 +299,7 @@ extension VioBlk {
                 }
                 backend = try DiskImageBackend(fds: [disk] + bases, formats: formats, readOnly: c.parameters.readOnly)
             }
-            let blk = VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
-                             queues: max(1, c.parameters.queueCount), synchronous: synchronous)
-            VioBlk.flushAtExit(blk)
-            return blk
+            return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
+                          queues: max(1, c.parameters.queueCount), synchronous: synchronous)
         })
 }

@@ -10,10 +10,6 @@ import Glibc
 import Virtio
 import VMDSystem
 
-extension VioBlk {
-    static var exitHooks: [() -> Void] = []
-}
-
 /// One request with operations in flight.
 final class AsyncRequest {
     let queue: Int
@@ -299,17 +295,6 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
     /// vhost-user ring about to stop, a memory table about to change).
     public func completeInflight() {
         while let engine, engine.inflight > 0 { completeReady(wait: true) }
-    }
-
-    /// At process exit (a VM stopped, SIGTERM): what is in flight, then a
-    /// flush, so qcow2 links waiting in memory reach the image.
-    static func flushAtExit(_ blk: VioBlk) {
-        if exitHooks.isEmpty { atexit { for hook in VioBlk.exitHooks { hook() } } }
-        exitHooks.append { [weak blk] in
-            guard let blk, !blk.backend.isReadOnly else { return }
-            blk.dropInflight()
-            try? blk.backend.flush()
-        }
     }
 
     /// Waits for every operation in flight and forgets the requests.

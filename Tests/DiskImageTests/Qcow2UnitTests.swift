@@ -25,11 +25,8 @@ final class Qcow2UnitTests: XCTestCase {
         return out
     }
 
-    /// Writes, then flushes (qcow2 links wait in memory until a flush, and
-    /// these tests look at the file); Qcow2DeferredMetadataTests covers the wait.
     func write(_ disk: VirtualDisk, _ bytes: [UInt8], _ offset: UInt64) throws {
         try bytes.withUnsafeBytes { try disk.write(from: $0, at: offset) }
-        try disk.flush()
     }
 
     /// Every cluster's refcount equals the references to it (like qemu-img check).
