@@ -117,6 +117,10 @@ final class VMLifecycleTests: XCTestCase {
         XCTAssertTrue(d.log.contains("vm devs: stopped (guest powered off)"), d.log)
         XCTAssertNil(try Guest.verifyWrittenSectors(disk))
         XCTAssertEqual(d.stop(), 0)
+        // A process that has just died may be a zombie for a moment
+        // (kill(pid, 0) still finds it) until its new parent reaps it.
+        let gone = Date().addingTimeInterval(3)
+        while Date() < gone && tree.contains(where: { processExists($0.pid) }) { usleep(20_000) }
         for p in tree { XCTAssertFalse(processExists(p.pid), "\(p.args) survived") }
     }
 
