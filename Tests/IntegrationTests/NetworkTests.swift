@@ -156,7 +156,8 @@ final class NetworkTests: XCTestCase {
         let second = try Daemon(config: "", extraArgs: ["-v"], netns: ns.name)
         try second.waitReady()
         XCTAssertTrue(waitFor { !self.links(ns).contains("brleft") }, "\(links(ns))\n\(second.log)")
-        XCTAssertTrue(second.log.contains("removed brleft left behind by vmd \(first.pid) (switch lan)"), second.log)
+        // Logged just after the removal: wait for the line, not only the link.
+        XCTAssertTrue(second.waitLog("removed brleft left behind by vmd \(first.pid) (switch lan)", timeout: 10), second.log)
         XCTAssertEqual(second.stop(), 0)
     }
 
