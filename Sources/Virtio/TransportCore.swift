@@ -19,6 +19,14 @@ public class TransportCore: VirtioDeviceHost {
     public var isr: UInt8 { interrupts.isr }
     public internal(set) var negotiatedFeatures: UInt64 = 0
     var queueSelect: UInt16 = 0
+    /// The feature bits the driver wrote, before FEATURES_OK (virtio 1.x
+    /// transports; legacy writes its guest features straight through).
+    public internal(set) var driverFeatures: UInt64 = 0
+    var deviceFeatureSelect: UInt32 = 0
+    var driverFeatureSelect: UInt32 = 0
+    /// Bumped on every configuration change (PCI shows its low 8 bits,
+    /// virtio-mmio all 32).
+    public internal(set) var configGeneration: UInt32 = 0
     var logBudget = LogBudget()
 
     init(device: VirtioDevice, memory: GuestMemory, interruptSink: InterruptSink?) {
@@ -57,6 +65,9 @@ public class TransportCore: VirtioDeviceHost {
         for queue in queues { queue.reset() }
         status = 0
         negotiatedFeatures = 0
+        driverFeatures = 0
+        deviceFeatureSelect = 0
+        driverFeatureSelect = 0
         queueSelect = 0
         interrupts.reset()
     }
@@ -75,7 +86,9 @@ public class TransportCore: VirtioDeviceHost {
     }
 
     /// What else a failure changes in a transport's registers.
-    func configurationChangedByFailure() {}
+    func configurationChangedByFailure() {
+        configGeneration &+= 1
+    }
 
     public var isInterruptAsserted: Bool { interrupts.asserted }
 }

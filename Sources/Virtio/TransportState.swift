@@ -42,7 +42,7 @@ public struct TransportSnapshot: Equatable {
     public var deviceFeatureSelect: UInt32 = 0
     public var driverFeatureSelect: UInt32 = 0
     public var queueSelect: UInt16 = 0
-    public var configGeneration: UInt8 = 0
+    public var configGeneration: UInt32 = 0
     public var isr: UInt8 = 0
     /// The MSI-X vector the driver chose for configuration changes.
     public var configVector: UInt16 = 0xffff
@@ -54,7 +54,8 @@ public struct TransportSnapshot: Equatable {
 
     public func encoded() -> [UInt8] {
         var b: [UInt8] = []
-        b.append(status); b.append(configGeneration); b.append(isr); b.append(0)
+        b.append(status); b.append(isr); b.append(0); b.append(0)
+        appendLittleEndian(configGeneration, to: &b)
         appendLittleEndian(negotiatedFeatures, to: &b)
         appendLittleEndian(driverFeatures, to: &b)
         appendLittleEndian(deviceFeatureSelect, to: &b)
@@ -92,7 +93,7 @@ public struct TransportSnapshot: Equatable {
             for (i, byte) in s.enumerated() { v |= T(byte) << (8 * i) }
             return v
         }
-        guard let st = int(UInt8.self), let gen = int(UInt8.self), let isr = int(UInt8.self), int(UInt8.self) != nil,
+        guard let st = int(UInt8.self), let isr = int(UInt8.self), int(UInt16.self) != nil, let gen = int(UInt32.self),
               let nf = int(UInt64.self), let df = int(UInt64.self), let dfs = int(UInt32.self),
               let drs = int(UInt32.self), let qs = int(UInt16.self), let cv = int(UInt16.self),
               let nq = int(UInt16.self),
@@ -122,12 +123,10 @@ extension TransportCore {
         s.queueSelect = queueSelect
         s.isr = isr
         s.configVector = interrupts.configVector
-        if let pci = self as? VirtioPCITransport {
-            s.driverFeatures = pci.driverFeatures
-            s.deviceFeatureSelect = pci.deviceFeatureSelect
-            s.driverFeatureSelect = pci.driverFeatureSelect
-            s.configGeneration = pci.configGeneration
-        }
+        s.driverFeatures = driverFeatures
+        s.deviceFeatureSelect = deviceFeatureSelect
+        s.driverFeatureSelect = driverFeatureSelect
+        s.configGeneration = configGeneration
         s.queues = queues.map {
             .init(size: $0.size, descriptorTable: $0.descriptorTable, availRing: $0.availRing, usedRing: $0.usedRing,
                   enabled: $0.isEnabled, indirect: $0.indirectAllowed, eventIndex: $0.eventIndex)
@@ -155,12 +154,10 @@ extension TransportCore {
         status = s.status
         negotiatedFeatures = s.negotiatedFeatures
         queueSelect = s.queueSelect
-        if let pci = self as? VirtioPCITransport {
-            pci.driverFeatures = s.driverFeatures
-            pci.deviceFeatureSelect = s.deviceFeatureSelect
-            pci.driverFeatureSelect = s.driverFeatureSelect
-            pci.configGeneration = s.configGeneration
-        }
+        driverFeatures = s.driverFeatures
+        deviceFeatureSelect = s.deviceFeatureSelect
+        driverFeatureSelect = s.driverFeatureSelect
+        configGeneration = s.configGeneration
         // MSI-X vectors: the VM process keeps the table and whether MSI-X is
         // on; which vector each queue uses is a transport register.
         interrupts.configVector = s.configVector
@@ -201,7 +198,7 @@ extension TransportCore {
 /// this file).
 public final class DeviceStateRegion {
     public static let magic: UInt32 = 0x5344_4d56   // "VMDS"
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
     static let slotSize = 4096
     static let headerSize = 64 + 2 * slotSize
 

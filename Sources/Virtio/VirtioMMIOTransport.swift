@@ -53,10 +53,6 @@ public enum VirtioMMIOLayout {
 public final class VirtioMMIOTransport: TransportCore {
     /// The virtio device id (1 net, 2 block, 4 entropy, 8 SCSI, ...).
     public let deviceID: UInt32
-    public private(set) var configGeneration: UInt32 = 0
-    public private(set) var driverFeatures: UInt64 = 0
-    private var deviceFeaturesSelect: UInt32 = 0
-    private var driverFeaturesSelect: UInt32 = 0
 
     /// Everything the device offers: its own bits plus what this transport
     /// and the virtqueue implement (as over PCI).
@@ -89,8 +85,8 @@ public final class VirtioMMIOTransport: TransportCore {
         case VirtioMMIOLayout.vendorID: return VirtioMMIOLayout.vendor
         case VirtioMMIOLayout.deviceFeatures:
             let offered = offeredFeatures
-            return deviceFeaturesSelect == 0 ? UInt32(truncatingIfNeeded: offered)
-                : deviceFeaturesSelect == 1 ? UInt32(truncatingIfNeeded: offered >> 32) : 0
+            return deviceFeatureSelect == 0 ? UInt32(truncatingIfNeeded: offered)
+                : deviceFeatureSelect == 1 ? UInt32(truncatingIfNeeded: offered >> 32) : 0
         case VirtioMMIOLayout.queueNumMax: return UInt32(queue?.maxSize ?? 0)   // 0: no such queue
         case VirtioMMIOLayout.queueReady: return queue?.isEnabled == true ? 1 : 0
         case VirtioMMIOLayout.interruptStatus: return UInt32(interrupts.isr)
@@ -112,13 +108,13 @@ public final class VirtioMMIOTransport: TransportCore {
         guard size == 4, offset % 4 == 0 else { return }
         switch offset {
         case VirtioMMIOLayout.deviceFeaturesSelect:
-            deviceFeaturesSelect = value
+            deviceFeatureSelect = value
         case VirtioMMIOLayout.driverFeaturesSelect:
-            driverFeaturesSelect = value
+            driverFeatureSelect = value
         case VirtioMMIOLayout.driverFeatures:
             // Features are frozen once FEATURES_OK was accepted.
             guard status & VirtioStatus.featuresOK == 0 else { return }
-            switch driverFeaturesSelect {
+            switch driverFeatureSelect {
             case 0: driverFeatures = driverFeatures & 0xffff_ffff_0000_0000 | UInt64(value)
             case 1: driverFeatures = driverFeatures & 0x0000_0000_ffff_ffff | UInt64(value) << 32
             default: break
@@ -203,23 +199,11 @@ public final class VirtioMMIOTransport: TransportCore {
         }
     }
 
-    /// Device reset (status 0): back to the power-on state.
-    public override func reset() {
-        super.reset()
-        driverFeatures = 0
-        deviceFeaturesSelect = 0
-        driverFeaturesSelect = 0
-    }
-
     // MARK: interrupts
 
     public override func configurationChanged() {
         configGeneration &+= 1
         if status & VirtioStatus.driverOK != 0 { interrupts.raise(VirtioISR.configChange) }
-    }
-
-    override func configurationChangedByFailure() {
-        configGeneration &+= 1
     }
 }
 

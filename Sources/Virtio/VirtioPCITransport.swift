@@ -54,10 +54,6 @@ public final class VirtioPCITransport: TransportCore {
     public static let noVector: UInt16 = 0xffff
 
     public let deviceType: VirtioDeviceType
-    public internal(set) var configGeneration: UInt8 = 0
-    public internal(set) var driverFeatures: UInt64 = 0
-    var deviceFeatureSelect: UInt32 = 0
-    var driverFeatureSelect: UInt32 = 0
 
     /// Everything the device offers: its own bits plus what this transport
     /// and the virtqueue implement.
@@ -158,7 +154,7 @@ public final class VirtioPCITransport: TransportCore {
         appendLittleEndian(interrupts.configVector, to: &bytes)             // msix_config
         appendLittleEndian(UInt16(queues.count), to: &bytes)                // num_queues
         bytes.append(status)
-        bytes.append(configGeneration)
+        bytes.append(UInt8(truncatingIfNeeded: configGeneration))
         appendLittleEndian(queueSelect, to: &bytes)
         let queue = selectedQueue
         appendLittleEndian(queue?.size ?? 0, to: &bytes)                    // 0: no such queue
@@ -265,23 +261,11 @@ public final class VirtioPCITransport: TransportCore {
         }
     }
 
-    /// Device reset (status 0): back to the power-on state.
-    public override func reset() {
-        super.reset()
-        driverFeatures = 0
-        deviceFeatureSelect = 0
-        driverFeatureSelect = 0
-    }
-
     // MARK: interrupts
 
     public override func configurationChanged() {
         configGeneration &+= 1
         if status & VirtioStatus.driverOK != 0 { interrupts.raiseConfig() }
-    }
-
-    override func configurationChangedByFailure() {
-        configGeneration &+= 1
     }
 
     /// Reading ISR returns the pending causes, clears them, and lowers the line.
