@@ -135,6 +135,11 @@ static void parse_options(const char *s)
             for (const char *p = w + 8; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
                 v = v * 10 + (u32)(*p - '0');
             opt.devloop = v <= 3600 ? v : 3600;
+        } else if (len > 12 && memcmp(w, "scsi_verify=", 12) == 0) {
+            u32 v = 0;
+            for (const char *p = w + 12; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
+                v = v * 10 + (u32)(*p - '0');
+            opt.scsi_verify = v <= 3600 ? v : 3600;
         } else if (len > 11 && memcmp(w, "blk_verify=", 11) == 0) {
             u32 v = 0;
             for (const char *p = w + 11; p < s && *p >= '0' && *p <= '9' && v < 100000; p++)
@@ -235,7 +240,7 @@ void vmtest_main(void)
     pci_pool_init(devs, n);
     int n_pci = n;
     n += mmio_scan(cmdline, devs + n, MAX_PCI - n);
-    struct pci_dev *blk = NULL, *rng = NULL, *net = NULL, *vmmci = NULL;
+    struct pci_dev *blk = NULL, *rng = NULL, *net = NULL, *vmmci = NULL, *scsi = NULL;
     u32 blk_seen = 0;
     for (int i = 0; i < n; i++) {
         struct pci_dev *d = &devs[i];
@@ -250,6 +255,7 @@ void vmtest_main(void)
         if (id == 2 && !blk && blk_seen++ == opt.blk_index) blk = d;
         else if (id == 4 && !rng) rng = d;
         else if (id == 1 && !net) net = d;
+        else if (id == 8 && !scsi) scsi = d;
     }
     printf("vmtest: pci devices=%d mmio devices=%d blk=%s rng=%s net=%s vmmci=%s\n", n_pci, n - n_pci,
            blk ? "yes" : "no", rng ? "yes" : "no", net ? "yes" : "no", vmmci ? "yes" : "no");
@@ -261,6 +267,7 @@ void vmtest_main(void)
     if (rng) rng_check(rng); else check_skip("rng", "no device");
     if (blk) blk_check(blk); else check_skip("blk", "no device");
     if (net) net_check(net); else check_skip("net", "no device");
+    if (scsi) scsi_check(scsi); else check_skip("scsi", "no device");
 
     if (opt.bench) {
         blk_bench();
@@ -282,7 +289,9 @@ void vmtest_main(void)
         blk_verify_run(opt.blk_verify);
     if (opt.devloop)
         devloop_run(opt.devloop);
-    if (!opt.regloop && !opt.blk_verify && !opt.blkfill && !opt.devloop && !(blk && blk->mmio_base))
+    if (opt.scsi_verify)
+        scsi_verify_run(opt.scsi_verify);
+    if (!opt.regloop && !opt.blk_verify && !opt.blkfill && !opt.devloop && !opt.scsi_verify && !(blk && blk->mmio_base))
         msix_check(blk);
     if (opt.hostile && blk && blk->mmio_base)
         hostile_mmio_run(blk);

@@ -3,19 +3,21 @@
 # with modern virtio-blk, virtio-rng and virtio-net devices, and checks the result.
 #
 #   guests/vmtest/run-qemu.sh [--bench] [--smp N[,topology]] [--accel kvm|tcg] [--timeout SEC]
-#                             [--append "extra options"] [--pio-notify] [--keep]
+#                             [--append "extra options"] [--pio-notify] [--scsi] [--keep]
 #
 # The disk is a fresh raw image whose sector n begins with "vmdisk <n>\n". The NIC is a
 # tap inside a private network namespace (host side 10.0.2.2/24, guest 10.0.2.15/24);
 # nothing is routed out of it and the namespace is deleted on exit. Passes (exit 0)
 # only if every check printed ok, the summary says failed=0, sectors 2048..2175 of the
 # image hold what the guest wrote, and QEMU exited by itself (guest power-off).
+# --scsi adds QEMU's virtio-scsi with a scsi-cd holding 512 blocks of scsi.c's pattern
+# (so --append scsi_verify=N works too) and requires 'vmtest: scsi ok'.
 # Needs root (network namespace, tap).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 root="$(cd "$here/../.." && pwd -P)"
-bench=0 smp=1 accel=kvm timeout_s=60 extra="" keep=0 devopt=""
+bench=0 smp=1 accel=kvm timeout_s=60 extra="" keep=0 devopt="" scsi=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --bench) bench=1 ;;
@@ -24,8 +26,9 @@ while [ $# -gt 0 ]; do
     --timeout) timeout_s="$2"; shift ;;
     --append) extra="$2"; shift ;;
     --keep) keep=1 ;;
+    --scsi) scsi=1 ;;
     --pio-notify) devopt=",modern-pio-notify=on" ;;   # notify through an I/O BAR, like our VMM
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "run-qemu.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -58,6 +61,24 @@ with open(sys.argv[1], "wb") as f:
         f.write(s + b"\0" * (512 - len(s)))
 EOF
 
+scsiargs=()
+if [ "$scsi" = 1 ]; then
+    python3 - "$work/cd.iso" <<'EOF'
+import struct, sys
+with open(sys.argv[1], "wb") as f:
+    for b in range(512):            # scsi.c's block pattern
+        out = bytearray(struct.pack("<I", b))
+        x = (b * 2654435761 ^ 0x5c5c5c5c) & 0xffffffff
+        for _ in range(2044):
+            x = (x * 1103515245 + 12345) & 0xffffffff
+            out.append((x >> 16) & 0xff)
+        f.write(out)
+EOF
+    scsiargs=(-device "virtio-scsi-pci,id=scsi0,disable-legacy=on$devopt"
+              -drive "file=$work/cd.iso,format=raw,if=none,id=cd0,media=cdrom,readonly=on"
+              -device scsi-cd,drive=cd0,bus=scsi0.0)
+fi
+
 ip netns add "$ns"
 ip netns exec "$ns" ip link set lo up
 ip netns exec "$ns" ip tuntap add dev tap0 mode tap
@@ -81,6 +102,7 @@ run_qemu() {    # $1 = accelerator; returns QEMU's exit status (124 on timeout)
         -device virtio-rng-pci,disable-legacy=on$devopt \
         -netdev tap,id=net0,ifname=tap0,script=no,downscript=no \
         -device virtio-net-pci,netdev=net0,disable-legacy=on,mac=52:54:00:12:34:56$devopt \
+        ${scsiargs[@]+"${scsiargs[@]}"} \
         2>"$work/qemu.err" || status=$?
     return $status
 }
@@ -106,6 +128,9 @@ grep -q "FAIL" "$log" && problems+=("a check printed FAIL")
 for check in serial boot blk rng net cpus; do
     grep -q "^vmtest: $check ok" <(tr -d '\r' <"$log") || problems+=("no 'vmtest: $check ok' line")
 done
+if [ "$scsi" = 1 ]; then
+    grep -q "^vmtest: scsi ok" <(tr -d '\r' <"$log") || problems+=("no 'vmtest: scsi ok' line")
+fi
 ncpus="${smp%%,*}"     # --smp also takes QEMU's topology syntax, e.g. 2,sockets=2
 if [ "$ncpus" -gt 1 ]; then
     grep -q "^vmtest: cpus ok count=$ncpus" <(tr -d '\r' <"$log") || problems+=("expected 'cpus ok count=$ncpus'")

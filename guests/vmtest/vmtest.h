@@ -100,6 +100,7 @@ struct options {
     bool novmmci;               /* novmmci: leave the vmmci device alone (a guest without its driver) */
     u32 blk_index;              /* blk_index=N: check the N-th virtio-blk device (0 = the first) */
     u32 devloop;                /* devloop=N: rng reads and gateway pings for N seconds (devloop.c) */
+    u32 scsi_verify;            /* scsi_verify=N: read and check the CD-ROM for N seconds (scsi.c) */
 };
 extern struct options opt;
 
@@ -187,7 +188,7 @@ struct vq {
 };
 struct vseg { void *addr; u32 len; bool device_writes; };
 
-#define VDEV_MAX_QUEUES 2
+#define VDEV_MAX_QUEUES 3        /* virtio-scsi's request queue is queue 2 */
 struct vdev {
     const char *name;          /* "vioblk0", used in messages */
     struct pci_dev *pci;
@@ -268,6 +269,8 @@ bool rng_read_once(u8 *buf, u32 len, char *why, size_t whysz);
 bool net_ping_once(u64 timeout_us);
 void devloop_run(u32 seconds);         /* devloop.c */
 void rng_check(struct pci_dev *p);
+void scsi_check(struct pci_dev *p);    /* scsi.c */
+void scsi_verify_run(u32 seconds);
 void net_check(struct pci_dev *p);
 void net_bench(void);
 void vmmci_check(struct pci_dev *p);
