@@ -191,3 +191,47 @@ func runQueue(_ queues: [Virtqueue], _ index: Int, ready: Bool, interrupts: Inte
         fail("queue \(index): \(error)")
     }
 }
+
+/// The virtio 1.x transports (PCI and mmio) offer features and negotiate
+/// them through device_status the same way; the legacy transport does not.
+public protocol ModernVirtioTransport: TransportCore {}
+
+extension ModernVirtioTransport {
+    /// Everything the device offers: its own bits plus what the transport
+    /// and the virtqueue implement.
+    public var offeredFeatures: UInt64 {
+        device.deviceFeatures | VirtioFeature.version1 | VirtioFeature.indirectDescriptors
+            | VirtioFeature.eventIndex
+    }
+
+    /// A driver's write of device_status: 0 resets; FEATURES_OK is refused
+    /// (reads back clear) for features not offered or without VERSION_1;
+    /// DRIVER_OK needs FEATURES_OK.
+    func writeStatus(_ value: UInt8) {
+        if value == 0 {
+            reset()
+            return
+        }
+        var newStatus = value | (status & VirtioStatus.deviceNeedsReset)
+        let newlySet = newStatus & ~status
+        if newlySet & VirtioStatus.featuresOK != 0 {
+            let offered = offeredFeatures
+            let unoffered = driverFeatures & ~offered
+            if unoffered != 0 || driverFeatures & VirtioFeature.version1 == 0 {
+                // Refused: the driver reads FEATURES_OK back and sees it clear.
+                logBudget.log("\(device.name): refusing features 0x\(hex(driverFeatures)) (offered 0x\(hex(offered)))")
+                newStatus &= ~VirtioStatus.featuresOK
+            } else {
+                negotiatedFeatures = driverFeatures
+            }
+        }
+        if newlySet & VirtioStatus.driverOK != 0 && newStatus & VirtioStatus.featuresOK == 0 {
+            logBudget.log("\(device.name): DRIVER_OK without FEATURES_OK")
+            newStatus &= ~VirtioStatus.driverOK
+        }
+        status = newStatus
+        if newlySet & newStatus & VirtioStatus.driverOK != 0 {
+            device.driverReady(features: negotiatedFeatures)
+        }
+    }
+}

@@ -50,16 +50,9 @@ public enum VirtioMMIOLayout {
     public static let slotSize: UInt32 = 0x1000
 }
 
-public final class VirtioMMIOTransport: TransportCore {
+public final class VirtioMMIOTransport: TransportCore, ModernVirtioTransport {
     /// The virtio device id (1 net, 2 block, 4 entropy, 8 SCSI, ...).
     public let deviceID: UInt32
-
-    /// Everything the device offers: its own bits plus what this transport
-    /// and the virtqueue implement (as over PCI).
-    public var offeredFeatures: UInt64 {
-        device.deviceFeatures | VirtioFeature.version1 | VirtioFeature.indirectDescriptors
-            | VirtioFeature.eventIndex
-    }
 
     public init(device: VirtioDevice, deviceID: UInt32, memory: GuestMemory, interruptSink: InterruptSink?) {
         self.deviceID = deviceID
@@ -169,33 +162,6 @@ public final class VirtioMMIOTransport: TransportCore {
             }
         default:
             break   // read-only and reserved registers
-        }
-    }
-
-    private func writeStatus(_ value: UInt8) {
-        if value == 0 {
-            reset()
-            return
-        }
-        var newStatus = value | (status & VirtioStatus.deviceNeedsReset)
-        let newlySet = newStatus & ~status
-        if newlySet & VirtioStatus.featuresOK != 0 {
-            let offered = offeredFeatures
-            if driverFeatures & ~offered != 0 || driverFeatures & VirtioFeature.version1 == 0 {
-                // Refused: the driver reads FEATURES_OK back and sees it clear.
-                logBudget.log("\(device.name): refusing features 0x\(hex(driverFeatures)) (offered 0x\(hex(offered)))")
-                newStatus &= ~VirtioStatus.featuresOK
-            } else {
-                negotiatedFeatures = driverFeatures
-            }
-        }
-        if newlySet & VirtioStatus.driverOK != 0 && newStatus & VirtioStatus.featuresOK == 0 {
-            logBudget.log("\(device.name): DRIVER_OK without FEATURES_OK")
-            newStatus &= ~VirtioStatus.driverOK
-        }
-        status = newStatus
-        if newlySet & newStatus & VirtioStatus.driverOK != 0 {
-            device.driverReady(features: negotiatedFeatures)
         }
     }
 

@@ -50,17 +50,10 @@ public struct VirtioPCIIdentity: Equatable, Sendable {
     public var subsystemID: UInt16
 }
 
-public final class VirtioPCITransport: TransportCore {
+public final class VirtioPCITransport: TransportCore, ModernVirtioTransport {
     public static let noVector: UInt16 = 0xffff
 
     public let deviceType: VirtioDeviceType
-
-    /// Everything the device offers: its own bits plus what this transport
-    /// and the virtqueue implement.
-    public var offeredFeatures: UInt64 {
-        device.deviceFeatures | VirtioFeature.version1 | VirtioFeature.indirectDescriptors
-            | VirtioFeature.eventIndex
-    }
 
     public init(device: VirtioDevice, type: VirtioDeviceType, memory: GuestMemory,
                 interruptSink: InterruptSink?) {
@@ -231,34 +224,6 @@ public final class VirtioPCITransport: TransportCore {
     private func acceptedVector(_ value: UInt32) -> UInt16 {
         let count = sharedInterrupts?.msixVectorCount ?? 0
         return value < UInt32(count) ? UInt16(value) : Self.noVector
-    }
-
-    private func writeStatus(_ value: UInt8) {
-        if value == 0 {
-            reset()
-            return
-        }
-        var newStatus = value | (status & VirtioStatus.deviceNeedsReset)
-        let newlySet = newStatus & ~status
-        if newlySet & VirtioStatus.featuresOK != 0 {
-            let offered = offeredFeatures
-            let unoffered = driverFeatures & ~offered
-            if unoffered != 0 || driverFeatures & VirtioFeature.version1 == 0 {
-                // Refused: the driver reads FEATURES_OK back and sees it clear.
-                logBudget.log("\(device.name): refusing features 0x\(hex(driverFeatures)) (offered 0x\(hex(offered)))")
-                newStatus &= ~VirtioStatus.featuresOK
-            } else {
-                negotiatedFeatures = driverFeatures
-            }
-        }
-        if newlySet & VirtioStatus.driverOK != 0 && newStatus & VirtioStatus.featuresOK == 0 {
-            logBudget.log("\(device.name): DRIVER_OK without FEATURES_OK")
-            newStatus &= ~VirtioStatus.driverOK
-        }
-        status = newStatus
-        if newlySet & newStatus & VirtioStatus.driverOK != 0 {
-            device.driverReady(features: negotiatedFeatures)
-        }
     }
 
     // MARK: interrupts
