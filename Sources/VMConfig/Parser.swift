@@ -659,31 +659,18 @@ final class FileParser {
             backend.owner = try owner(option)
             return "owner"
         case .keyword(.disk):
-            let path = try string("a disk image path after 'disk'")
-            var format: DiskFormat?
-            if isKeyword(peek(), .format) {
-                advance()
-                let name = try string("raw or qcow2 after 'format'")
-                format = DiskFormat(rawValue: name.lowercased())
-                if format == nil { error(option, "unrecognized disk format \(name) (expected raw or qcow2)") }
-            }
+            let (path, format) = try diskPathAndFormat(option)
             if isKeyword(peek(), .readonly) {
                 advance()
                 backend.readOnly = true
             }
             once("disk", &seen, option)
-            switch Validate.existingPath(path, what: "disk") {
-            case .failure(let problem): error(option, problem.text)
-            case .success(let resolved): backend.disk = Disk(path: resolved, format: format, location: location(option))
+            if let resolved = existingPath(path, what: "disk", option) {
+                backend.disk = Disk(path: resolved, format: format, location: location(option))
             }
             return "disk"
         case .keyword(.cdrom):
-            let path = try string("an ISO image path after 'cdrom'")
-            once("cdrom", &seen, option)
-            switch Validate.existingPath(path, what: "cdrom") {
-            case .failure(let problem): error(option, problem.text)
-            case .success(let resolved): backend.cdrom = resolved
-            }
+            backend.cdrom = try cdrom(option, &seen)
             return "cdrom"
         case .keyword(.interface):
             once("interface", &seen, option)
@@ -710,6 +697,36 @@ final class FileParser {
         default:
             throw fail(option, expected: "a vhost-user option (cdrom, disable, disk, enable, interface, lladdr, "
                 + "owner, socket, type)")
+        }
+    }
+
+    // MARK: statements of both vm and vhost-user blocks
+
+    /// `disk PATH [format raw|qcow2]`: the path as written and the format, if named.
+    private func diskPathAndFormat(_ option: Token) throws -> (String, DiskFormat?) {
+        let path = try string("a disk image path after 'disk'")
+        var format: DiskFormat?
+        if isKeyword(peek(), .format) {
+            advance()
+            let name = try string("raw or qcow2 after 'format'")
+            format = DiskFormat(rawValue: name.lowercased())
+            if format == nil { error(option, "unrecognized disk format \(name) (expected raw or qcow2)") }
+        }
+        return (path, format)
+    }
+
+    /// `cdrom PATH`: the resolved path, or nil after reporting why not.
+    private func cdrom(_ option: Token, _ seen: inout Set<String>) throws -> String? {
+        let path = try string("an ISO image path after 'cdrom'")
+        once("cdrom", &seen, option)
+        return existingPath(path, what: "cdrom", option)
+    }
+
+    /// The real path of a file that must exist, or nil after a `file:line` error.
+    private func existingPath(_ path: String, what: String, _ option: Token) -> String? {
+        switch Validate.existingPath(path, what: what) {
+        case .failure(let problem): error(option, problem.text); return nil
+        case .success(let resolved): return resolved
         }
     }
 
@@ -768,20 +785,13 @@ final class FileParser {
         case .keyword(.enable): vm.enabled = true; return "enable"
         case .keyword(.disable): vm.enabled = false; return "disable"
         case .keyword(.disk):
-            let path = try string("a disk image path after 'disk'")
-            var format: DiskFormat?
-            if isKeyword(peek(), .format) {
-                advance()
-                let name = try string("raw or qcow2 after 'format'")
-                format = DiskFormat(rawValue: name.lowercased())
-                if format == nil { error(option, "unrecognized disk format \(name) (expected raw or qcow2)") }
-            }
-            switch Validate.existingPath(path, what: "disk") {
-            case .failure(let problem): error(option, problem.text)
-            case .success where vm.disks.count >= ConfigLimits.maxDisks:
-                error(option, "too many disks (at most \(ConfigLimits.maxDisks))")
-            case .success(let resolved):
-                vm.disks.append(Disk(path: resolved, format: format, location: location(option)))
+            let (path, format) = try diskPathAndFormat(option)
+            if let resolved = existingPath(path, what: "disk", option) {
+                if vm.disks.count >= ConfigLimits.maxDisks {
+                    error(option, "too many disks (at most \(ConfigLimits.maxDisks))")
+                } else {
+                    vm.disks.append(Disk(path: resolved, format: format, location: location(option)))
+                }
             }
             return "disk"
         case .keyword(.local):
@@ -808,10 +818,7 @@ final class FileParser {
             }
             let path = try string("a kernel path or 'device' after 'boot'")
             once("boot", &seen, option)
-            switch Validate.existingPath(path, what: "boot") {
-            case .failure(let problem): error(option, problem.text)
-            case .success(let resolved): vm.bootPath = resolved
-            }
+            if let resolved = existingPath(path, what: "boot", option) { vm.bootPath = resolved }
             if isKeyword(peek(), .format) {
                 advance()
                 let formatToken = peek()
@@ -824,12 +831,7 @@ final class FileParser {
             }
             return "boot"
         case .keyword(.cdrom):
-            let path = try string("an ISO image path after 'cdrom'")
-            once("cdrom", &seen, option)
-            switch Validate.existingPath(path, what: "cdrom") {
-            case .failure(let problem): error(option, problem.text)
-            case .success(let resolved): vm.cdrom = resolved
-            }
+            vm.cdrom = try cdrom(option, &seen)
             return "cdrom"
         case .keyword(.interfaces):
             let (count, token) = try number("a number after 'interfaces'")
@@ -874,10 +876,7 @@ final class FileParser {
         case .keyword(.initrd):
             let path = try string("an initrd path after 'initrd'")
             once("initrd", &seen, option)
-            switch Validate.existingPath(path, what: "initrd") {
-            case .failure(let problem): error(option, problem.text)
-            case .success(let resolved): vm.initrd = resolved
-            }
+            if let resolved = existingPath(path, what: "initrd", option) { vm.initrd = resolved }
             return "initrd"
         case .string("virtio", quoted: false):
             // A word rather than a keyword, so "virtio" stays usable as a name.
