@@ -234,4 +234,24 @@ extension ModernVirtioTransport {
             device.driverReady(features: negotiatedFeatures)
         }
     }
+
+    /// A driver's 32-bit write of one half of the selected queue's descriptor,
+    /// driver or device area address; ignored once the queue is enabled
+    /// (the spec forbids changing a live queue's areas).
+    func writeQueueAddressHalf(_ area: QueueArea, high: Bool, _ value: UInt32) {
+        guard let queue = selectedQueue, !queue.isEnabled else { return }
+        func merged(_ old: UInt64) -> UInt64 {
+            high ? old & 0xffff_ffff | UInt64(value) << 32 : old & 0xffff_ffff_0000_0000 | UInt64(value)
+        }
+        switch area {
+        case .descriptors: queue.descriptorTable = merged(queue.descriptorTable)
+        case .driver: queue.availRing = merged(queue.availRing)
+        case .device: queue.usedRing = merged(queue.usedRing)
+        }
+    }
+}
+
+/// The three guest-memory areas of a split virtqueue (spec 2.7).
+enum QueueArea {
+    case descriptors, driver, device
 }

@@ -150,16 +150,13 @@ public final class VirtioMMIOTransport: TransportCore, ModernVirtioTransport {
         case VirtioMMIOLayout.queueDescLow, VirtioMMIOLayout.queueDescHigh,
              VirtioMMIOLayout.queueDriverLow, VirtioMMIOLayout.queueDriverHigh,
              VirtioMMIOLayout.queueDeviceLow, VirtioMMIOLayout.queueDeviceHigh:
-            guard let queue = selectedQueue, !queue.isEnabled else { return }
-            let high = offset & 4 != 0
-            func merged(_ old: UInt64) -> UInt64 {
-                high ? old & 0xffff_ffff | UInt64(value) << 32 : old & 0xffff_ffff_0000_0000 | UInt64(value)
-            }
+            let area: QueueArea
             switch offset & ~7 {
-            case VirtioMMIOLayout.queueDescLow: queue.descriptorTable = merged(queue.descriptorTable)
-            case VirtioMMIOLayout.queueDriverLow: queue.availRing = merged(queue.availRing)
-            default: queue.usedRing = merged(queue.usedRing)
+            case VirtioMMIOLayout.queueDescLow: area = .descriptors
+            case VirtioMMIOLayout.queueDriverLow: area = .driver
+            default: area = .device
             }
+            writeQueueAddressHalf(area, high: offset & 4 != 0, value)
         default:
             break   // read-only and reserved registers
         }

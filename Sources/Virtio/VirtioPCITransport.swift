@@ -198,16 +198,13 @@ public final class VirtioPCITransport: TransportCore, ModernVirtioTransport {
         case (CommonConfig.queueDesc, 4), (CommonConfig.queueDesc + 4, 4),
              (CommonConfig.queueDriver, 4), (CommonConfig.queueDriver + 4, 4),
              (CommonConfig.queueDevice, 4), (CommonConfig.queueDevice + 4, 4):
-            guard let queue = selectedQueue, !queue.isEnabled else { return }
-            let high = (offset - CommonConfig.queueDesc) % 8 == 4
-            func merged(_ old: UInt64) -> UInt64 {
-                high ? old & 0xffff_ffff | UInt64(value) << 32 : old & 0xffff_ffff_0000_0000 | UInt64(value)
-            }
+            let area: QueueArea
             switch offset & ~7 {
-            case CommonConfig.queueDesc: queue.descriptorTable = merged(queue.descriptorTable)
-            case CommonConfig.queueDriver: queue.availRing = merged(queue.availRing)
-            default: queue.usedRing = merged(queue.usedRing)
+            case CommonConfig.queueDesc: area = .descriptors
+            case CommonConfig.queueDriver: area = .driver
+            default: area = .device
             }
+            writeQueueAddressHalf(area, high: (offset - CommonConfig.queueDesc) % 8 == 4, value)
         case (CommonConfig.msixConfig, 2):
             interrupts.configVector = acceptedVector(value)
         case (CommonConfig.queueMsixVector, 2):
