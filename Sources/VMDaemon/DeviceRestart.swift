@@ -16,7 +16,10 @@ import VirtioDevices
 //   process's filter from before its sandbox), holds copies of those
 //   descriptors and execs the device. It clones with CLONE_PARENT: the
 //   device is still the VM process's child, reaped and logged here, and
-//   its parent-death signal follows the VM process.
+//   its parent-death signal follows the VM process. The spawner itself is
+//   the VM process's ordinary child (posix_spawn), as root: the VM process
+//   (as _vmd) cannot signal it, so it ends on end of file of its channel,
+//   which finish() closes before reaping it with the devices.
 // - The device's state region (Virtio's DeviceStateRegion: registers after
 //   every access, and per queue the inflight records in vhost-user's
 //   layout) lets the new instance restore the transport and serve again
@@ -289,6 +292,12 @@ final class SpawnerClient {
         let channel = ImsgBuffer(fd: mine)
         try channel.sendBlocking(Imsg(type: MessageType.devopVMInfo.rawValue, data: w.bytes))
         return SpawnerClient(pid: pid, channel: channel, index: index)
+    }
+
+    /// Ends the spawner: it exits when its channel reads end of file (the
+    /// VM process, no longer root, cannot signal it).
+    func close() {
+        FD.close(channel.fd)
     }
 
     /// A new instance of `slot`'s device; its pid.

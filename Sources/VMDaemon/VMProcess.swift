@@ -415,7 +415,13 @@ final class VMProcess {
     /// killed.
     func finish(_ reason: VMStopReason, _ detail: String, forced: Bool = false) -> Never {
         finishing = true
-        if let s = spawner { Spawn.signal(s.pid, SIGKILL) }
+        // The spawner runs as root and this process as _vmd by now: a
+        // signal to it fails (EPERM). It exits on EOF of its channel and is
+        // our child (not a CLONE_PARENT sibling): reaped with the devices.
+        if let s = spawner {
+            s.close()
+            devicePIDs[s.pid] = "device spawner"
+        }
         if stopFD >= 0 { EventFD.signal(stopFD) }
         if let vm, !vm.stop(timeout: Self.vcpuStopTimeout) {
             Log.warning("vCPU threads did not end in \(Self.vcpuStopTimeout) s; exiting anyway")

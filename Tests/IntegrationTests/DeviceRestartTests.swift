@@ -170,37 +170,10 @@ final class DeviceRestartTests: XCTestCase {
         XCTAssertEqual(d.stop(timeout: 10), 0)
     }
 
-    /// rng and net under load (rng reads and gateway pings) while both
-    /// device processes are killed in turn every 500 ms: every rng read is
-    /// answered, and pings (frames in flight may be lost) are answered
-    /// again at the end: the rings did not stall.
+    /// rng and net under load while both device processes are killed in
+    /// turn every 500 ms (RngNetRestartScenario, on PCI).
     func testRngAndNetCarryOnWhileTheirDevicesAreKilled() throws {
-        let ns = try NetNamespace()
-        let tap = "vmdr\(getpid() % 100000)"
-        let d = try Daemon(config: config("rn", extra: "    interface \"\(tap)\"",
-                                          cmdline: "ip=10.0.2.15/24 gw=10.0.2.2 devloop=8"),
-                           extraArgs: ["-v"], netns: ns.name)
-        try d.waitReady()
-        XCTAssertTrue(ns.configureTap(tap, address: "10.0.2.2/24"), "tap \(tap) never appeared\n\(d.log)")
-        XCTAssertTrue(d.waitLog("vmtest: net ok", timeout: 60), d.log)
-        var kills = 0
-        var turn = 0
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline && !d.log.contains("vmtest summary:") {
-            let device = turn % 2 == 0 ? "viornd" : "vionet0"
-            if let pid = devicePID(d, vm: "rn", device: device) { kill(pid, SIGKILL); kills += 1 }
-            turn += 1
-            usleep(500_000)
-        }
-        XCTAssertTrue(d.waitLog("vm rn: stopped (guest powered off)", timeout: 30), d.log)
-        let log = d.log
-        if ProcessInfo.processInfo.environment["SHOWLOG"] != nil { print(log) }
-        XCTAssertGreaterThanOrEqual(kills, 8, log)
-        XCTAssertTrue(log.contains("vmtest: devloop ok"), log)
-        XCTAssertTrue(log.contains("failed=0"), log)
-        XCTAssertTrue(log.contains("viornd process killed by SIGKILL: restarting it"), log)
-        XCTAssertTrue(log.contains("vionet0 process killed by SIGKILL: restarting it"), log)
-        XCTAssertEqual(d.stop(), 0)
+        try RngNetRestartScenario.run(.pci, vm: "rn", tap: "vmdr\(getpid() % 100000)", label: "DeviceRestartTests")
     }
 
     /// A graceful stop whose vmmci command the device had not taken when it

@@ -84,46 +84,9 @@ final class MMIORestartTests: XCTestCase {
         XCTAssertEqual(d.stop(), 0)
     }
 
-    /// rng and net over virtio-mmio under load (devloop: rng reads and
-    /// gateway pings) while both device processes are killed in turn every
-    /// 500 ms: every rng read is answered, pings are answered again at the
-    /// end (frames in flight may be lost).
+    /// rng and net over virtio-mmio under load while both device
+    /// processes are killed in turn every 500 ms (RngNetRestartScenario).
     func testRngAndNetOverMMIOCarryOnWhileTheirDevicesAreKilled() throws {
-        let ns = try NetNamespace()
-        let tap = "vmdq\(getpid() % 100000)"
-        let d = try Daemon(config: """
-            vm "mn" {
-                memory 64M
-                boot "\(Self.pvhELF)" format pvh
-                virtio mmio
-                cmdline "ip=10.0.2.15/24 gw=10.0.2.2 devloop=8"
-                interface "\(tap)"
-            }
-            """, extraArgs: ["-v"], netns: ns.name)
-        try d.waitReady()
-        XCTAssertTrue(ns.configureTap(tap, address: "10.0.2.2/24"), "tap \(tap) never appeared\n\(d.log)")
-        XCTAssertTrue(d.waitLog("vmtest: net ok", timeout: 60), d.log)
-        var kills = 0
-        var turn = 0
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline && !d.log.contains("vmtest summary:") {
-            let device = turn % 2 == 0 ? "viornd" : "vionet0"
-            if let pid = devicePID(d, vm: "mn", device: device) { kill(pid, SIGKILL); kills += 1 }
-            turn += 1
-            usleep(500_000)
-        }
-        XCTAssertTrue(d.waitLog("vm mn: stopped (guest powered off)", timeout: 30), d.log)
-        let log = d.log
-        if ProcessInfo.processInfo.environment["SHOWLOG"] != nil { print(log) }
-        XCTAssertTrue(log.contains("vmtest: pci devices=0 mmio devices="), log)
-        XCTAssertGreaterThanOrEqual(kills, 8, log)
-        XCTAssertTrue(log.contains("vmtest: devloop ok"), log)
-        XCTAssertTrue(log.contains("failed=0"), log)
-        XCTAssertFalse(log.contains("FAIL"), log)
-        XCTAssertTrue(log.contains("viornd process killed by SIGKILL: restarting it"), log)
-        XCTAssertTrue(log.contains("vionet0 process killed by SIGKILL: restarting it"), log)
-        let line = log.split(separator: "\n").first { $0.contains("vmtest: devloop ok") } ?? ""
-        print("MMIORestartTests: \(kills) kills, \(line)")
-        XCTAssertEqual(d.stop(), 0)
+        try RngNetRestartScenario.run(.mmio, vm: "mn", tap: "vmdq\(getpid() % 100000)", label: "MMIORestartTests")
     }
 }

@@ -9,7 +9,7 @@ import Glibc
 /// sandboxed process, found by the guest on the command line.
 final class MMIOTests: XCTestCase {
     private static var pvhELF: String { Repo.root.appendingPathComponent("build/vmtest-pvh.elf").path }
-    private static var microvmScript: String { Repo.root.appendingPathComponent("guests/vmtest/run-qemu-microvm.sh").path }
+    private static var qemuScript: String { Repo.root.appendingPathComponent("guests/vmtest/run-qemu.sh").path }
 
     private func requirePVHGuest() throws {
         guard FileManager.default.fileExists(atPath: Self.pvhELF) else {
@@ -24,9 +24,9 @@ final class MMIOTests: XCTestCase {
         guard path.split(separator: ":").contains(where: { FileManager.default.isExecutableFile(atPath: "\($0)/qemu-system-x86_64") }) else {
             throw XCTSkip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
         }
-        let (status, output) = try runCommand("/bin/bash", [Self.microvmScript], timeout: 180)
+        let (status, output) = try runCommand("/bin/bash", [Self.qemuScript, "--microvm"], timeout: 180)
         XCTAssertEqual(status, 0, output)
-        XCTAssertTrue(output.contains("run-qemu-microvm.sh: PASS"), output)
+        XCTAssertTrue(output.contains("run-qemu.sh: PASS (microvm: PVH entry, virtio-mmio blk/rng/net"), output)
         XCTAssertTrue(output.contains("vmtest: pvh start_info at"), output)
         XCTAssertTrue(output.contains("vmtest: pci devices=0 mmio devices=3 blk=yes rng=yes net=yes"), output)
         let results = Guest.results(output)

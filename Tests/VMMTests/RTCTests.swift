@@ -171,18 +171,6 @@ final class I8042Tests: XCTestCase {
         command(0xD1); data(0x00)
         XCTAssertEqual(resets, 2)
     }
-
-    func testPowerOffPort() {
-        var offs = 0
-        let port = PowerOffPort(onPowerOff: { offs += 1 })
-        port.write(offset: 0, size: 2, value: 0x0000)
-        port.write(offset: 0, size: 1, value: 0x20)
-        XCTAssertEqual(offs, 0)
-        port.write(offset: 0, size: 2, value: 0x2000)
-        XCTAssertEqual(offs, 1)
-        port.write(offset: 1, size: 1, value: 0x20)
-        XCTAssertEqual(offs, 2)
-    }
 }
 
 final class BusTests: XCTestCase {

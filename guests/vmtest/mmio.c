@@ -151,27 +151,10 @@ bool mmio_setup_queue(struct vdev *d, u16 index, u16 max_size, char *why, size_t
         snprintf(why, whysz, "%s: queue %u has size %u", d->name, index, max);
         return false;
     }
-    u16 size = max > max_size ? max_size : (u16)max;
-    while (size & (size - 1))
-        size &= (u16)(size - 1);
-    mmio_write32(b + MMIO_QUEUE_NUM, size);
-    struct vq *q = &d->vqs[index];
-    q->dev = d;
-    q->index = index;
-    q->size = size;
-    q->desc = dma_alloc(16u * size);
-    q->avail = dma_alloc(6u + 2u * size);
-    q->used = dma_alloc(6u + 8u * size);
-    if (!q->desc || !q->avail || !q->used) {
-        snprintf(why, whysz, "%s: out of DMA memory for queue %u", d->name, index);
+    struct vq *q = vq_alloc(d, index, max, max_size, why, whysz);
+    if (!q)
         return false;
-    }
-    for (u16 i = 0; i < size; i++)
-        q->desc[i].next = (u16)(i + 1);
-    q->free_head = 0;
-    q->num_free = size;
-    q->last_used = 0;
-    q->avail_idx = 0;
+    mmio_write32(b + MMIO_QUEUE_NUM, q->size);
     q->notify_offset = MMIO_QUEUE_NOTIFY;
     write64(b + MMIO_QUEUE_DESC_LOW, (u64)(uintptr_t)q->desc);
     write64(b + MMIO_QUEUE_DRIVER_LOW, (u64)(uintptr_t)q->avail);

@@ -136,6 +136,36 @@ bool vdev_init(struct vdev *d, struct pci_dev *p, const char *name, u64 wanted, 
     return true;
 }
 
+/* The driver side of one split ring: picks the size (the device's offer,
+ * capped at max_size, rounded down to a power of two as split rings want),
+ * allocates desc/avail/used and chains the free list. Both transports
+ * (PCI here, mmio.c) tell the device the size and ring addresses after. */
+struct vq *vq_alloc(struct vdev *d, u16 index, u32 offered, u16 max_size, char *why, size_t whysz)
+{
+    u16 size = offered > max_size ? max_size : (u16)offered;
+    while (size & (size - 1))
+        size &= (u16)(size - 1);
+    struct vq *q = &d->vqs[index];
+    q->dev = d;
+    q->index = index;
+    q->size = size;
+    q->desc = dma_alloc(16u * size);
+    q->avail = dma_alloc(6u + 2u * size);
+    q->used = dma_alloc(6u + 8u * size);
+    if (!q->desc || !q->avail || !q->used) {
+        snprintf(why, whysz, "%s: out of DMA memory for queue %u", d->name, index);
+        return NULL;
+    }
+    for (u16 i = 0; i < size; i++)
+        q->desc[i].next = (u16)(i + 1);
+    q->free_head = 0;
+    q->num_free = size;
+    q->last_used = 0;
+    q->avail_idx = 0;
+    q->notify_offset = 0;
+    return q;
+}
+
 bool vdev_setup_queue(struct vdev *d, u16 index, u16 max_size, char *why, size_t whysz)
 {
     if (d->mmio)
@@ -151,29 +181,10 @@ bool vdev_setup_queue(struct vdev *d, u16 index, u16 max_size, char *why, size_t
         snprintf(why, whysz, "%s: queue %u has size %u", d->name, index, size);
         return false;
     }
-    if (size > max_size)
-        size = max_size;
-    while (size & (size - 1))           /* split rings want a power of two */
-        size &= (u16)(size - 1);
-    vr_write16(cc, CC_QUEUE_SIZE, size);
-
-    struct vq *q = &d->vqs[index];
-    q->dev = d;
-    q->index = index;
-    q->size = size;
-    q->desc = dma_alloc(16u * size);
-    q->avail = dma_alloc(6u + 2u * size);
-    q->used = dma_alloc(6u + 8u * size);
-    if (!q->desc || !q->avail || !q->used) {
-        snprintf(why, whysz, "%s: out of DMA memory for queue %u", d->name, index);
+    struct vq *q = vq_alloc(d, index, size, max_size, why, whysz);
+    if (!q)
         return false;
-    }
-    for (u16 i = 0; i < size; i++)
-        q->desc[i].next = (u16)(i + 1);
-    q->free_head = 0;
-    q->num_free = size;
-    q->last_used = 0;
-    q->avail_idx = 0;
+    vr_write16(cc, CC_QUEUE_SIZE, q->size);
     vr_write64(cc, CC_QUEUE_DESC, (u64)(uintptr_t)q->desc);
     vr_write64(cc, CC_QUEUE_DRIVER, (u64)(uintptr_t)q->avail);
     vr_write64(cc, CC_QUEUE_DEVICE, (u64)(uintptr_t)q->used);

@@ -208,6 +208,8 @@ struct vdev {
 /* Finds the capabilities, resets, negotiates (wanted & offered, VERSION_1 required). */
 bool vdev_init(struct vdev *d, struct pci_dev *p, const char *name, u64 wanted, char *why, size_t whysz);
 bool vdev_setup_queue(struct vdev *d, u16 index, u16 max_size, char *why, size_t whysz);
+/* Ring memory and free list for queue index (virtio.c; PCI and mmio use it). */
+struct vq *vq_alloc(struct vdev *d, u16 index, u32 offered, u16 max_size, char *why, size_t whysz);
 void vdev_driver_ok(struct vdev *d);
 int vq_add(struct vq *q, const struct vseg *segs, int n);   /* head id or -1 */
 void vq_kick(struct vq *q);
