@@ -38,7 +38,9 @@ final class ControlProcess {
         listenFD = 4
         child.onParentMessage = { [unowned self] m in self.fromParent(m) }
         child.parent.allowedTypes = MessagePolicy.rawTypes(.parentToControl)
-        child.parent.onFrame = { [unowned self] h in self.fromParent(h) }
+        // unowned(unsafe): control lives until it exits (run() never returns);
+        // no reference counting per relayed reply.
+        child.parent.onFrame = { [unowned(unsafe) self] h in self.fromParent(h) }
         restrict("control", user: user, denyFileSystem: true, policy: SandboxPolicies.control)
         child.sandboxSelfTest()
         child.loop.onReadable(listenFD) { [unowned self] in self.accept() }
