@@ -92,11 +92,25 @@ struct VMCtl: ParsableCommand {
 
 /// `-v` and `-s socket`, given before the command (`vmctl -s /tmp/s status`).
 struct GlobalOptions: ParsableArguments {
-    @Flag(name: .customShort("v"), help: "Verbose: also print the daemon's informational replies.")
+    @Flag(name: .customShort("v"), help: GlobalOptions.verboseHelp)
     var verbose = false
 
-    @Option(name: .customShort("s"), help: ArgumentHelp("The control socket.", valueName: "socket"))
-    var socket = "/run/vmd.sock"
+    @Option(name: .customShort("s"), help: GlobalOptions.socketHelp)
+    var socket = GlobalOptions.defaultSocket
+
+    static let verboseHelp: ArgumentHelp = "Verbose: also print the daemon's informational replies."
+    static let socketHelp = ArgumentHelp("The control socket.", valueName: "socket")
+    static let defaultSocket = "/run/vmd.sock"
+
+    func connect() -> ControlConnection { Connector(verbose: verbose, socket: socket).connect() }
+}
+
+/// What `-v` and `-s` say, without ArgumentParser's types: a command that
+/// declares the two options itself (`status`: each option group costs
+/// vmctl's start-up a reflection of its own, issue 14) connects with this.
+struct Connector {
+    var verbose: Bool
+    var socket: String
 
     /// Connects to vmd, or ends vmctl with `vmctl: connect: PATH: reason`.
     func connect() -> ControlConnection {
