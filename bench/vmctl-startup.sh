@@ -10,7 +10,7 @@
 #   2. The daemon's share of `vmctl status`: on one open control connection, request ->
 #      last reply (vmdInfoVMEnd), median over N requests (bench/statusrtt.c), with 1 VM
 #      and with 100 VMs configured (disabled, so nothing boots); the rows are counted.
-#      Both daemons run at once, measured alternately in R rounds (5); the median of the
+#      Both daemons run at once, measured alternately in R rounds (11); the median of the
 #      rounds' medians is printed with each round's.
 #
 # BIN_DIR holds vmd and vmctl (default .build/debug). Part 2 needs root (vmd); without root
@@ -20,7 +20,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 root="$(cd "$here/.." && pwd -P)"
 bin="$root/.build/debug"
 runs=200
-rounds=5
+rounds=11
 while [ $# -gt 0 ]; do
 	case "$1" in
 	-h|--help) sed -n '2,17p' "$0"; exit 0 ;;

@@ -109,13 +109,13 @@ final class ControlProcess {
     }
 
     /// A reply that came as a message (one with a descriptor: none should).
+    /// A client never gets a descriptor (vmd's control passes -1 too).
     func fromParent(_ m: Imsg) {
-        guard MessagePolicy.permits(m.type, on: .parentToControl), let c = client(m.peerID) else {
-            if let f = m.fd { FD.close(f) }
-            return
-        }
+        if let f = m.fd { FD.close(f) }
+        guard MessagePolicy.permits(m.type, on: .parentToControl), let c = client(m.peerID) else { return }
         var reply = m
         reply.peerID = 0
+        reply.fd = nil
         if let t = MessageType(rawValue: m.type), MessagePolicy.isFinalReply(t) { answered(c) }
         c.channel.sendSoon(reply)
     }
