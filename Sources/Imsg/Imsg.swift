@@ -332,6 +332,8 @@ public final class ImsgBuffer {
         _ = consume(h)
     }
 
+    /// Blocks until one whole message arrives (blocking sockets; the vCPU
+    /// side of a device's sync channel). Throws `.closed` at a clean EOF.
     public func readMessage() throws -> Imsg {
         while true {
             if let m = try get() { return m }
