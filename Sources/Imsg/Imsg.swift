@@ -56,6 +56,7 @@ public enum ImsgError: Error, Equatable, CustomStringConvertible {
     case endOfFileInMessage(buffered: Int)
     case closed
     case queueFull(Int)
+    case descriptorNotRelayed(type: UInt32)
     case system(SystemError)
 
     public var description: String {
@@ -65,6 +66,7 @@ public enum ImsgError: Error, Equatable, CustomStringConvertible {
         case .endOfFileInMessage(let n): return "end of file in the middle of a message (\(n) bytes buffered)"
         case .closed: return "connection closed"
         case .queueFull(let n): return "peer does not read: \(n) bytes already queued for it"
+        case .descriptorNotRelayed(let t): return "message type \(t) carries a descriptor: not relayed"
         case .system(let e): return e.description
         }
     }
@@ -99,22 +101,54 @@ public final class ImsgBuffer {
     deinit { clear() }
 
     public var hasPendingWrites: Bool { queueHead < queue.count }
+    /// Bytes read and not yet taken as messages.
+    public var bufferedReadBytes: Int { readBuffer.count - readStart }
 
     /// Queues a message. The channel owns `fd` from here on: it is closed
     /// once sent (as OpenBSD's imsg does) or when the buffer is cleared.
     public func compose(_ msg: Imsg) throws {
-        let bytes: [UInt8]
+        let len = ImsgWire.headerSize + msg.data.count
         do {
-            bytes = try msg.encoded()
-            guard pendingWriteBytes + bytes.count <= maxPendingWriteBytes else {
+            guard len <= ImsgWire.maxMessageSize else { throw ImsgError.tooLarge(len) }
+            guard pendingWriteBytes + len <= maxPendingWriteBytes else {
                 throw ImsgError.queueFull(pendingWriteBytes)
             }
         } catch {
             if let fd = msg.fd { FD.close(fd) }
             throw error
         }
-        queue.append((bytes, msg.fd, 0))
-        pendingWriteBytes += bytes.count
+        msg.data.withUnsafeBytes { payload in
+            enqueue(type: msg.type, flags: msg.flags, peerID: msg.peerID, pid: msg.pid, payload: payload, fd: msg.fd)
+        }
+    }
+
+    /// Appends one message (header and payload, as `Imsg.encoded()` lays
+    /// them out) to the write queue. One without a descriptor joins the
+    /// last queued write while that stays under `maxBytesPerWrite`, as
+    /// `flush` would join them anyway: a reply of many messages costs no
+    /// array per message (issue 14).
+    private func enqueue(type: UInt32, flags: UInt16, peerID: UInt32, pid: UInt32,
+                         payload: UnsafeRawBufferPointer, fd: Int32?) {
+        let len = ImsgWire.headerSize + payload.count
+        var f = flags & ~ImsgWire.hasFDFlag
+        if fd != nil { f |= ImsgWire.hasFDFlag }
+        func write(_ out: inout [UInt8]) {
+            withUnsafeBytes(of: type) { out.append(contentsOf: $0) }
+            withUnsafeBytes(of: UInt16(len)) { out.append(contentsOf: $0) }
+            withUnsafeBytes(of: f) { out.append(contentsOf: $0) }
+            withUnsafeBytes(of: peerID) { out.append(contentsOf: $0) }
+            withUnsafeBytes(of: pid) { out.append(contentsOf: $0) }
+            out.append(contentsOf: payload)
+        }
+        if fd == nil, queueHead < queue.count, queue[queue.count - 1].bytes.count + len <= Self.maxBytesPerWrite {
+            write(&queue[queue.count - 1].bytes)
+        } else {
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(fd == nil ? Swift.max(len, 1024) : len)
+            write(&bytes)
+            queue.append((bytes, fd, 0))
+        }
+        pendingWriteBytes += len
     }
 
     public func compose(type: UInt32, peerID: UInt32 = 0, pid: UInt32 = 0,
@@ -234,6 +268,14 @@ public final class ImsgBuffer {
         case .message(let h, let p): (header, payload) = (h, p)
         }
         let data = Array(readBuffer[payload])
+        let fd = consume(header)
+        return Imsg(type: header.type, flags: header.flags, peerID: header.peerID, pid: header.pid,
+                    data: data, fd: fd)
+    }
+
+    /// Takes the message with `header` (the next one) out of the read
+    /// buffer; returns its descriptor, if it came with one.
+    private func consume(_ header: ImsgFraming.Header) -> Int32? {
         readStart += header.length
         if readStart == readBuffer.count {
             readBuffer.removeAll(keepingCapacity: true)
@@ -242,12 +284,52 @@ public final class ImsgBuffer {
             readBuffer.removeFirst(readStart)
             readStart = 0
         }
-        var fd: Int32? = nil
         if header.flags & ImsgWire.hasFDFlag != 0, !receivedFDs.isEmpty {
-            fd = receivedFDs.removeFirst()
+            return receivedFDs.removeFirst()
         }
-        return Imsg(type: header.type, flags: header.flags, peerID: header.peerID, pid: header.pid,
-                    data: data, fd: fd)
+        return nil
+    }
+
+    /// The next whole message's header, leaving the message in the buffer
+    /// (then `get`, `skip` or `relay(to:peerID:)` takes it); nil until one
+    /// has been read whole.
+    public func peek() throws -> ImsgFraming.Header? {
+        switch ImsgFraming.next(in: readBuffer, from: readStart) {
+        case .needMore: return nil
+        case .badLength(let n): throw ImsgError.badLength(n)
+        case .message(let h, _): return h
+        }
+    }
+
+    /// Drops the next whole message (closing its descriptor, if any).
+    public func skip() throws {
+        guard let h = try peek() else { return }
+        if let fd = consume(h) { FD.close(fd) }
+    }
+
+    /// Moves the next whole message to `out`'s write queue as bytes, with
+    /// `peerID` in its header instead: no decoding into an `Imsg`, no array
+    /// for its payload (control relays the parent's replies this way). A
+    /// message that came with a descriptor is not relayed: it is dropped
+    /// and its descriptor closed, and `relay` throws. Throws `queueFull`
+    /// when `out` holds too much already (the message is dropped).
+    public func relay(to out: ImsgBuffer, peerID: UInt32) throws {
+        guard case .message(let h, let payload) = ImsgFraming.next(in: readBuffer, from: readStart) else {
+            return
+        }
+        guard h.flags & ImsgWire.hasFDFlag == 0 else {
+            try skip()
+            throw ImsgError.descriptorNotRelayed(type: h.type)
+        }
+        guard out.pendingWriteBytes + h.length <= out.maxPendingWriteBytes else {
+            _ = consume(h)
+            throw ImsgError.queueFull(out.pendingWriteBytes)
+        }
+        readBuffer.withUnsafeBytes { all in
+            out.enqueue(type: h.type, flags: h.flags, peerID: peerID, pid: h.pid,
+                        payload: UnsafeRawBufferPointer(rebasing: all[payload]), fd: nil)
+        }
+        _ = consume(h)
     }
 
     /// Blocks until one whole message arrives (blocking sockets; the vCPU

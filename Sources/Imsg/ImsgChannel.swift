@@ -17,7 +17,23 @@ public final class ImsgChannel {
     public var context: AnyObject?
     /// The message types this peer may send (VMDControl's MessagePolicy);
     /// others are logged and dropped, never delivered. nil accepts all.
-    public var allowedTypes: Set<UInt32>?
+    public var allowedTypes: Set<UInt32>? {
+        didSet { allowedMask = allowedTypes.map(TypeMask.init) }
+    }
+    /// `allowedTypes` as a bit per type below 512 (every type vmd uses):
+    /// checked for each message without hashing.
+    private var allowedMask: TypeMask?
+    /// Looks at each message that came without a descriptor before it is
+    /// copied out of the read buffer (after the `allowedTypes` check), and
+    /// says what becomes of it: `.relay` moves its bytes to another
+    /// channel's write queue with a new peerID (control relays the parent's
+    /// replies so, issue 14), `.drop` discards it, `.deliver` gives it to
+    /// `onMessage` as usual. nil: every message goes to `onMessage`.
+    public var onFrame: ((ImsgFraming.Header) -> FrameAction)?
+    public enum FrameAction {
+        case deliver, drop
+        case relay(to: ImsgChannel, peerID: UInt32)
+    }
     /// Disconnect (instead of dropping the message) on a type not allowed:
     /// for untrusted peers such as control clients.
     public var closeOnRefusedType = false
@@ -61,7 +77,7 @@ public final class ImsgChannel {
 
     private func deliverBuffered() {
         do {
-            while canDeliver, let m = try buffer.get() { deliver(m) }
+            while canDeliver, try deliverNext() {}
         } catch {
             close(reason: "\(error)")
         }
@@ -130,6 +146,10 @@ public final class ImsgChannel {
             return
         }
         compose(msg)
+        scheduleFlush()
+    }
+
+    private func scheduleFlush() {
         guard flushSoon == nil, !isClosed else { return }
         flushSoon = loop.after(seconds: 0) { [weak self] in
             self?.flushSoon = nil
@@ -171,26 +191,78 @@ public final class ImsgChannel {
     private func readable() {
         do {
             let r = try buffer.read()
-            while canDeliver, let m = try buffer.get() {
-                deliver(m)
-            }
+            while canDeliver, try deliverNext() {}
             if r == .endOfFile { close(reason: nil) }
         } catch {
             close(reason: "\(error)")
         }
     }
 
-    private func deliver(_ m: Imsg) {
-        if let allowed = allowedTypes, !allowed.contains(m.type) {
-            if let f = m.fd { FD.close(f) }
-            if closeOnRefusedType {
-                close(reason: "message type \(m.type) is not accepted from this peer")
-            } else {
-                Log.warning("\(name): dropped message type \(m.type): not accepted from this peer")
+    /// Handles the next whole message; false when there is none yet.
+    private func deliverNext() throws -> Bool {
+        if let onFrame {
+            guard let h = try buffer.peek() else { return false }
+            if h.flags & ImsgWire.hasFDFlag == 0 {
+                guard accepts(h.type) else {
+                    try buffer.skip()
+                    refuse(h.type)
+                    return true
+                }
+                switch onFrame(h) {
+                case .deliver: break
+                case .drop:
+                    try buffer.skip()
+                    return true
+                case .relay(let target, let peerID):
+                    target.relaySoon(from: buffer, peerID: peerID)
+                    return true
+                }
             }
+        }
+        guard let m = try buffer.get() else { return false }
+        deliver(m)
+        return true
+    }
+
+    private func accepts(_ type: UInt32) -> Bool {
+        guard let mask = allowedMask else { return true }
+        return mask.contains(type)
+    }
+
+    private func refuse(_ type: UInt32) {
+        if closeOnRefusedType {
+            close(reason: "message type \(type) is not accepted from this peer")
+        } else {
+            Log.warning("\(name): dropped message type \(type): not accepted from this peer")
+        }
+    }
+
+    private func deliver(_ m: Imsg) {
+        if !accepts(m.type) {
+            if let f = m.fd { FD.close(f) }
+            refuse(m.type)
             return
         }
         onMessage(self, m)
+    }
+
+    /// `sendSoon` for the next message in `source` (another channel's read
+    /// buffer), moved as bytes with `peerID` in its header.
+    private func relaySoon(from source: ImsgBuffer, peerID: UInt32) {
+        guard !isClosed else {
+            try? source.skip()
+            return
+        }
+        do {
+            try source.relay(to: buffer, peerID: peerID)
+        } catch ImsgError.queueFull(let n) {
+            close(reason: "peer does not read: \(n) bytes queued for it")
+            return
+        } catch {
+            Log.warning("\(name): dropped a relayed message: \(error)")
+            return
+        }
+        scheduleFlush()
     }
 
     /// Closes the connection once; undelivered descriptors are closed too.
@@ -210,5 +282,22 @@ public final class ImsgChannel {
         onClose = { _, _ in }
         onMessage = { _, _ in }
         cb(self, reason)
+    }
+}
+
+/// A set of imsg types as a bit per type below 512, with the rest (none in
+/// vmd today) in a Set: a membership test per message costs no hashing.
+struct TypeMask {
+    private var bits = [UInt64](repeating: 0, count: 8)
+    private var others: Set<UInt32> = []
+
+    init(_ types: Set<UInt32>) {
+        for t in types {
+            if t < 512 { bits[Int(t >> 6)] |= 1 << UInt64(t & 63) } else { others.insert(t) }
+        }
+    }
+
+    func contains(_ t: UInt32) -> Bool {
+        t < 512 ? bits[Int(t >> 6)] & (1 << UInt64(t & 63)) != 0 : others.contains(t)
     }
 }

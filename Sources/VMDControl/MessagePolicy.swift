@@ -99,6 +99,24 @@ extension MessagePolicy {
     public static let finalReplies: Set<MessageType> = [
         .ctlOK, .ctlFail, .vmdStartVMResponse, .vmdTerminateVMResponse, .vmdInfoVMEnd,
     ]
+
+    /// `finalReplies.contains(t)` and `clientReplies.contains(t)` without
+    /// hashing, for control's relay of every reply (one per VM of a status
+    /// answer); MessagePolicyTests checks that they agree with the sets.
+    public static func isFinalReply(_ t: MessageType) -> Bool {
+        switch t {
+        case .ctlOK, .ctlFail, .vmdStartVMResponse, .vmdTerminateVMResponse, .vmdInfoVMEnd: return true
+        default: return false
+        }
+    }
+
+    public static func isClientReply(_ t: MessageType) -> Bool {
+        switch t {
+        case .ctlOK, .ctlFail, .vmdStartVMResponse, .vmdTerminateVMResponse,
+             .vmdInfoVMData, .vmdInfoBackendData, .vmdInfoVMEnd, .vmdConsoleData: return true
+        default: return false
+        }
+    }
 }
 
 /// `vmd: control`'s limits on its clients: how many connections (root has

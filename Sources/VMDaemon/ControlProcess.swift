@@ -17,7 +17,17 @@ final class ControlProcess {
         var inFlight = 0
         init(uid: uid_t, channel: ImsgChannel) { self.uid = uid; self.channel = channel }
     }
-    var clients: [UInt32: Client] = [:]
+    var clients: [UInt32: Client] = [:] { didSet { lastClient = nil } }
+    /// The client the last reply went to: a status answer is a run of
+    /// replies to one client (no dictionary look-up per VM).
+    private var lastClient: (id: UInt32, client: Client)?
+
+    func client(_ id: UInt32) -> Client? {
+        if let last = lastClient, last.id == id { return last.client }
+        let c = clients[id]
+        if let c { lastClient = (id, c) }
+        return c
+    }
     var nextClientID: UInt32 = 1
     let limits = ControlLimits()
 
@@ -28,6 +38,9 @@ final class ControlProcess {
         listenFD = 4
         child.onParentMessage = { [unowned self] m in self.fromParent(m) }
         child.parent.allowedTypes = MessagePolicy.rawTypes(.parentToControl)
+        // unowned(unsafe): control lives until it exits (run() never returns);
+        // no reference counting per relayed reply.
+        child.parent.onFrame = { [unowned(unsafe) self] h in self.fromParent(h) }
         restrict("control", user: user, denyFileSystem: true, policy: SandboxPolicies.control)
         child.sandboxSelfTest()
         child.loop.onReadable(listenFD) { [unowned self] in self.accept() }
@@ -82,19 +95,35 @@ final class ControlProcess {
         child.parent.send(relayed)
     }
 
+    /// A reply from the parent, still in the channel's read buffer (the
+    /// channel checked its type against `.parentToControl` already): relayed
+    /// to the client it names as bytes, without decoding it (issue 14).
+    /// Only client replies are relayed; anything else (`ping`) is delivered
+    /// as a message.
+    func fromParent(_ h: ImsgFraming.Header) -> ImsgChannel.FrameAction {
+        guard let t = MessageType(rawValue: h.type), MessagePolicy.isClientReply(t) else { return .deliver }
+        guard let c = client(h.peerID) else { return .drop }
+        if MessagePolicy.isFinalReply(t) { answered(c) }
+        // A status answer arrives in one read: relayed in one write.
+        return .relay(to: c.channel, peerID: 0)
+    }
+
+    /// A reply that came as a message (one with a descriptor: none should).
+    /// A client never gets a descriptor (vmd's control passes -1 too).
     func fromParent(_ m: Imsg) {
-        guard MessagePolicy.permits(m.type, on: .parentToControl), let c = clients[m.peerID] else {
-            if let f = m.fd { FD.close(f) }
-            return
-        }
+        if let f = m.fd { FD.close(f) }
+        guard MessagePolicy.permits(m.type, on: .parentToControl), let c = client(m.peerID) else { return }
         var reply = m
         reply.peerID = 0
-        if let t = MessageType(rawValue: m.type), MessagePolicy.finalReplies.contains(t), c.inFlight > 0 {
-            c.inFlight -= 1
-            if c.inFlight < limits.maxInFlight { c.channel.holdReading = false }
-        }
-        // A status answer arrives in one read: relayed in one write.
+        reply.fd = nil
+        if let t = MessageType(rawValue: m.type), MessagePolicy.isFinalReply(t) { answered(c) }
         c.channel.sendSoon(reply)
+    }
+
+    private func answered(_ c: Client) {
+        guard c.inFlight > 0 else { return }
+        c.inFlight -= 1
+        if c.inFlight < limits.maxInFlight { c.channel.holdReading = false }
     }
 
     func run() -> Never { child.run() }

@@ -12,11 +12,12 @@ import VirtioDevices
 final class VMTable {
     final class Entry {
         let id: UInt32
-        var config: VMConfiguration
-        var lifecycle = VMLifecycle()
+        // Everything `VMTable.info` reads drops the cached status record.
+        var config: VMConfiguration { didSet { statusRecord = nil } }
+        var lifecycle = VMLifecycle() { didSet { statusRecord = nil } }
         var state: VMState { lifecycle.state }
-        var pid: Int32 = 0
-        var tty = ""
+        var pid: Int32 = 0 { didSet { statusRecord = nil } }
+        var tty = "" { didSet { statusRecord = nil } }
         var ownership = VMOwnership.rootOnly
         var fromConfigFile: Bool
         /// Clients waiting for this VM to stop (`vmctl wait`, `stop -w`).
@@ -25,7 +26,18 @@ final class VMTable {
         /// The launch being assembled (waiting for taps from priv).
         var launch: PreparedLaunch?
         /// Device restarts the running VM process reported (issue 12).
-        var deviceRestarts: [String: UInt32] = [:]
+        var deviceRestarts: [String: UInt32] = [:] { didSet { statusRecord = nil } }
+        /// This VM's `vmdInfoVMData` payload (`VMTable.info(self).encoded()`),
+        /// kept until one of the fields it is made of changes: a status
+        /// answer copies it instead of encoding every VM again (issue 14).
+        private(set) var statusRecord: [UInt8]?
+
+        var statusPayload: [UInt8] {
+            if let r = statusRecord { return r }
+            let r = VMTable.info(self).encoded()
+            statusRecord = r
+            return r
+        }
 
         init(id: UInt32, config: VMConfiguration, fromConfigFile: Bool) {
             self.id = id
@@ -187,7 +199,9 @@ final class VMTable {
         }
     }
 
-    func info(_ e: Entry) -> VMInfo {
+    func info(_ e: Entry) -> VMInfo { Self.info(e) }
+
+    static func info(_ e: Entry) -> VMInfo {
         // (Plain concatenation: this runs once per VM for every status.)
         var owner = "root"
         if let o = e.config.owner {
@@ -215,7 +229,7 @@ final class VMTable {
         answer.reserveCapacity(entries.count + 1)
         let wantedID = UInt32(wanted).flatMap { String($0) == wanted ? $0 : nil }
         for e in entries where wanted.isEmpty || e.config.name == wanted || e.id == wantedID {
-            answer.append(Imsg(type: MessageType.vmdInfoVMData.rawValue, peerID: client, data: info(e).encoded()))
+            answer.append(Imsg(type: MessageType.vmdInfoVMData.rawValue, peerID: client, data: e.statusPayload))
         }
         // All of them: the vhost-user backends too, after the VMs.
         if wanted.isEmpty {

@@ -15,7 +15,9 @@ enum Output {
     static func warnLines(_ message: String, prefix: String = "") {
         let lines = message.split(separator: "\n", omittingEmptySubsequences: true)
         if lines.isEmpty { warn(prefix.isEmpty ? "failed" : String(prefix.dropLast(2))) }
-        for line in lines { warn(prefix + line) }
+        // String(line): String + Substring is an unspecialized generic
+        // append (run-time type look-ups on every vmctl error, issue 14).
+        for line in lines { warn(prefix + String(line)) }
     }
 
     /// Text without the `vmctl:` prefix, as vmctl prints `stopping vm web: ...`.

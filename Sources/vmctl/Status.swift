@@ -10,7 +10,16 @@ extension VMCtl {
             abstract: "List VMs (all, or the one named), in vmd's table layout.",
             aliases: ["show"])
 
-        @OptionGroup var global: GlobalOptions
+        // GlobalOptions' -v and -s, declared here: an @OptionGroup costs
+        // every `vmctl status` a reflection of one more type (issue 14).
+        // The help and the parsing are the same (VMCtlTests).
+        @Flag(name: .customShort("v"), help: GlobalOptions.verboseHelp)
+        var verbose = false
+
+        @Option(name: .customShort("s"), help: GlobalOptions.socketHelp)
+        var socket = GlobalOptions.defaultSocket
+
+        var global: Connector { Connector(verbose: verbose, socket: socket) }
 
         @Flag(name: .customShort("r"), help: "Only list running VMs.")
         var runningOnly = false

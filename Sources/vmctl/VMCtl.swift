@@ -25,10 +25,34 @@ struct VMCtl: ParsableCommand {
 
     static let usage = "usage: vmctl [-v] [-s socket] command [arg ...]"
 
-    /// Every command's name, for prefix resolution (plus ArgumentParser's `help`).
-    static var commandNames: [String] {
-        configuration.subcommands.flatMap { [$0._commandName] + $0.configuration.aliases } + ["help"]
+    /// Every command word: the names and aliases the commands'
+    /// configurations give, written out with `command(named:)` so that an
+    /// ordinary run touches nothing of the commands it does not run (not
+    /// even their witness tables, issue 14). CommandTableTests checks both
+    /// against `subcommands`' configurations.
+    static let commandWords = ["console", "create", "load", "log", "pause", "reload", "reset", "start",
+                               "status", "show", "stop", "unpause", "wait"]
+
+    static func command(named word: String) -> ParsableCommand.Type? {
+        switch word {
+        case "console": return Console.self
+        case "create": return Create.self
+        case "load": return Load.self
+        case "log": return Log.self
+        case "pause": return Pause.self
+        case "reload": return Reload.self
+        case "reset": return Reset.self
+        case "start": return Start.self
+        case "status", "show": return Status.self
+        case "stop": return Stop.self
+        case "unpause": return Unpause.self
+        case "wait": return Wait.self
+        default: return nil
+        }
     }
+
+    /// Every command's name, for prefix resolution (plus ArgumentParser's `help`).
+    static var commandNames: [String] { commandWords + ["help"] }
 
     /// Runs vmctl with `arguments` (without the program name).
     static func run(arguments: [String]) -> Never {
@@ -68,11 +92,25 @@ struct VMCtl: ParsableCommand {
 
 /// `-v` and `-s socket`, given before the command (`vmctl -s /tmp/s status`).
 struct GlobalOptions: ParsableArguments {
-    @Flag(name: .customShort("v"), help: "Verbose: also print the daemon's informational replies.")
+    @Flag(name: .customShort("v"), help: GlobalOptions.verboseHelp)
     var verbose = false
 
-    @Option(name: .customShort("s"), help: ArgumentHelp("The control socket.", valueName: "socket"))
-    var socket = "/run/vmd.sock"
+    @Option(name: .customShort("s"), help: GlobalOptions.socketHelp)
+    var socket = GlobalOptions.defaultSocket
+
+    static let verboseHelp: ArgumentHelp = "Verbose: also print the daemon's informational replies."
+    static let socketHelp = ArgumentHelp("The control socket.", valueName: "socket")
+    static let defaultSocket = "/run/vmd.sock"
+
+    func connect() -> ControlConnection { Connector(verbose: verbose, socket: socket).connect() }
+}
+
+/// What `-v` and `-s` say, without ArgumentParser's types: a command that
+/// declares the two options itself (`status`: each option group costs
+/// vmctl's start-up a reflection of its own, issue 14) connects with this.
+struct Connector {
+    var verbose: Bool
+    var socket: String
 
     /// Connects to vmd, or ends vmctl with `vmctl: connect: PATH: reason`.
     func connect() -> ControlConnection {
@@ -101,24 +139,25 @@ public func vmctlMain() -> Never {
     VMCtl.run(arguments: Array(CommandLine.arguments.dropFirst()))
 }
 
-/// The same command tree as VMCtl, parsed without ArgumentParser's check
-/// for `--generate-completion-script`: on every parse of a root command it
-/// parses two extra commands for it, a third of vmctl's start-up (issue 14).
-/// It skips that check for a command with a super-command, which only
-/// changes help and usage texts; so this root is used only when no argument
-/// asks for help, completion or tool information, and whatever does not
-/// parse cleanly here is parsed again by VMCtl itself, whose messages are
-/// the ones printed.
+/// VMCtl's command tree cut down to the one command a command line names,
+/// parsed without ArgumentParser's check for `--generate-completion-script`:
+/// on every parse of a root command it parses two extra commands for it, a
+/// third of vmctl's start-up (issue 14). It skips that check for a command
+/// with a super-command, which only changes help and usage texts; so this
+/// root is used only when no argument asks for help, completion or tool
+/// information, and whatever does not parse cleanly here is parsed again by
+/// VMCtl itself, whose messages are the ones printed. Only the chosen
+/// command is in the tree (the first word, after CommandWords.rewrite, is
+/// its name): the others' configurations are never built.
 struct QuickParse: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "vmctl", _superCommandName: "", abstract: VMCtl.abstract,
-        discussion: VMCtl.discussion, subcommands: VMCtl.subcommands)
+    static var configuration = CommandConfiguration(commandName: "vmctl", _superCommandName: "", subcommands: [])
 
     /// The parsed command, or nil when VMCtl must parse `arguments`.
     static func parse(_ arguments: [String]) -> ParsableCommand? {
-        guard !arguments.contains(where: asksForMore) else { return nil }
-        guard let command = try? parseAsRoot(arguments),
-              VMCtl.subcommands.contains(where: { type(of: command) == $0 }) else { return nil }
+        guard let word = arguments.first, !arguments.contains(where: asksForMore),
+              let chosen = VMCtl.command(named: word) else { return nil }
+        configuration.subcommands = [chosen]
+        guard let command = try? parseAsRoot(arguments), type(of: command) == chosen else { return nil }
         return command
     }
 

@@ -24,3 +24,28 @@ final class QuickParseTests: XCTestCase {
         }
     }
 }
+
+/// VMCtl.commandWords and command(named:) (written out for start-up, issue 14) is exactly what
+/// the commands' configurations say.
+final class CommandTableTests: XCTestCase {
+    func testTableMatchesTheConfigurations() {
+        var fromConfigurations: [String: String] = [:]
+        for c in VMCtl.subcommands {
+            for word in [c.configuration.commandName!] + c.configuration.aliases { fromConfigurations[word] = "\(c)" }
+        }
+        var fromTable: [String: String] = [:]
+        for word in VMCtl.commandWords { fromTable[word] = VMCtl.command(named: word).map { "\($0)" } }
+        XCTAssertEqual(fromTable, fromConfigurations)
+        XCTAssertEqual(VMCtl.commandWords.count, fromConfigurations.count)
+        XCTAssertNil(VMCtl.command(named: "help"))
+        XCTAssertNil(VMCtl.command(named: "stat"))
+        XCTAssertEqual(Set(VMCtl.commandNames), Set(fromConfigurations.keys).union(["help"]))
+    }
+
+    func testOnlyTheChosenCommandIsInTheTree() throws {
+        XCTAssertNotNil(QuickParse.parse(["pause", "web"]) as? VMCtl.Pause)
+        XCTAssertEqual(QuickParse.configuration.subcommands.map { "\($0)" }, ["\(VMCtl.Pause.self)"])
+        XCTAssertNotNil(QuickParse.parse(["show", "-r"]) as? VMCtl.Status)
+        XCTAssertNil(QuickParse.parse(["-v", "status"]))   // not rewritten: VMCtl's
+    }
+}
