@@ -301,10 +301,11 @@ final class Container {
             XCTFail("the container did not start:\n\(console)")
             throw XCTSkip("no container")
         }
-        // PID 1 answers once its private socket exists, a moment after exec.
+        // PID 1 answers once its private socket exists, a moment after exec;
+        // before /run/systemd/system exists systemctl says "offline" instead.
         var state = try run(["systemctl", "is-system-running", "--wait"], timeout: 120)
         let until = Date().addingTimeInterval(60)
-        while state.out.contains("Failed to connect") && Date() < until {
+        while (state.out.contains("Failed to connect") || state.out.hasPrefix("offline")) && Date() < until {
             usleep(200_000)
             state = try run(["systemctl", "is-system-running", "--wait"], timeout: 120)
         }
