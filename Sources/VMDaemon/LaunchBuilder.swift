@@ -169,7 +169,8 @@ enum LaunchBuilder {
             tap.localIPv6 = a
         }
         let hostname = vm.name.utf8.count <= 63 ? vm.name : ""
-        return (tap, LocalInterface(hostIPv4: host, guestIPv4: guest, hostMAC: hostMAC, hostname: hostname))
+        return (tap, LocalInterface(hostIPv4: host, guestIPv4: guest, hostMAC: hostMAC, hostname: hostname,
+                                    hostIPv6: tap.localIPv6))
     }
 
     /// Read-write when it may be, read-only when the file allows no more.
