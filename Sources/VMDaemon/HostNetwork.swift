@@ -147,7 +147,8 @@ final class HostNetwork {
             }
             // The guest's SLAAC address (EUI-64 of its MAC in the /64 the
             // advertisement gives) is reached through this tap.
-            if req.guestSLAAC.count == 16 {
+            // (A route needs the link up: a `down` host side gets none.)
+            if req.guestSLAAC.count == 16 && req.up {
                 let table = req.rdomain > 0 ? Self.vrfTableBase + req.rdomain : 254 /* RT_TABLE_MAIN */
                 try Self.check(vmdnl_route_add(tap, AF_INET6, req.guestSLAAC, 128, table), "\(tap): IPv6 route")
             }
