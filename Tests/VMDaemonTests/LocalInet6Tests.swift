@@ -50,4 +50,16 @@ final class LocalInet6Tests: XCTestCase {
         config.localInet6 = true
         XCTAssertEqual(NetworkSettings(config).localInet6Prefix, p)
     }
+
+    func testVhostUserBackendInet6Option() throws {
+        let o = try VhostUserOptions.parse(["-t", "net", "-S", "/s", "-n", "tap0", "-l", "100.64.1.2",
+                                            "-6", "fd00::6440:103:0:1"])
+        XCTAssertEqual(o.localHost6, [0xfd, 0, 0, 0, 0, 0, 0, 0, 100, 64, 1, 3, 0, 0, 0, 1])
+        XCTAssertThrowsError(try VhostUserOptions.parse(["-t", "net", "-S", "/s", "-n", "t", "-6", "fd00::1"]),
+                             "-6 without -l")
+        for bad in ["nonsense", "ff02::1", "::1", "100.64.1.2"] {
+            XCTAssertThrowsError(try VhostUserOptions.parse(["-t", "net", "-S", "/s", "-n", "t", "-l", "100.64.1.2",
+                                                             "-6", bad]), bad)
+        }
+    }
 }
