@@ -64,6 +64,17 @@ public enum LocalAddress {
         return String(cString: text)
     }
 
+    /// vmd's parse_prefix6 check: no bit set past the prefix length.
+    public static func hostBitsClear(prefix6: IPPrefix) -> Bool {
+        guard let bytes = parseIPv6(prefix6.address), (0...128).contains(prefix6.length) else { return false }
+        for (i, b) in bytes.enumerated() {
+            let keep = max(0, min(8, prefix6.length - i * 8))
+            let mask: UInt8 = keep == 0 ? 0 : ~UInt8(0) << UInt8(8 - keep)
+            if b & ~mask != 0 { return false }
+        }
+        return true
+    }
+
     public static func parseIPv4(_ text: String) -> UInt32? {
         var a = in_addr()
         guard inet_pton(AF_INET, text, &a) == 1 else { return nil }

@@ -27,13 +27,15 @@ printf 'module CVMDSys {\n    header "%s"\n    export *\n}\n' "$ROOT/Sources/CVM
 if ! clang -c -O1 -I "$ROOT/Sources/CVMDSys/include" "$ROOT/Sources/CVMDSys/cvmdsys.c" \
         -o "$BUILD/cvmdsys.o" >>"$BUILD/build.log" 2>&1 \
     || ! clang -c -O1 -I "$ROOT/Sources/CVMDSys/include" "$ROOT/Sources/CVMDSys/crash.c" \
-        -o "$BUILD/crash.o" >>"$BUILD/build.log" 2>&1; then
+        -o "$BUILD/crash.o" >>"$BUILD/build.log" 2>&1 \
+    || ! clang -c -O1 -I "$ROOT/Sources/CVMDSys/include" "$ROOT/Sources/CVMDSys/sibling.c" \
+        -o "$BUILD/sibling.o" >>"$BUILD/build.log" 2>&1; then
     tail -20 "$BUILD/build.log" >&2
     exit 2
 fi
 build -wmo -c -module-name VMDSystem -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -emit-module \
     -emit-module-path "$BUILD/VMDSystem.swiftmodule" -o "$BUILD/VMDSystem.o" "$ROOT"/Sources/VMDSystem/*.swift
-SYSTEM_OBJS="$BUILD/VMDSystem.o $BUILD/cvmdsys.o $BUILD/crash.o -lbsd -lseccomp -levent_core"
+SYSTEM_OBJS="$BUILD/VMDSystem.o $BUILD/cvmdsys.o $BUILD/crash.o $BUILD/sibling.o -lbsd -lseccomp -levent_core"
 build -wmo -c -module-name Virtio -emit-module -emit-module-path "$BUILD/Virtio.swiftmodule" \
     -o "$BUILD/Virtio.o" "$ROOT"/Sources/Virtio/*.swift
 # qcow2 parsing and metadata updates (DiskImage, with zlib for compressed clusters;
