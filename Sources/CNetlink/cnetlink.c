@@ -171,6 +171,30 @@ int vmdnl_addr_add(const char *name, int family, const uint8_t *addr, int prefix
 	return talk(h, NULL, NULL);
 }
 
+int vmdnl_route_add(const char *name, int family, const uint8_t *dst, int prefixlen, uint32_t table)
+{
+	char buf[MNL_SOCKET_BUFFER_SIZE];
+	int index = vmdnl_ifindex(name);
+	if (index < 0)
+		return index;
+	if (family != AF_INET && family != AF_INET6)
+		return -EAFNOSUPPORT;
+	struct nlmsghdr *h = mnl_nlmsg_put_header(buf);
+	h->nlmsg_type = RTM_NEWROUTE;
+	h->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+	struct rtmsg *rt = mnl_nlmsg_put_extra_header(h, sizeof(*rt));
+	rt->rtm_family = (unsigned char)family;
+	rt->rtm_dst_len = (unsigned char)prefixlen;
+	rt->rtm_table = table < 256 ? (unsigned char)table : RT_TABLE_UNSPEC;
+	rt->rtm_protocol = RTPROT_STATIC;
+	rt->rtm_scope = RT_SCOPE_LINK;
+	rt->rtm_type = RTN_UNICAST;
+	mnl_attr_put(h, RTA_DST, family == AF_INET ? 4 : 16, dst);
+	mnl_attr_put_u32(h, RTA_OIF, (uint32_t)index);
+	mnl_attr_put_u32(h, RTA_TABLE, table);
+	return talk(h, NULL, NULL);
+}
+
 struct link_attrs {
 	const char *name;
 	const char *alias;

@@ -37,6 +37,44 @@ public enum LocalAddress {
     /// The default when `local inet6` has no prefix (vmd's parse.y).
     public static let defaultInet6Prefix = IPPrefix(address: "fd00::", length: 8)
 
+    /// What `local inet6` without a prefix uses, as vmd's config.c
+    /// (config_init_localprefix): fd00::/8 with its 56 bits of "Global ID"
+    /// and "Subnet ID" (bytes 1-7) random, drawn once per daemon (a reload
+    /// keeps them). The length stays /8 as in vmd.
+    public static let startupInet6Prefix: IPPrefix = {
+        var bytes: [UInt8] = [0xfd] + [UInt8](repeating: 0, count: 15)
+        var random = [UInt8](repeating: 0, count: 7)
+        var got = 0
+        let fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
+        while fd >= 0 && got < 7 {
+            let n = random.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, 7 - got) }
+            if n > 0 { got += n } else if n == 0 || errno != EINTR { break }
+        }
+        if fd >= 0 { close(fd) }
+        // Without /dev/urandom: fd00::/8 as it is.
+        if got == 7 { bytes.replaceSubrange(1..<8, with: random) }
+        return IPPrefix(address: format(ipv6: bytes), length: 8)
+    }()
+
+    public static func format(ipv6 bytes: [UInt8]) -> String {
+        var a = in6_addr()
+        withUnsafeMutableBytes(of: &a) { $0.copyBytes(from: bytes.prefix(16)) }
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        _ = inet_ntop(AF_INET6, &a, &text, socklen_t(text.count))
+        return String(cString: text)
+    }
+
+    /// vmd's parse_prefix6 check: no bit set past the prefix length.
+    public static func hostBitsClear(prefix6: IPPrefix) -> Bool {
+        guard let bytes = parseIPv6(prefix6.address), (0...128).contains(prefix6.length) else { return false }
+        for (i, b) in bytes.enumerated() {
+            let keep = max(0, min(8, prefix6.length - i * 8))
+            let mask: UInt8 = keep == 0 ? 0 : ~UInt8(0) << UInt8(8 - keep)
+            if b & ~mask != 0 { return false }
+        }
+        return true
+    }
+
     public static func parseIPv4(_ text: String) -> UInt32? {
         var a = in_addr()
         guard inet_pton(AF_INET, text, &a) == 1 else { return nil }

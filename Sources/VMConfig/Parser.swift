@@ -404,8 +404,15 @@ final class FileParser {
             guard isKeyword(peek(), .prefix) else { return "local inet6" }
             advance()
             let text = try string("an IPv6 prefix after 'local inet6 prefix'")
-            guard let prefix = Validate.prefix(text, inet6: true, maxLength: 64) else {
+            // As vmd's parse_prefix6: no length means /64; bits past the
+            // length are "bad mask".
+            guard let prefix = Validate.prefix(text.contains("/") ? text : text + "/64", inet6: true, maxLength: 64)
+            else {
                 error(token, "invalid local inet6 prefix: \(text) (expected address/length, length at most 64)")
+                return "local inet6 prefix"
+            }
+            guard LocalAddress.hostBitsClear(prefix6: prefix) else {
+                error(token, "invalid local inet6 prefix: \(text): bad mask (bits set past /\(prefix.length))")
                 return "local inet6 prefix"
             }
             context.config.localInet6Prefix = prefix

@@ -193,6 +193,7 @@ extension DeviceParameters {
             w.u32(1); w.u32(l.hostIPv4); w.u32(l.guestIPv4)
             for b in l.hostMAC { w.u32(UInt32(b)) }
             w.string(l.hostname)
+            w.u32(UInt32(l.hostIPv6.count)); for b in l.hostIPv6 { w.u32(UInt32(b)) }
         } else {
             w.u32(0)
         }
@@ -216,7 +217,13 @@ extension DeviceParameters {
             let host = try r.u32(), guest = try r.u32()
             var hostMAC: [UInt8] = []
             for _ in 0..<6 { hostMAC.append(UInt8(truncatingIfNeeded: try r.u32())) }
-            local = LocalInterface(hostIPv4: host, guestIPv4: guest, hostMAC: hostMAC, hostname: try r.string(max: 63))
+            let hostname = try r.string(max: 63)
+            let n6 = try r.u32()
+            guard n6 == 0 || n6 == 16 else { throw WireReader.Truncated() }
+            var hostIPv6: [UInt8] = []
+            for _ in 0..<n6 { hostIPv6.append(UInt8(truncatingIfNeeded: try r.u32())) }
+            local = LocalInterface(hostIPv4: host, guestIPv4: guest, hostMAC: hostMAC, hostname: hostname,
+                                   hostIPv6: hostIPv6)
         }
     }
 }

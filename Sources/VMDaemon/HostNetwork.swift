@@ -1,6 +1,7 @@
 import Glibc
 import CNetlink
 import VMDSystem
+import VirtioDevices
 
 /// The host side of VM networking, done by `vmd: priv` over rtnetlink
 /// (libmnl): a tap's state, group, description and addresses, the Linux
@@ -136,6 +137,21 @@ final class HostNetwork {
         try Self.check(vmdnl_link_set(tap, req.up ? 1 : 0, -1, -1, nil, nil), "\(tap): \(req.up ? "up" : "down")")
         if req.localIPv6.count == 16 {
             try Self.check(vmdnl_addr_add(tap, AF_INET6, req.localIPv6, 96), "\(tap): IPv6 address")
+            // `local inet6` (RouterAdvertisement.swift): vionet's router
+            // advertisements come from fe80::EUI-64(host MAC); the host side
+            // has that address whatever the host's addr_gen_mode, so its
+            // kernel answers the guest's neighbour solicitations for it.
+            if req.hostLladdr.count == 6 {
+                try Self.check(vmdnl_addr_add(tap, AF_INET6, RouterAdvertisement.linkLocal(mac: req.hostLladdr), 64),
+                               "\(tap): IPv6 link-local address")
+            }
+            // The guest's SLAAC address (EUI-64 of its MAC in the /64 the
+            // advertisement gives) is reached through this tap.
+            // (A route needs the link up: a `down` host side gets none.)
+            if req.guestSLAAC.count == 16 && req.up {
+                let table = req.rdomain > 0 ? Self.vrfTableBase + req.rdomain : 254 /* RT_TABLE_MAIN */
+                try Self.check(vmdnl_route_add(tap, AF_INET6, req.guestSLAAC, 128, table), "\(tap): IPv6 route")
+            }
         }
     }
 }

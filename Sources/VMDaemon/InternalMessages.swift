@@ -129,6 +129,9 @@ struct TapRequest: Equatable, WirePayload {
     var localIPv4: UInt32 = 0
     /// `local inet6`: the host side's IPv6 address (a /96), 16 bytes or none.
     var localIPv6: [UInt8] = []
+    /// `local inet6`: the guest's SLAAC address (the EUI-64 of its MAC in
+    /// the host side's /64), routed /128 to the tap; 16 bytes or none.
+    var guestSLAAC: [UInt8] = []
     /// The switch the tap joins, if any.
     var bridge: SwitchSetup?
 
@@ -146,7 +149,7 @@ struct TapRequest: Equatable, WirePayload {
     func encode(to w: inout WireWriter) {
         w.string(name); w.string(description); w.u32(up ? 1 : 0)
         w.u32(group == nil ? 0 : 1); w.u32(group ?? 0); w.u32(rdomain)
-        bytes(hostLladdr, &w); w.u32(localIPv4); bytes(localIPv6, &w)
+        bytes(hostLladdr, &w); w.u32(localIPv4); bytes(localIPv6, &w); bytes(guestSLAAC, &w)
         if let b = bridge {
             w.u32(1); w.string(b.name); w.string(b.interface)
             w.u32(b.group == nil ? 0 : 1); w.u32(b.group ?? 0); w.u32(b.rdomain); w.u32(b.up ? 1 : 0)
@@ -161,6 +164,7 @@ struct TapRequest: Equatable, WirePayload {
         rdomain = try r.u32()
         hostLladdr = try Self.bytes(&r, allowed: [0, 6]); localIPv4 = try r.u32()
         localIPv6 = try Self.bytes(&r, allowed: [0, 16])
+        guestSLAAC = try Self.bytes(&r, allowed: [0, 16])
         if try r.u32() != 0 {
             let name = try r.string(max: 64), interface = try r.string(max: 15)
             let hasGroup = try r.u32() != 0; let g = try r.u32()

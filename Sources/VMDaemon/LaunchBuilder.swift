@@ -167,9 +167,11 @@ enum LaunchBuilder {
         if let prefix6 = network.localInet6Prefix,
            let a = LocalAddress.ipv6(prefix6: prefix6, prefix: network.localPrefix, vmid: vmid, index: index, isVM: false) {
             tap.localIPv6 = a
+            tap.guestSLAAC = Array(a.prefix(8)) + RouterAdvertisement.eui64(mac: mac)
         }
         let hostname = vm.name.utf8.count <= 63 ? vm.name : ""
-        return (tap, LocalInterface(hostIPv4: host, guestIPv4: guest, hostMAC: hostMAC, hostname: hostname))
+        return (tap, LocalInterface(hostIPv4: host, guestIPv4: guest, hostMAC: hostMAC, hostname: hostname,
+                                    hostIPv6: tap.localIPv6))
     }
 
     /// Read-write when it may be, read-only when the file allows no more.
@@ -243,6 +245,6 @@ struct NetworkSettings {
     init(_ config: VMDConfiguration) {
         switches = config.switches
         localPrefix = config.effectiveLocalPrefix
-        if config.localInet6 { localInet6Prefix = config.localInet6Prefix ?? LocalAddress.defaultInet6Prefix }
+        if config.localInet6 { localInet6Prefix = config.localInet6Prefix ?? LocalAddress.startupInet6Prefix }
     }
 }

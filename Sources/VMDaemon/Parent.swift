@@ -76,6 +76,9 @@ public final class Parent {
 
     func start() throws {
         Spawn.ignoreSignal(SIGPIPE)
+        // `local inet6`'s random default prefix: drawn now, once (vmd's
+        // config_init_localprefix), while /dev/urandom is reachable.
+        _ = LocalAddress.startupInet6Prefix
         // One warning for all the processes that would use Landlock (control,
         // VMs, devices): they carry on with seccomp and the unprivileged user.
         if Sandbox.landlockABI == 0 {

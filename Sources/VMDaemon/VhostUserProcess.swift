@@ -32,6 +32,10 @@ struct VhostUserOptions: Equatable {
     /// `address` (the first of a /31) and vionet answers the guest's DHCP
     /// with the second.
     var localHost: UInt32?
+    /// `-6 address` (with `-l`): `local inet6`: the tap's host side has
+    /// this IPv6 address and vionet answers router solicitations with its
+    /// /64 (RouterAdvertisement.swift).
+    var localHost6: [UInt8] = []
     var owner: String?
     var foreground = false
     var verbosity = 0
@@ -43,7 +47,7 @@ struct VhostUserOptions: Equatable {
     /// raw (as a VM's disk without `format`).
     var format: String?
 
-    static let usage = "usage: vmd -P vhost-user [-drv] -t blk|scsi|rnd|net (-S socket [-u user[:group]] | -L fd)\n       [-i image [-F raw|qcow2] | -n tap | -B fd] [-m lladdr] [-l host-address] [-N name] [-C fd]"
+    static let usage = "usage: vmd -P vhost-user [-drv] -t blk|scsi|rnd|net (-S socket [-u user[:group]] | -L fd)\n       [-i image [-F raw|qcow2] | -n tap | -B fd] [-m lladdr] [-l host-address [-6 host-address6]] [-N name] [-C fd]"
 
     struct ParseError: Error, CustomStringConvertible { var description: String }
 
@@ -80,6 +84,12 @@ struct VhostUserOptions: Equatable {
                     throw ParseError(description: "bad local address \(text) (the first, even, address of a /31)")
                 }
                 o.localHost = a
+            case "-6":
+                let text = try value()
+                guard let a = LocalAddress.parseIPv6(text), a[0] != 0xff, a[0] != 0 || a[1] != 0 else {
+                    throw ParseError(description: "bad local IPv6 address \(text)")
+                }
+                o.localHost6 = a
             case "-F":
                 let f = try value()
                 guard f == "raw" || f == "qcow2" else { throw ParseError(description: "-F must be raw or qcow2\n\(usage)") }
@@ -103,6 +113,9 @@ struct VhostUserOptions: Equatable {
         }
         guard (o.socketPath == nil) != (o.listenFD == nil) else {
             throw ParseError(description: "give exactly one of -S socket and -L fd\n\(usage)")
+        }
+        guard o.localHost6.isEmpty || o.localHost != nil else {
+            throw ParseError(description: "-6 needs -l (a local interface)\n\(usage)")
         }
         let sources = [o.imagePath != nil, o.tapName != nil, o.backendFD != nil].filter { $0 }.count
         switch kind.model.backends.first {
@@ -229,7 +242,7 @@ final class VhostUserProcess: VhostUserBackendDelegate {
             var hostMAC = parameters.mac
             hostMAC[5] &+= 1
             parameters.local = LocalInterface(hostIPv4: host, guestIPv4: host + 1, hostMAC: hostMAC,
-                                              hostname: String(name.utf8.prefix(63))!)
+                                              hostname: String(name.utf8.prefix(63))!, hostIPv6: options.localHost6)
         }
         if kind == .blk, let fd {
             parameters.diskFormats = Self.diskFormats(fd: fd, path: options.imagePath ?? name, format: options.format,

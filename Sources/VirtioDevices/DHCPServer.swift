@@ -20,12 +20,17 @@ public struct LocalInterface: Equatable, Sendable {
     public var hostMAC: [UInt8]
     /// The VM's name ("" for none).
     public var hostname: String
+    /// `local inet6`: the host side's IPv6 address (16 bytes), empty
+    /// without; vionet then answers router solicitations
+    /// (RouterAdvertisement.swift).
+    public var hostIPv6: [UInt8]
 
-    public init(hostIPv4: UInt32, guestIPv4: UInt32, hostMAC: [UInt8], hostname: String) {
+    public init(hostIPv4: UInt32, guestIPv4: UInt32, hostMAC: [UInt8], hostname: String, hostIPv6: [UInt8] = []) {
         self.hostIPv4 = hostIPv4
         self.guestIPv4 = guestIPv4
         self.hostMAC = hostMAC
         self.hostname = hostname
+        self.hostIPv6 = hostIPv6
     }
 }
 

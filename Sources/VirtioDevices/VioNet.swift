@@ -438,7 +438,7 @@ public final class VioNet: BackendInputDevice {
             }
             if let local {
                 let frame = UnsafeRawBufferPointer(rebasing: frameBuffer[VioNet.headerSize..<frameLength])
-                switch DHCPServer.handle(frame: frame, guestMAC: mac, local: local) {
+                switch LocalServices.handle(frame: frame, guestMAC: mac, local: local) {
                 case .notDHCP: break
                 case .drop:
                     droppedTransmitFrames += 1

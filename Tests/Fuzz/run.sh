@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build the fuzz targets (virtqueue, viodev_msg, vhost-user, imsg, control payloads, qcow2, DHCP) with libFuzzer + AddressSanitizer and run
+# Build the fuzz targets (virtqueue, viodev_msg, vhost-user, imsg, control payloads, qcow2, DHCP, NDP) with libFuzzer + AddressSanitizer and run
 # each for N seconds (default 60). Usage: Tests/Fuzz/run.sh [seconds]
 # Findings (crash-*, leak-*, timeout-*) land in $FUZZ_BUILD_DIR/findings/
 # (default /tmp/vmd-virtio-fuzz); the corpus is kept there between runs.
@@ -27,13 +27,15 @@ printf 'module CVMDSys {\n    header "%s"\n    export *\n}\n' "$ROOT/Sources/CVM
 if ! clang -c -O1 -I "$ROOT/Sources/CVMDSys/include" "$ROOT/Sources/CVMDSys/cvmdsys.c" \
         -o "$BUILD/cvmdsys.o" >>"$BUILD/build.log" 2>&1 \
     || ! clang -c -O1 -I "$ROOT/Sources/CVMDSys/include" "$ROOT/Sources/CVMDSys/crash.c" \
-        -o "$BUILD/crash.o" >>"$BUILD/build.log" 2>&1; then
+        -o "$BUILD/crash.o" >>"$BUILD/build.log" 2>&1 \
+    || ! clang -c -O1 -I "$ROOT/Sources/CVMDSys/include" "$ROOT/Sources/CVMDSys/sibling.c" \
+        -o "$BUILD/sibling.o" >>"$BUILD/build.log" 2>&1; then
     tail -20 "$BUILD/build.log" >&2
     exit 2
 fi
 build -wmo -c -module-name VMDSystem -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -emit-module \
     -emit-module-path "$BUILD/VMDSystem.swiftmodule" -o "$BUILD/VMDSystem.o" "$ROOT"/Sources/VMDSystem/*.swift
-SYSTEM_OBJS="$BUILD/VMDSystem.o $BUILD/cvmdsys.o $BUILD/crash.o -lbsd -lseccomp -levent_core"
+SYSTEM_OBJS="$BUILD/VMDSystem.o $BUILD/cvmdsys.o $BUILD/crash.o $BUILD/sibling.o -lbsd -lseccomp -levent_core"
 build -wmo -c -module-name Virtio -emit-module -emit-module-path "$BUILD/Virtio.swiftmodule" \
     -o "$BUILD/Virtio.o" "$ROOT"/Sources/Virtio/*.swift
 # qcow2 parsing and metadata updates (DiskImage, with zlib for compressed clusters;
@@ -73,6 +75,9 @@ build -I "$BUILD" -I "$BUILD/CVMDSys" -I "$ROOT/Sources/CLibseccomp" -I "$ROOT/S
     "$BUILD/DiskImage.o" $SYSTEM_OBJS -lz -o "$BUILD/fuzz-qcow2"
 # vionet's DHCP server for local interfaces (pure Swift, compiled with the harness).
 build "$HERE/FuzzDHCP.swift" "$ROOT/Sources/VirtioDevices/DHCPServer.swift" -o "$BUILD/fuzz-dhcp"
+# ... and its router advertisements for `local inet6` (RS/RA, NDP options).
+build "$HERE/FuzzNDP.swift" "$ROOT/Sources/VirtioDevices/RouterAdvertisement.swift" \
+    "$ROOT/Sources/VirtioDevices/DHCPServer.swift" -o "$BUILD/fuzz-ndp"
 # Seeds: small images from qemu-img (512-byte clusters, every refcount width,
 # v2 and v3, a backing name, compressed clusters), if it is installed.
 seeds="$BUILD/corpus-fuzz-qcow2"
@@ -93,11 +98,12 @@ if command -v qemu-img >/dev/null && [ ! -e "$seeds/.seeded" ]; then
 fi
 
 python3 "$HERE/dhcp-seed.py" "$BUILD/corpus-fuzz-dhcp"
+python3 "$HERE/ndp-seed.py" "$BUILD/corpus-fuzz-ndp"
 mkdir -p "$BUILD/corpus-fuzz-vhostuser"
 python3 "$HERE/vhostuser-seed.py" "$BUILD/corpus-fuzz-vhostuser/seed-start-sequence"
 
 status=0
-for target in ${FUZZ_TARGETS:-fuzz-virtqueue fuzz-viodevmsg fuzz-vhostuser fuzz-imsg fuzz-control fuzz-qcow2 fuzz-dhcp}; do
+for target in ${FUZZ_TARGETS:-fuzz-virtqueue fuzz-viodevmsg fuzz-vhostuser fuzz-imsg fuzz-control fuzz-qcow2 fuzz-dhcp fuzz-ndp}; do
     corpus="$BUILD/corpus-$target"
     mkdir -p "$corpus"
     echo "== $target: $SECONDS_EACH s"

@@ -96,4 +96,18 @@ final class NetworkConfigTests: XCTestCase {
                                                 vmid: 2, index: 1, isVM: true))
         XCTAssertEqual(g, [0xfd, 0x12, 0x34, 0x56, 0x78, 0x9a, 0, 1, 100, 64, 2, 5, 0, 0, 0, 2])
     }
+
+    func testLocalInet6PrefixAsVmdParsesIt() throws {
+        // parse_prefix6: no length is /64, host bits are a "bad mask".
+        XCTAssertTrue(LocalAddress.hostBitsClear(prefix6: IPPrefix(address: "fd00:1::", length: 32)))
+        XCTAssertFalse(LocalAddress.hostBitsClear(prefix6: IPPrefix(address: "fd00:1::", length: 16)))
+        XCTAssertTrue(LocalAddress.hostBitsClear(prefix6: IPPrefix(address: "fd00::", length: 8)))
+        XCTAssertFalse(LocalAddress.hostBitsClear(prefix6: IPPrefix(address: "fd00::1", length: 64)))
+        XCTAssertTrue(LocalAddress.hostBitsClear(prefix6: IPPrefix(address: "fd00:0:0:7::", length: 64)))
+        let ok = ConfigParser.parse(text: "local inet6 prefix fd12:3456:789a:1::\n", filename: "vm.conf")
+        XCTAssertEqual(try ok.get().localInet6Prefix, IPPrefix(address: "fd12:3456:789a:1::", length: 64))
+        let bad = ConfigParser.parse(text: "local inet6 prefix fd00::1/64\n", filename: "vm.conf")
+        guard case .failure(let e) = bad else { return XCTFail("host bits set must fail") }
+        XCTAssertTrue("\(e)".contains("vm.conf:1: invalid local inet6 prefix: fd00::1/64: bad mask"), "\(e)")
+    }
 }

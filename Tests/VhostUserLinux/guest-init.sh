@@ -66,6 +66,16 @@ for t in $tests; do
 			host=$(arg hostip)
 		fi
 		ping -c 3 -W 2 "$host" > /tmp/ping.out 2>&1 && say net ping ok || { say net ping FAIL; cat /tmp/ping.out; }
+		if [ -n "$(arg hostip6)" ]; then
+			# local inet6: the kernel's SLAAC from vionet's router advertisement.
+			i=0
+			while [ $i -lt 100 ] && ! ip -6 route show default | grep -q via; do sleep 0.1; i=$((i+1)); done
+			say net slaac $(ip -6 addr show dev eth0 scope global | sed -n 's/.*inet6 \([^ ]*\).*/\1/p' | head -1) \
+				$(ip -6 route show default | sed -n 's/.*via \([^ ]*\).*/\1/p' | head -1)
+			i=0
+			until ping -6 -c 1 -W 1 "$(arg hostip6)" > /tmp/ping6.out 2>&1 || [ $i -ge 5 ]; do i=$((i+1)); done
+			ping -6 -c 3 -W 2 "$(arg hostip6)" > /tmp/ping6.out 2>&1 && say net ping6 ok || { say net ping6 FAIL; cat /tmp/ping6.out; }
+		fi
 		dd if=/dev/urandom of=/tmp/d bs=1M count=$(arg netmib) 2>/dev/null
 		say net sha256 $(sha256sum /tmp/d | cut -d' ' -f1)
 		nc "$host" 5000 < /tmp/d && say net sent || say net send FAIL

@@ -218,14 +218,24 @@ def scenario_devices(vmd, kernel, initrd, work, log):
         # A local interface (issue 15): the tap's host side has the first
         # address of the /31, as vmd's priv gives it, and the backend's
         # vionet answers the guest's udhcpc with the second.
-        backends.append(Backend(vmd, ["-t", "net", "-n", "vhtap0", "-m", mac, "-l", "100.64.1.2"],
-                                os.path.join(work, "net.sock"), log, netns=ns))
+        # With `local inet6` (-6) it answers the guest's router solicitations
+        # too: the kernel's SLAAC takes the /64 of the host side's address.
+        backends.append(Backend(vmd, ["-t", "net", "-n", "vhtap0", "-m", mac, "-l", "100.64.1.2",
+                                      "-6", HOST6], os.path.join(work, "net.sock"), log, netns=ns))
         for _ in range(100):
             if subprocess.run(["ip", "-n", ns, "link", "show", "vhtap0"], capture_output=True).returncode == 0:
                 break
             time.sleep(0.05)
         subprocess.run(["ip", "-n", ns, "addr", "add", "100.64.1.2/31", "dev", "vhtap0"], check=True)
-        subprocess.run(["ip", "-n", ns, "link", "set", "vhtap0", "up"], check=True)
+        # What vmd's priv does for local inet6: the host MAC (the guest's + 1),
+        # vmd's /96, fe80::EUI-64(host MAC), the guest's EUI-64 SLAAC address
+        # routed to the tap.
+        for cmd in (["link", "set", "vhtap0", "address", "52:54:00:12:34:57"],
+                    ["addr", "add", HOST6 + "/96", "dev", "vhtap0", "nodad"],
+                    ["addr", "add", "fe80::5054:ff:fe12:3457/64", "dev", "vhtap0", "nodad"],
+                    ["link", "set", "vhtap0", "up"],
+                    ["route", "add", GUEST6 + "/128", "dev", "vhtap0"]):
+            subprocess.run(["ip", "-n", ns] + cmd, check=True)
         receiver = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", RECEIVER],
                                     stdout=subprocess.PIPE, text=True)
         time.sleep(0.3)
@@ -240,7 +250,7 @@ def scenario_devices(vmd, kernel, initrd, work, log):
         ]
         mib = 16
         lines, _ = run_guest(qemu_command(kernel, initrd, devices,
-                                          f"vhtest=blk,scsi,rng,net fiomib={mib} guestip=dhcp netmib=64"),
+                                          f"vhtest=blk,scsi,rng,net fiomib={mib} guestip=dhcp netmib=64 hostip6={HOST6}"),
                              timeout=170)
         check_blk(lines, image, mib)
         if find(lines, "scsi", "sha256")[0] != sha256_file(iso):
@@ -266,6 +276,12 @@ def scenario_devices(vmd, kernel, initrd, work, log):
         print("net: busybox udhcpc got 100.64.1.3 (router 100.64.1.2) from vionet's DHCP server")
         if find(lines, "net", "ping") != ["ok"]:
             fail("ping from the guest failed")
+        if find(lines, "net", "slaac") != [GUEST6 + "/64", "fe80::5054:ff:fe12:3457"]:
+            fail(f"SLAAC from vionet's router advertisement: {find(lines, 'net', 'slaac')} "
+                 f"(want {GUEST6}/64 via fe80::5054:ff:fe12:3457)")
+        if find(lines, "net", "ping6") != ["ok"]:
+            fail("ping -6 of the host side failed")
+        print(f"net: the kernel's SLAAC took {GUEST6}/64 and its default router from vionet's RA; ping -6 ok")
         guest_sum = find(lines, "net", "sha256")[0]
         find(lines, "net", "sent")
         out, _ = receiver.communicate(timeout=30)
@@ -281,6 +297,12 @@ def scenario_devices(vmd, kernel, initrd, work, log):
             if rc not in (0, -signal.SIGTERM):
                 fail(f"backend {b.args} ended with {rc}")
         subprocess.run(["ip", "netns", "del", ns])
+
+
+# local inet6 prefix fd00::/8, vm 1 interface 0: vmd's host side (guest
+# 100.64.1.3 in bytes 8-11, 1 last); the guest's SLAAC address from its MAC.
+HOST6 = "fd00::6440:103:0:1"
+GUEST6 = "fd00::5054:ff:fe12:3456"
 
 
 RECEIVER = r"""

@@ -152,6 +152,8 @@ static void parse_options(const char *s)
             opt.kick_stress = v <= 10000 ? v : 10000;
         } else if (word_is(w, len, "dhcp")) {
             opt.dhcp = true;
+        } else if (word_is(w, len, "slaac")) {
+            opt.slaac = true;
         } else if (word_is(w, len, "bench_rx")) {
             opt.bench_rx = true;
         } else if (len == 11 && memcmp(w, "blk_index=", 10) == 0 && w[10] >= '0' && w[10] <= '9') {

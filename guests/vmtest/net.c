@@ -171,6 +171,8 @@ static void rx_frame(const u8 *f, u32 len)
         return;
     if (opt.dhcp && dhcp_rx(f, len))
         return;
+    if (opt.slaac && slaac_rx(f, len))
+        return;
     if (rx_bench_on && len >= 14 + 20 + 8 && be16(f + 12) == ETH_IP && f[14 + 9] == 17) {
         rx_bench_frames++;
         return;
@@ -270,6 +272,8 @@ void net_check(struct pci_dev *p)
         check_skip("net", "no address from DHCP");
         return;
     }
+    if (opt.slaac)
+        slaac_configure(mac);
 
     /* ARP for the gateway, once a second, for up to 10 s (the host may be late). */
     u64 start = rdtsc(), last_req = 0;

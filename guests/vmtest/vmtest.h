@@ -96,6 +96,7 @@ struct options {
     u32 blk_verify;             /* blk_verify=N: write+verify the whole disk for N seconds (verify.c) */
     bool blkfill;               /* blkfill: write the disk sequentially forever after the checks */
     bool dhcp;                  /* dhcp: get ip/gw from a DHCP server before the net check */
+    bool slaac;                 /* slaac: IPv6 router solicitation + SLAAC + ping6 (slaac.c) */
     bool bench_rx;              /* bench_rx: after net_tx_1500, net_rx_1500 (the host floods UDP) */
     bool novmmci;               /* novmmci: leave the vmmci device alone (a guest without its driver) */
     u32 blk_index;              /* blk_index=N: check the N-th virtio-blk device (0 = the first) */
@@ -110,6 +111,8 @@ void net_rx_bench(void);                         /* net.c: bench net_rx_1500 */
 void net_poll(void);
 bool dhcp_rx(const u8 *frame, u32 len);          /* true: the frame was a DHCP reply for us */
 bool dhcp_configure(const u8 *mac);              /* fills opt.ip/gw/netmask; reports the "dhcp" check */
+bool slaac_rx(const u8 *frame, u32 len);         /* slaac.c: true: an IPv6 frame, consumed */
+bool slaac_configure(const u8 *mac);             /* RS/RA, SLAAC, ping6; reports the "slaac" check */
 
 /* ---- pci.c ---- */
 struct pci_bar {

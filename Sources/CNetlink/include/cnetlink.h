@@ -28,6 +28,10 @@ int vmdnl_link_set(const char *name, int up, int64_t group, int master,
  * addresses are added with IFA_F_NODAD (the link has one peer). */
 int vmdnl_addr_add(const char *name, int family, const uint8_t *addr, int prefixlen);
 
+/* RTM_NEWROUTE (replacing): dst/prefixlen straight out of the link, in
+ * routing table `table` (RT_TABLE_MAIN = 254, or a VRF's). */
+int vmdnl_route_add(const char *name, int family, const uint8_t *dst, int prefixlen, uint32_t table);
+
 /* Dumps every link whose IFLA_IFALIAS starts with prefix into out as
  * "name\talias\n" lines (truncated to outlen - 1 bytes, NUL-terminated).
  * Returns the number of links found or a negative errno. */
