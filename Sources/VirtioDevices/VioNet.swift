@@ -217,7 +217,8 @@ public final class VioNet: BackendInputDevice {
             | (backend.offloadCapable ? VirtioNetFeature.offloads : 0)
     }
     /// Called when the guest adds receive buffers after `backendReadable()`
-    /// returned false: resume watching the tap.
+    /// returned false and some are left once the waiting frames are in:
+    /// resume watching the tap.
     public var onInputWanted: (() -> Void)?
 
     private weak var host: VirtioDeviceHost?
@@ -337,12 +338,15 @@ public final class VioNet: BackendInputDevice {
         switch index {
         case VioNet.receiveQueue:
             // New buffers: frames may be waiting in the tap, so read them
-            // now and have the event loop watch the tap again.
-            if tapWatchSuspended {
+            // now; the event loop watches the tap again only when buffers
+            // are left over (when the waiting frames took them all, the
+            // next notify does the same again: no watch added and removed,
+            // no wake-up that finds no buffer).
+            try receiveFrames(queue: queue)
+            if tapWatchSuspended && !receiveStalled {
                 tapWatchSuspended = false
                 onInputWanted?()
             }
-            try receiveFrames(queue: queue)
         case VioNet.transmitQueue:
             try transmitFrames(queue: queue)
         default:

@@ -100,13 +100,22 @@ final class VioNetBatchTests: XCTestCase {
         XCTAssertFalse(net.backendReadable())
         XCTAssertEqual(backend.reads, 3, "no read while the guest has no buffer")
         XCTAssertEqual(driver.takeUsed(0).count, 0)
-        // The guest adds 7 buffers: the 7 waiting frames, in order, none dropped.
+        // The guest adds 7 buffers: the 7 waiting frames, in order, none
+        // dropped; no buffer left, so the tap stays unwatched.
         var resumed = 0
         net.onInputWanted = { resumed += 1 }
         buffers.merge(post(7)) { a, _ in a }
         driver.notify(0)
-        XCTAssertEqual(resumed, 1, "the notify resumes the tap watch")
+        XCTAssertEqual(resumed, 0, "no buffer left: no watch to add and remove")
         XCTAssertEqual(delivered(driver.takeUsed(0), buffers), Array(3..<10))
+        XCTAssertEqual(backend.reads, 10)
+        // One more: nothing waits, the buffer stays, the tap is watched again.
+        buffers.merge(post(1)) { a, _ in a }
+        driver.notify(0)
+        XCTAssertEqual(resumed, 1, "a buffer left over: watch the tap again")
+        hostSend(10..<11)
+        XCTAssertFalse(net.backendReadable())
+        XCTAssertEqual(delivered(driver.takeUsed(0), buffers), [10])
         XCTAssertEqual(net.droppedReceiveFrames, 0)
         XCTAssertFalse(driver.needsReset)
     }
