@@ -23,7 +23,7 @@
 // at `receiveBuffer`, so a frame longer than the chain is seen whole: with
 // mergeable buffers its tail is copied into more buffers, without it is
 // dropped. Used entries are published in batches (every `publishBatch`
-// frames and when the loop stops) and at most `receiveBudget` frames are
+// frames or `publishBytes` bytes, and when the loop stops) and at most `receiveBudget` frames are
 // read per call, so the guest sees frames in groups and the interrupt
 // (judged once per call, EVENT_IDX's used_event honoured) goes out per batch.
 import Glibc
@@ -199,6 +199,9 @@ public final class VioNet: BackendInputDevice {
     /// Used entries are published (the used index moved) every this many
     /// frames, and when the receive loop stops.
     public static let publishBatch = 16
+    /// ... or every this many bytes: a guest with few large frames in
+    /// flight (64 KiB GSO) gets each back as soon as it is done.
+    public static let publishBytes = 65536
     /// IOV_MAX: the guest buffers of one chain a frame is read into (the
     /// rest of a longer chain is left unused), plus `receiveBuffer`.
     static let maxReceiveVectors = 1024
@@ -239,12 +242,14 @@ public final class VioNet: BackendInputDevice {
     /// Transmit entries not yet published.
     private var transmitted: [(head: UInt16, length: UInt32)] = []
     private var transmitElements: [ChainElement] = []
+    private var transmittedBytes = 0
     /// The writable buffers of the receive chain taken off the ring and not
     /// yet filled (storage reused from frame to frame), and its head.
     private var chain: [ChainElement] = []
     private var chainHead: UInt16?
     /// Used receive entries not yet published.
     private var completed: [(head: UInt16, length: UInt32)] = []
+    private var completedBytes = 0
     public private(set) var receivePublishes = 0
     /// The negotiated features the tap's offloads were last set for.
     private var appliedFeatures: UInt64?
@@ -446,7 +451,8 @@ public final class VioNet: BackendInputDevice {
                 firstLength = UInt32(capacity)
                 pendingLength = length - capacity
             }
-            if completed.count >= VioNet.publishBatch { try publish(queue) }
+            completedBytes += length
+            if completed.count >= VioNet.publishBatch || completedBytes >= VioNet.publishBytes { try publish(queue) }
         }
     }
 
@@ -465,6 +471,7 @@ public final class VioNet: BackendInputDevice {
 
     /// Moves the used entries completed so far to the guest, the used index once.
     private func publish(_ queue: Virtqueue) throws {
+        completedBytes = 0
         guard !completed.isEmpty else { return }
         defer { completed.removeAll(keepingCapacity: true) }
         receivePublishes += 1
@@ -587,17 +594,22 @@ public final class VioNet: BackendInputDevice {
                 _ = try? queue.pushUsed(transmitted)
                 transmitted.removeAll(keepingCapacity: true)
             }
+            transmittedBytes = 0
         }
         while true {
-            if transmitted.count >= VioNet.publishBatch {
+            if transmitted.count >= VioNet.publishBatch || transmittedBytes >= VioNet.publishBytes {
                 try queue.pushUsed(transmitted)
                 transmitted.removeAll(keepingCapacity: true)
+                transmittedBytes = 0
             }
             guard var walk = try queue.popChain() else { return }
-            defer { transmitted.append((walk.head, 0)) }
+            var length: UInt64 = 0
+            defer {
+                transmitted.append((walk.head, 0))
+                transmittedBytes += Int(min(length, UInt64(Int32.max)))
+            }
             // The readable buffers (storage reused from frame to frame).
             transmitElements.removeAll(keepingCapacity: true)
-            var length: UInt64 = 0
             while let element = try walk.next() {
                 if element.isDeviceWritable { continue }
                 transmitElements.append(element)
