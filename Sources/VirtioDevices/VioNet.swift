@@ -23,9 +23,10 @@
 // at `receiveBuffer`, so a frame longer than the chain is seen whole: with
 // mergeable buffers its tail is copied into more buffers, without it is
 // dropped. Used entries are published in batches (every `publishBatch`
-// frames or `publishBytes` bytes, and when the loop stops) and at most `receiveBudget` frames are
-// read per call, so the guest sees frames in groups and the interrupt
-// (judged once per call, EVENT_IDX's used_event honoured) goes out per batch.
+// frames or `publishBytes` bytes, and when the loop stops) and at most
+// `receiveBudget` frames are read per call, so the guest sees frames in
+// groups and the interrupt (judged once per call, EVENT_IDX's used_event
+// honoured) goes out per batch.
 import Glibc
 import Virtio
 import VMDSystem
