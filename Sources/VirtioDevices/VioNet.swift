@@ -409,10 +409,14 @@ public final class VioNet: BackendInputDevice {
             }
             guard let head = chainHead else { return }
             receiveStalled = false
+            // No more of the chain than the largest frame needs (a hostile
+            // chain of 4 GiB descriptors must not make readv fail forever).
             var count = 0, capacity = 0
-            for element in chain where count < VioNet.maxReceiveVectors - 1 && element.length > 0 {
+            let wanted = VioNet.headerSize + VioNet.maxFrameSize
+            for element in chain where count < VioNet.maxReceiveVectors - 1 && capacity < wanted {
+                let take = min(Int(element.length), wanted - capacity)
                 // Checked when the chain was walked; looked up again here.
-                guard let b = queue.memory.buffer(at: element.address, length: Int(element.length)) else { continue }
+                guard take > 0, let b = queue.memory.buffer(at: element.address, length: take) else { continue }
                 receiveVectors[count] = iovec(iov_base: b.baseAddress, iov_len: b.count)
                 count += 1
                 capacity += b.count
