@@ -7,6 +7,7 @@
 #             --no-qemu  --no-tcg (skip QEMU's TCG boot reference)  --qemu-aio threads|io_uring
 #             --no-qemu-pio (skip QEMU's second device run, with the notify window in an I/O BAR as ours)
 #             --no-limits (skip the host limits: fio on the image, eventfd round trip)
+#             --no-qemu-vhost (skip the reference run of QEMU with vhost=on; needs /dev/vhost-net)
 #
 # Needs root (vmd, /dev/kvm, a network namespace with a tap); installs nothing (the host-limit
 # probe bench/eventfd-rtt.c is compiled with cc into a temporary directory; fio is optional).
@@ -16,7 +17,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 root="$(cd "$here/.." && pwd -P)"
 bin="$root/.build/debug"
 case "${1:-}" in
--h|--help) sed -n '2,12p' "$0"; python3 "$here/vmbench.py" --help; exit 0 ;;
+-h|--help) sed -n '2,13p' "$0"; python3 "$here/vmbench.py" --help; exit 0 ;;
 -*|"") ;;
 *) bin="$1"; shift ;;
 esac

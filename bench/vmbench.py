@@ -40,6 +40,8 @@ BENCH_KEYS = [  # (label, bench name, key in its line, unit)
     ("blk_flush_lat p99", "blk_flush_lat", "p99_us", "us"),
     ("blk_seqwrite64k", "blk_seqwrite64k", "kib_per_s", "KiB/s"),
     ("net_tx_1500", "net_tx_1500", "fps", "frames/s"),
+    # issue 15: 64 KiB TCPv4 GSO frames (CSUM + HOST_TSO4), guest -> host
+    ("net_tx_gso64k", "net_tx_gso64k", "mb_per_s", "MB/s"),
     # issue 14: the same QD1 work polled and by interrupt (MSI-X when offered), with latency
     ("blk QD1 polled", "blk_qd1_poll", "iops", "IOPS"),
     ("blk QD1 polled median", "blk_qd1_poll", "median_us", "us"),
@@ -284,7 +286,7 @@ def run_ours(vmd, workdir, disk=None, netns=None, timeout=120, scale=100, elf=No
         "first_line_ms": (stamps["console"] - stamps["starting"]) * 1e3,
         "entry_to_console_us": entry_us,
         "guest_wall_ms": (stamps["stopped"] - stamps["starting"]) * 1e3,
-        "bench": bench, "summary": summary, "fails": fails, "console": console,
+        "bench": bench, "summary": summary, "fails": fails, "console": console, "log": log_lines,
     }
 
 
@@ -303,8 +305,9 @@ def configure_tap_when_it_appears(netns, tap, deadline):
 QEMU_AIO = "threads"   # QEMU's default; --qemu-aio io_uring changes it
 
 
-def run_qemu(accel, workdir, disk=None, netns=None, pio_notify=False, timeout=120, scale=100):
-    """QEMU -M pc -kernel vmtest.elf with the serial port on a pipe."""
+def run_qemu(accel, workdir, disk=None, netns=None, pio_notify=False, timeout=120, scale=100, vhost=False):
+    """QEMU -M pc -kernel vmtest.elf with the serial port on a pipe (vhost: the
+    NIC's data path in the host kernel's vhost-net, the reference column)."""
     cmdline = (f"bench bench_scale={scale} " + GUEST_NET) if disk else ""
     argv = ["qemu-system-x86_64", "-M", "pc", "-accel", accel, "-m", str(MEMORY_MB),
             "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
@@ -314,7 +317,7 @@ def run_qemu(accel, workdir, disk=None, netns=None, pio_notify=False, timeout=12
         argv += ["-drive", f"file={disk},format={'raw' if DISK_FORMAT == 'raw' else 'qcow2'},if=none,id=disk0,cache=writeback,aio={QEMU_AIO}",
                  "-device", f"virtio-blk-pci,drive=disk0,disable-legacy=on{dev}",
                  "-device", f"virtio-rng-pci,disable-legacy=on{dev}",
-                 "-netdev", f"tap,id=net0,ifname={QEMU_TAP},script=no,downscript=no",
+                 "-netdev", f"tap,id=net0,ifname={QEMU_TAP},script=no,downscript=no,vhost={'on' if vhost else 'off'}",
                  "-device", f"virtio-net-pci,netdev=net0,disable-legacy=on,mac=52:54:00:12:34:56{dev}"]
     if netns:
         argv = ["ip", "netns", "exec", netns] + argv
@@ -459,6 +462,8 @@ def main():
     ap.add_argument("--no-qemu-pio", action="store_true",
                     help="skip the second QEMU device run with modern-pio-notify=on (notify through an I/O BAR, like ours)")
     ap.add_argument("--no-tcg", action="store_true", help="skip the QEMU TCG boot reference")
+    ap.add_argument("--no-qemu-vhost", action="store_true",
+                    help="skip the reference device run of QEMU with vhost=on (it needs /dev/vhost-net)")
     ap.add_argument("--no-limits", action="store_true",
                     help="skip the host limits (fio on the image, eventfd round trip) between device runs")
     ap.add_argument("--qemu-aio", default="threads", choices=["threads", "io_uring"],
@@ -494,13 +499,18 @@ def main():
             sys.exit(f"vmbench: network namespace {ns} exists already")
     image = os.path.join(workdir, "disk.img")
     results = {"ours_boot": [], "qemu_boot": [], "tcg_boot": [], "ours_dev": [], "qemu_dev": [], "qemu_pio": [],
-               "limits": []}
+               "qemu_vhost": [], "limits": []}
+    vhost = qemu and not args.no_qemu_vhost and args.bench_runs > 0
+    if vhost and not os.path.exists("/dev/vhost-net"):
+        log("no /dev/vhost-net on this host (vhost_net not loaded or not built): the QEMU vhost=on column is skipped")
+        vhost = False
+    results["vhost_note"] = None if vhost else ("not run: no /dev/vhost-net on this host" if qemu and not args.no_qemu_vhost else "not run")
     failures = []
 
     def attempt(key, name, fn):
         try:
             r = fn()
-            check_guest(name, r, key in ("ours_dev", "qemu_dev", "qemu_pio"))
+            check_guest(name, r, key in ("ours_dev", "qemu_dev", "qemu_pio", "qemu_vhost"))
             results[key].append(r)
             extra = ""
             if r["bench"]:
@@ -538,6 +548,10 @@ def main():
                 disk = prepare_image(image, args.image_mb)
                 attempt("qemu_pio", f"devices qemu-pio #{i + 1}",
                         lambda: run_qemu("kvm", workdir, disk, ns_qemu, pio_notify=True, scale=args.bench_scale))
+            if vhost:
+                disk = prepare_image(image, args.image_mb)
+                attempt("qemu_vhost", f"devices qemu-vhost #{i + 1}",
+                        lambda: run_qemu("kvm", workdir, disk, ns_qemu, vhost=True, scale=args.bench_scale))
             if not args.no_limits:
                 results["limits"].append(host_limits(workdir, image, args.image_mb))
     finally:
@@ -612,6 +626,8 @@ def print_device_table(R, args):
     header.append("ours/QEMU")
     if R["qemu_pio"]:
         header.append("ours/QEMU-pio")
+    if R["qemu_vhost"]:
+        header.append("QEMU vhost=on (ref)")
     rows = []
     for label, b, key, unit in BENCH_KEYS:
         def vals(k):
@@ -625,10 +641,15 @@ def print_device_table(R, args):
         r.append(f"{o / q:.2f}x" if o and q else "n/a")
         if R["qemu_pio"]:
             r.append(f"{o / p:.2f}x" if o and p else "n/a")
+        if R["qemu_vhost"]:
+            v = med(vals("qemu_vhost"))
+            r.append(f"{fmt(v, unit)}{spread(vals('qemu_vhost'))}" if v is not None else "n/a")
         rows.append(r)
     table(f"Devices (issue 5): vmtest bench mode, bench_scale={args.bench_scale}, "
           f"{args.image_mb} MiB {DISK_FORMAT} image (page-cached), QEMU aio={QEMU_AIO}, tap in a private netns per VMM; "
           "IOPS and frames/s: higher is better, latency: lower is better", header, rows)
+    if not R["qemu_vhost"] and R.get("vhost_note"):
+        print(f"QEMU vhost=on (reference for the net rows): {R['vhost_note']}")
     if R["limits"]:
         rows = []
         for label, key, unit, bound in LIMIT_KEYS:

@@ -29,6 +29,27 @@ public enum FileIO {
         }
     }
 
+    /// Reads one record scattered over `vectors` (readv: a frame from a tap
+    /// straight into guest buffers): nil when none is waiting. A tap returns
+    /// the frame's whole length even when the vectors were too short for it.
+    public static func readRecord(_ fd: Int32, vectors: UnsafeMutableBufferPointer<iovec>) throws -> Int? {
+        guard vectors.count > 0, vectors.count <= 1024 else { throw SystemError("readv", code: EINVAL) }
+        while true {
+            let n = Glibc.readv(fd, vectors.baseAddress, Int32(vectors.count))
+            if n >= 0 { return n }
+            let e = cvmd_errno()
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return nil }
+            throw SystemError("readv", code: e)
+        }
+    }
+
+    /// Writes one record gathered from `vectors` (writev: a frame to a tap).
+    public static func writeRecord(_ fd: Int32, vectors: UnsafeBufferPointer<iovec>) throws {
+        guard vectors.count > 0, vectors.count <= 1024 else { throw SystemError("writev", code: EINVAL) }
+        _ = try sys("writev") { Glibc.writev(fd, vectors.baseAddress, Int32(vectors.count)) }
+    }
+
     /// Writes one record (a frame to a tap) whole.
     public static func writeRecord(_ fd: Int32, _ buffer: UnsafeRawBufferPointer) throws {
         _ = try sys("write") { Glibc.write(fd, buffer.baseAddress, buffer.count) }

@@ -16,6 +16,17 @@
 // is readable. When the guest has no receive buffers it returns false: stop
 // watching the tap until `onInputWanted` fires (the guest added
 // buffers), so frames wait in the kernel instead of being read and dropped.
+//
+// A frame is read with one readv straight into the guest's next receive
+// chain (nothing is read before a chain is taken, and a chain taken when
+// the tap turned out empty waits for the next frame); a last iovec points
+// at `receiveBuffer`, so a frame longer than the chain is seen whole: with
+// mergeable buffers its tail is copied into more buffers, without it is
+// dropped. Used entries are published in batches (every `publishBatch`
+// frames or `publishBytes` bytes, and when the loop stops) and at most
+// `receiveBudget` frames are read per call, so the guest sees frames in
+// groups and the interrupt (judged once per call, EVENT_IDX's used_event
+// honoured) goes out per batch.
 import Glibc
 import Virtio
 import VMDSystem
@@ -50,6 +61,12 @@ public protocol NetworkBackend: AnyObject {
     /// Read one frame into `buffer`; nil when none is waiting.
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> Int?
     func send(_ frame: UnsafeRawBufferPointer) throws
+    /// Read one frame scattered over `vectors`; nil when none is waiting.
+    /// The length returned is the frame's, which exceeds the vectors' total
+    /// when it did not fit (a tap cuts it and reports its whole length).
+    func receive(vectors: UnsafeMutableBufferPointer<iovec>) throws -> Int?
+    /// Send one frame gathered from `vectors` (writev).
+    func send(vectors: UnsafeBufferPointer<iovec>) throws
     /// The backend takes and gives frames with offload work pending (a tap
     /// with vnet headers whose TUNSETOFFLOAD works).
     var offloadCapable: Bool { get }
@@ -60,6 +77,35 @@ public protocol NetworkBackend: AnyObject {
 extension NetworkBackend {
     public var offloadCapable: Bool { false }
     public func setOffloads(_ flags: UInt32) throws {}
+
+    /// Backends without readv (tests, fuzzing): one read into a bounce
+    /// buffer, scattered over the vectors.
+    public func receive(vectors: UnsafeMutableBufferPointer<iovec>) throws -> Int? {
+        let total = vectors.reduce(0) { $0 + $1.iov_len }
+        let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 16)
+        defer { bounce.deallocate() }
+        guard let n = try receive(into: UnsafeMutableRawBufferPointer(rebasing: bounce[0..<total])) else { return nil }
+        var offset = 0
+        for v in vectors where offset < n {
+            let count = min(v.iov_len, n - offset)
+            if let to = v.iov_base, let from = bounce.baseAddress { memcpy(to, from + offset, count) }
+            offset += count
+        }
+        return n
+    }
+
+    /// Backends without writev: the frame gathered into one buffer.
+    public func send(vectors: UnsafeBufferPointer<iovec>) throws {
+        let total = vectors.reduce(0) { $0 + $1.iov_len }
+        let gathered = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 16)
+        defer { gathered.deallocate() }
+        var offset = 0
+        for v in vectors {
+            if let to = gathered.baseAddress, let from = v.iov_base { memcpy(to + offset, from, v.iov_len) }
+            offset += v.iov_len
+        }
+        try send(UnsafeRawBufferPointer(rebasing: gathered[0..<total]))
+    }
 }
 
 public struct NetworkBackendError: Error, CustomStringConvertible {
@@ -111,11 +157,28 @@ public final class TapBackend: NetworkBackend {
         }
     }
 
+    public func receive(vectors: UnsafeMutableBufferPointer<iovec>) throws -> Int? {
+        do {
+            return try FileIO.readRecord(fd, vectors: vectors)
+        } catch let e as SystemError {
+            throw NetworkBackendError(errno: e.code, operation: "tap read")
+        }
+    }
+
     public func send(_ frame: UnsafeRawBufferPointer) throws {
         do {
             try FileIO.writeRecord(fd, frame)
         } catch let e as SystemError {
             // A full tap queue drops the frame, as a wire would.
+            if e.code == EAGAIN || e.code == EWOULDBLOCK || e.code == ENOBUFS { return }
+            throw NetworkBackendError(errno: e.code, operation: "tap write")
+        }
+    }
+
+    public func send(vectors: UnsafeBufferPointer<iovec>) throws {
+        do {
+            try FileIO.writeRecord(fd, vectors: vectors)
+        } catch let e as SystemError {
             if e.code == EAGAIN || e.code == EWOULDBLOCK || e.code == ENOBUFS { return }
             throw NetworkBackendError(errno: e.code, operation: "tap write")
         }
@@ -131,6 +194,18 @@ public final class VioNet: BackendInputDevice {
     /// A GSO frame is at most 64 KiB of IP plus its Ethernet (and VLAN)
     /// header; larger is a guest error.
     public static let maxFrameSize = 65536 + 18
+    /// Frames read per call at most: the event loop then serves the other
+    /// queues, and the receive interrupt goes out at least this often.
+    public static let receiveBudget = 64
+    /// Used entries are published (the used index moved) every this many
+    /// frames, and when the receive loop stops.
+    public static let publishBatch = 16
+    /// ... or every this many bytes: a guest with few large frames in
+    /// flight (64 KiB GSO) gets each back as soon as it is done.
+    public static let publishBytes = 65536
+    /// IOV_MAX: the guest buffers of one chain a frame is read into (the
+    /// rest of a longer chain is left unused), plus `receiveBuffer`.
+    static let maxReceiveVectors = 1024
 
     public let name: String
     public let backend: NetworkBackend
@@ -146,7 +221,8 @@ public final class VioNet: BackendInputDevice {
             | (backend.offloadCapable ? VirtioNetFeature.offloads : 0)
     }
     /// Called when the guest adds receive buffers after `backendReadable()`
-    /// returned false: resume watching the tap.
+    /// returned false and some are left once the waiting frames are in:
+    /// resume watching the tap.
     public var onInputWanted: (() -> Void)?
 
     private weak var host: VirtioDeviceHost?
@@ -154,10 +230,28 @@ public final class VioNet: BackendInputDevice {
     /// in `receiveBuffer` for guest buffers while the guest transmits.
     private let frameBuffer: UnsafeMutableRawBufferPointer
     private let receiveBuffer: UnsafeMutableRawBufferPointer
-    /// The length of a frame read from the tap and not yet in the guest (0: none).
+    /// Mergeable receive: the length of a frame's tail waiting in
+    /// `receiveBuffer` for more guest buffers (0: none).
     private var pendingLength = 0
-    /// Mergeable receive: buffers taken for the pending frame.
-    private var held: [VirtqueueRequest] = []
+    /// Mergeable receive: the buffers of the pending frame; the first holds
+    /// its start (`firstLength` bytes, the header included).
+    private var held: [(head: UInt16, writable: [ChainElement])] = []
+    private var firstLength: UInt32 = 0
+    /// The iovecs of one readv and of one writev (allocated once).
+    private let receiveVectors: UnsafeMutableBufferPointer<iovec>
+    private let transmitVectors: UnsafeMutableBufferPointer<iovec>
+    /// Transmit entries not yet published.
+    private var transmitted: [(head: UInt16, length: UInt32)] = []
+    private var transmitElements: [ChainElement] = []
+    private var transmittedBytes = 0
+    /// The writable buffers of the receive chain taken off the ring and not
+    /// yet filled (storage reused from frame to frame), and its head.
+    private var chain: [ChainElement] = []
+    private var chainHead: UInt16?
+    /// Used receive entries not yet published.
+    private var completed: [(head: UInt16, length: UInt32)] = []
+    private var completedBytes = 0
+    public private(set) var receivePublishes = 0
     /// The negotiated features the tap's offloads were last set for.
     private var appliedFeatures: UInt64?
     /// The guest had no receive buffers at the last look.
@@ -183,11 +277,18 @@ public final class VioNet: BackendInputDevice {
         self.lockedLinkAddress = lockedLinkAddress
         self.frameBuffer = .allocate(byteCount: VioNet.headerSize + VioNet.maxFrameSize, alignment: 16)
         self.receiveBuffer = .allocate(byteCount: VioNet.headerSize + VioNet.maxFrameSize, alignment: 16)
+        self.receiveVectors = .allocate(capacity: VioNet.maxReceiveVectors)
+        self.transmitVectors = .allocate(capacity: VioNet.maxReceiveVectors)
+        transmitted.reserveCapacity(VioNet.publishBatch + 1)
+        chain.reserveCapacity(16)
+        completed.reserveCapacity(VioNet.receiveBudget + 1)
     }
 
     deinit {
         frameBuffer.deallocate()
         receiveBuffer.deallocate()
+        receiveVectors.deallocate()
+        transmitVectors.deallocate()
     }
 
     /// vmd's MAC for an interface without one: fe:e1:bb:dN:xx:xx, where N is
@@ -206,6 +307,9 @@ public final class VioNet: BackendInputDevice {
         receiveStalled = false
         pendingLength = 0
         held = []
+        chainHead = nil
+        chain.removeAll(keepingCapacity: true)
+        completed.removeAll(keepingCapacity: true)
         appliedFeatures = nil
     }
 
@@ -240,12 +344,15 @@ public final class VioNet: BackendInputDevice {
         switch index {
         case VioNet.receiveQueue:
             // New buffers: frames may be waiting in the tap, so read them
-            // now and have the event loop watch the tap again.
-            if tapWatchSuspended {
+            // now; the event loop watches the tap again only when buffers
+            // are left over (when the waiting frames took them all, the
+            // next notify does the same again: no watch added and removed,
+            // no wake-up that finds no buffer).
+            try receiveFrames(queue: queue)
+            if tapWatchSuspended && !receiveStalled {
                 tapWatchSuspended = false
                 onInputWanted?()
             }
-            try receiveFrames(queue: queue)
         case VioNet.transmitQueue:
             try transmitFrames(queue: queue)
         default:
@@ -274,87 +381,156 @@ public final class VioNet: BackendInputDevice {
         let mergeable = features & VirtioNetFeature.mrgRxbuf != 0
         // Without GUEST_CSUM the guest gets no flags and no GSO (spec 5.1.6.4).
         let keepHeader = backend.offloadCapable && features & VirtioNetFeature.guestCsum != 0
-        while true {
-            if pendingLength == 0 {
-                guard try !held.isEmpty || queue.hasAvailable() else {
+        do {
+            try receiveLoop(queue: queue, mergeable: mergeable, keepHeader: keepHeader)
+        } catch {
+            // What was completed before a ring error still goes to the guest.
+            try? publish(queue)
+            throw error
+        }
+        try publish(queue)
+    }
+
+    private func receiveLoop(queue: Virtqueue, mergeable: Bool, keepHeader: Bool) throws {
+        var budget = VioNet.receiveBudget
+        while budget > 0 {
+            if pendingLength > 0 {
+                guard try placeMergeable(queue: queue, keepHeader: keepHeader) else {
                     receiveStalled = true
                     return
                 }
-                let received: Int?
-                do {
-                    received = try backend.receive(into: receiveBuffer)
-                } catch {
-                    logBudget.log("\(name): \(error)")
-                    return
-                }
-                guard let length = received else { return }
-                guard length >= VioNet.headerSize + VioNet.ethernetHeaderSize else {
-                    droppedReceiveFrames += 1
-                    continue
-                }
-                if !keepHeader { memset(receiveBuffer.baseAddress!, 0, VioNet.headerSize) }
-                pendingLength = length
+                continue
             }
-            let length = pendingLength
-            if mergeable {
-                guard try placeMergeable(length: length, queue: queue) else {
+            if chainHead == nil {
+                guard try takeChain(queue) else {
                     receiveStalled = true
                     return
                 }
-            } else {
-                guard let request = try queue.popRequest() else {
-                    receiveStalled = true
-                    return
-                }
-                pendingLength = 0
-                guard request.writableLength >= UInt64(length) else {
-                    // A buffer too small for the frame: give it back empty.
-                    droppedReceiveFrames += 1
-                    try queue.pushUsed(head: request.head, length: 0)
-                    continue
-                }
-                receiveBuffer[10] = 1; receiveBuffer[11] = 0     // num_buffers
-                var cursor = ChainCursor(memory: queue.memory, elements: request.writable)
-                let written = cursor.write(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<length]))
-                try queue.pushUsed(head: request.head, length: UInt32(written))
             }
+            guard let head = chainHead else { return }
             receiveStalled = false
+            // No more of the chain than the largest frame needs (a hostile
+            // chain of 4 GiB descriptors must not make readv fail forever).
+            var count = 0, capacity = 0
+            let wanted = VioNet.headerSize + VioNet.maxFrameSize
+            for element in chain where count < VioNet.maxReceiveVectors - 1 && capacity < wanted {
+                let take = min(Int(element.length), wanted - capacity)
+                // Checked when the chain was walked; looked up again here.
+                guard take > 0, let b = queue.memory.buffer(at: element.address, length: take) else { continue }
+                receiveVectors[count] = iovec(iov_base: b.baseAddress, iov_len: b.count)
+                count += 1
+                capacity += b.count
+            }
+            if mergeable && capacity < VioNet.headerSize {
+                // A first buffer must hold the header (spec 5.1.6.3.1): given back unused.
+                chainHead = nil
+                completed.append((head, 0))
+                continue
+            }
+            receiveVectors[count] = iovec(iov_base: receiveBuffer.baseAddress, iov_len: receiveBuffer.count)
+            let received: Int?
+            do {
+                received = try backend.receive(vectors: UnsafeMutableBufferPointer(rebasing: receiveVectors[0...count]))
+            } catch {
+                logBudget.log("\(name): \(error)")
+                return
+            }
+            // The tap is empty: the chain waits here for the next frame.
+            guard let length = received else { return }
+            budget -= 1
+            guard length >= VioNet.headerSize + VioNet.ethernetHeaderSize else {
+                droppedReceiveFrames += 1      // a runt; the chain is used for the next frame
+                continue
+            }
+            chainHead = nil
+            if length <= capacity {
+                finishHeader(chain, numBuffers: 1, keepHeader: keepHeader, memory: queue.memory)
+                completed.append((head, UInt32(length)))
+            } else if !mergeable || length - capacity > receiveBuffer.count {
+                // Too big for the guest's buffer (or cut): dropped, the buffer given back empty.
+                droppedReceiveFrames += 1
+                completed.append((head, 0))
+            } else {
+                // The start is in the guest's first buffer, the tail in receiveBuffer.
+                held = [(head, chain)]
+                firstLength = UInt32(capacity)
+                pendingLength = length - capacity
+            }
+            completedBytes += length
+            if completed.count >= VioNet.publishBatch || completedBytes >= VioNet.publishBytes { try publish(queue) }
         }
     }
 
-    /// Spreads the pending frame over as many buffers as it needs and
-    /// returns them together; false when the guest has not enough yet (the
-    /// frame and the buffers taken wait for more).
-    private func placeMergeable(length: Int, queue: Virtqueue) throws -> Bool {
-        var capacity = held.reduce(UInt64(0)) { $0 + $1.writableLength }
-        while capacity < UInt64(length) {
+    /// Takes the next receive chain off the ring into `chain`/`chainHead`;
+    /// false when the guest has none (with EVENT_IDX, avail_event is then
+    /// set so that the guest's next buffer notifies us).
+    private func takeChain(_ queue: Virtqueue) throws -> Bool {
+        guard var walk = try queue.popChain() else { return false }
+        chain.removeAll(keepingCapacity: true)
+        while let element = try walk.next() {
+            if element.isDeviceWritable { chain.append(element) }
+        }
+        chainHead = walk.head
+        return true
+    }
+
+    /// Moves the used entries completed so far to the guest, the used index once.
+    private func publish(_ queue: Virtqueue) throws {
+        completedBytes = 0
+        guard !completed.isEmpty else { return }
+        defer { completed.removeAll(keepingCapacity: true) }
+        receivePublishes += 1
+        try queue.pushUsed(completed)
+    }
+
+    /// The header at the start of a frame's first buffer: the flags and GSO
+    /// fields cleared unless the guest takes them, num_buffers set.
+    private func finishHeader(_ elements: [ChainElement], numBuffers: UInt16, keepHeader: Bool, memory: GuestMemory) {
+        var header: (UInt64, UInt32) = (0, (UInt32(numBuffers) << 16).littleEndian)
+        withUnsafeBytes(of: &header) { raw in
+            let bytes = UnsafeRawBufferPointer(rebasing: raw[0..<VioNet.headerSize])
+            var cursor = ChainCursor(memory: memory, elements: elements)
+            if keepHeader {
+                cursor.skip(10)
+                cursor.write(UnsafeRawBufferPointer(rebasing: bytes[10..<12]))
+            } else {
+                cursor.write(bytes)
+            }
+        }
+    }
+
+    /// Spreads the pending frame's tail over as many buffers as it needs and
+    /// returns them with the first together; false when the guest has not
+    /// enough yet (the frame and the buffers taken wait for more).
+    private func placeMergeable(queue: Virtqueue, keepHeader: Bool) throws -> Bool {
+        var capacity = held.dropFirst().reduce(UInt64(0)) { $0 + $1.writable.reduce(0) { $0 + UInt64($1.length) } }
+        while capacity < UInt64(pendingLength) {
             guard held.count < Int(queue.size) else {
                 // More than the whole ring holds: the frame cannot fit.
                 droppedReceiveFrames += 1
-                try queue.pushUsed(held.map { (head: $0.head, length: UInt32(0)) })
+                completed += held.map { (head: $0.head, length: UInt32(0)) }
                 held = []
                 pendingLength = 0
                 return true
             }
             guard let request = try queue.popRequest() else { return false }
             if request.writableLength == 0 {
-                try queue.pushUsed(head: request.head, length: 0)
+                completed.append((request.head, 0))
                 continue
             }
-            held.append(request)
+            held.append((request.head, request.writable))
             capacity += request.writableLength
         }
-        let count = UInt16(held.count)
-        receiveBuffer[10] = UInt8(count & 0xff); receiveBuffer[11] = UInt8(count >> 8)
+        var entries: [(head: UInt16, length: UInt32)] = [(held[0].head, firstLength)]
         var offset = 0
-        var used: [(head: UInt16, length: UInt32)] = []
-        for request in held {
+        for request in held.dropFirst() {
             var cursor = ChainCursor(memory: queue.memory, elements: request.writable)
-            let n = offset < length ? cursor.write(UnsafeRawBufferPointer(rebasing: receiveBuffer[offset..<length])) : 0
-            used.append((request.head, UInt32(n)))
+            let n = offset < pendingLength ? cursor.write(UnsafeRawBufferPointer(rebasing: receiveBuffer[offset..<pendingLength])) : 0
+            entries.append((request.head, UInt32(n)))
             offset += n
         }
-        try queue.pushUsed(used)
+        finishHeader(held[0].writable, numBuffers: UInt16(held.count), keepHeader: keepHeader, memory: queue.memory)
+        completed += entries
         held = []
         pendingLength = 0
         return true
@@ -384,36 +560,79 @@ public final class VioNet: BackendInputDevice {
     /// client asks again).
     private func deliver(_ frame: [UInt8]) {
         host?.withQueue(VioNet.receiveQueue) { queue in
-            guard let request = try queue.popRequest() else {
+            // The chain the receive loop took and is waiting with, else the next.
+            if chainHead == nil { _ = try takeChain(queue) }
+            guard let head = chainHead else {
                 droppedReceiveFrames += 1
                 return
             }
+            chainHead = nil
             var header = [UInt8](repeating: 0, count: VioNet.headerSize)
             header[10] = 1
             let whole = header + frame
-            guard request.writableLength >= UInt64(whole.count) else {
+            guard chain.reduce(UInt64(0), { $0 + UInt64($1.length) }) >= UInt64(whole.count) else {
                 droppedReceiveFrames += 1
-                try queue.pushUsed(head: request.head, length: 0)
+                try queue.pushUsed(head: head, length: 0)
                 return
             }
-            var cursor = ChainCursor(memory: queue.memory, elements: request.writable)
+            var cursor = ChainCursor(memory: queue.memory, elements: chain)
             let written = whole.withUnsafeBytes { cursor.write($0) }
-            try queue.pushUsed(head: request.head, length: UInt32(written))
+            try queue.pushUsed(head: head, length: UInt32(written))
             dhcpReplies += 1
         }
     }
 
+    /// Whether transmitted frames are looked at whole (the DHCP server of a
+    /// `local interface`): they are then copied out of the guest first.
+    /// Frame hooks added next to the DHCP one belong here too.
+    private var inspectsFrames: Bool { local != nil }
+
+    /// Frames from the guest to the tap. vionet copies out of the guest what
+    /// it checks and sends (the header, the Ethernet header: the guest
+    /// cannot change them after the check); the rest goes to the tap with
+    /// writev straight from the guest's buffers, unless a frame hook needs
+    /// the whole frame. Used entries are published in batches, each only
+    /// after its frames were written.
     private func transmitFrames(queue: Virtqueue) throws {
-        while let request = try queue.popRequest() {
-            defer { _ = try? queue.pushUsed(head: request.head, length: 0) }
-            let length = request.readableLength
+        defer {
+            if !transmitted.isEmpty {
+                _ = try? queue.pushUsed(transmitted)
+                transmitted.removeAll(keepingCapacity: true)
+            }
+            transmittedBytes = 0
+        }
+        while true {
+            if transmitted.count >= VioNet.publishBatch || transmittedBytes >= VioNet.publishBytes {
+                try queue.pushUsed(transmitted)
+                transmitted.removeAll(keepingCapacity: true)
+                transmittedBytes = 0
+            }
+            guard var walk = try queue.popChain() else { return }
+            var length: UInt64 = 0
+            defer {
+                transmitted.append((walk.head, 0))
+                transmittedBytes += Int(min(length, UInt64(Int32.max)))
+            }
+            // The readable buffers (storage reused from frame to frame).
+            transmitElements.removeAll(keepingCapacity: true)
+            while let element = try walk.next() {
+                if element.isDeviceWritable { continue }
+                transmitElements.append(element)
+                length += UInt64(element.length)
+            }
             guard length >= UInt64(VioNet.headerSize + VioNet.ethernetHeaderSize),
                   length <= UInt64(VioNet.headerSize + VioNet.maxFrameSize) else {
                 droppedTransmitFrames += 1
                 continue
             }
-            var cursor = ChainCursor(memory: queue.memory, elements: request.readable)
-            let frameLength = cursor.read(into: UnsafeMutableRawBufferPointer(rebasing: frameBuffer[0..<Int(length)]))
+            let frameLength = Int(length)
+            let whole = inspectsFrames || transmitElements.count >= VioNet.maxReceiveVectors
+            let copied = whole ? frameLength : VioNet.headerSize + VioNet.ethernetHeaderSize
+            var cursor = ChainCursor(memory: queue.memory, elements: transmitElements)
+            guard cursor.read(into: UnsafeMutableRawBufferPointer(rebasing: frameBuffer[0..<copied])) == copied else {
+                droppedTransmitFrames += 1      // cannot happen: the chain was checked
+                continue
+            }
             // The guest's header goes to the tap only when offloads were
             // negotiated, and only asking for what was; otherwise nothing of
             // it is taken.
@@ -449,7 +668,17 @@ public final class VioNet: BackendInputDevice {
                 }
             }
             do {
-                try backend.send(UnsafeRawBufferPointer(rebasing: frameBuffer[0..<frameLength]))
+                if whole {
+                    try backend.send(UnsafeRawBufferPointer(rebasing: frameBuffer[0..<frameLength]))
+                } else {
+                    transmitVectors[0] = iovec(iov_base: frameBuffer.baseAddress, iov_len: copied)
+                    var count = 1
+                    while count < transmitVectors.count, let segment = cursor.nextSegment() {
+                        transmitVectors[count] = iovec(iov_base: segment.baseAddress, iov_len: segment.count)
+                        count += 1
+                    }
+                    try backend.send(vectors: UnsafeBufferPointer(rebasing: transmitVectors[0..<count]))
+                }
             } catch {
                 logBudget.log("\(name): \(error)")
             }

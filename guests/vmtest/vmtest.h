@@ -108,6 +108,9 @@ extern struct options opt;
 /* ---- dhcp.c: a small DHCP client on vionet0 (net.c sends and polls) ---- */
 bool net_send_frame(const u8 *frame, u32 len);
 void net_rx_bench(void);                         /* net.c: bench net_rx_1500 */
+struct vdev;
+struct vdev *net_tx_idle_device(u8 *our_mac);    /* net.c: for netgso.c */
+void net_gso_bench(void);                        /* netgso.c: bench net_tx_gso64k */
 void net_poll(void);
 bool dhcp_rx(const u8 *frame, u32 len);          /* true: the frame was a DHCP reply for us */
 bool dhcp_configure(const u8 *mac);              /* fills opt.ip/gw/netmask; reports the "dhcp" check */
