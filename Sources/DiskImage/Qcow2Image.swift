@@ -3,11 +3,22 @@
 // write, zero clusters (v3), compressed clusters (read; a write moves the
 // cluster to a fresh one), a backing disk for unallocated clusters.
 //
-// Crash consistency: a newly allocated cluster is counted in its refcount
-// block and written, then (after a barrier) linked into its L2 table; a new
-// L2 table is written before (after a barrier) its L1 entry. A crash at any
-// point leaves at worst leaked clusters, which `qemu-img check` accepts.
-// Freeing runs the other way: unlink, barrier, then the refcount drops.
+// Crash consistency. Every link (L2 or L1 entry) is written into the file
+// before the write it belongs to completes, so a killed and restarted
+// process (which rereads the metadata) finds every completed write. For a
+// power loss the order of what reaches the disk matters:
+// - clusters are reserved ahead, in batches that grow to `reserveLimit`:
+//   counted in their refcount blocks (and the file extended over them),
+//   then one barrier (fdatasync) for the whole batch. Allocating a cluster
+//   of the batch then needs no barrier: data, then its L2 entry, done;
+// - a cluster whose old content a crash must not lose (copied from the
+//   base, a compressed cluster, a preallocated one) is made durable (a
+//   barrier) before its link: else the link could land without the data;
+// - a new L2 table is written, then (after a barrier) its L1 entry;
+// - freeing runs the other way: unlink, barrier, then the refcount drops.
+// A crash at any point leaves at worst leaked clusters (reservations not
+// used yet), which `qemu-img check` accepts; `close()` gives unused ones
+// back. A FLUSH (fdatasync) makes every completed write and its links durable.
 // The image metadata is hostile input: every offset is checked against the
 // file and the metadata areas, and bad metadata is an error, never a trap.
 
@@ -36,6 +47,20 @@ public final class Qcow2Image: VirtualDisk {
     var nextFreeCluster: UInt64 = 0
     var compressedCache: (offset: UInt64, data: [UInt8])?
     var hasUnflushedWrites = true
+    /// Clusters counted (refcount 1, durable) and not used yet, ascending;
+    /// `allocateCluster` takes them from `reservedNext` on.
+    var reserved: [UInt64] = []
+    var reservedNext = 0
+    /// Clusters the next reservation counts (doubles up to `reserveLimit`).
+    var reserveBatch: UInt64 = 1
+    var reserveLimit: UInt64
+    /// A refcount change not yet written: block offset, changed bytes.
+    var pendingRefcounts: (block: UInt64, bytes: Range<Int>)?
+    /// Reservations start at this many bytes and grow to `maxReserveBytes`.
+    static let firstReserveBytes: UInt64 = 1 << 20
+    static let maxReserveBytes: UInt64 = 32 << 20
+    /// Unused reserved clusters (leaked if the process dies now).
+    public var reservedClusters: Int { reserved.count - reservedNext }
 
     static let l1OffsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
     static let l1ReservedMask: UInt64 = 0x7f00_0000_0000_01ff
@@ -66,6 +91,8 @@ public final class Qcow2Image: VirtualDisk {
         l2Entries = header.l2Entries
         refcountEntries = clusterSize * 8 / header.refcountBits
         cacheLimit = max(16, Int((32 << 20) / clusterSize))
+        reserveBatch = max(1, Self.firstReserveBytes / clusterSize)
+        reserveLimit = max(reserveBatch, Self.maxReserveBytes / clusterSize)
         if header.backingFile != nil && backing == nil && requireBacking {
             throw DiskImageError.invalid("backing file \(header.backingFile!) was not opened")
         }
@@ -167,7 +194,8 @@ public final class Qcow2Image: VirtualDisk {
 
     func decode(_ entry: UInt64, l1Index: Int, l2Index: Int) throws -> Mapping {
         let cs = clusterSize
-        let where_ = "L2 entry \(l2Index) of L1 entry \(l1Index)"
+        // Only an error spells out where (this runs for every cluster looked up).
+        var where_: String { "L2 entry \(l2Index) of L1 entry \(l1Index)" }
         if entry & Self.compressedFlag != 0 {
             let x = 62 - (clusterBits - 8)
             let offset = entry & ((1 << x) - 1)
@@ -347,16 +375,34 @@ public final class Qcow2Image: VirtualDisk {
         return Self.entry(try refBlock(at: refcountTable[Int(t)]), cluster % refcountEntries, order: header.refcountOrder)
     }
 
-    func setRefcount(_ cluster: UInt64, _ value: UInt64) throws {
+    /// Sets a refcount; with `deferred`, the change is written with the
+    /// next ones of the same block (`writePendingRefcounts`).
+    func setRefcount(_ cluster: UInt64, _ value: UInt64, deferred: Bool = false) throws {
         let t = cluster / refcountEntries
         guard t < UInt64(refcountTable.count), refcountTable[Int(t)] != 0 else {
             throw DiskImageError.invalid("cluster \(cluster) has no refcount block")
         }
         let offset = refcountTable[Int(t)]
+        if let p = pendingRefcounts, p.block != offset { try writePendingRefcounts() }
         var block = try refBlock(at: offset)
         let changed = Self.setEntry(&block, cluster % refcountEntries, value, order: header.refcountOrder)
-        try file.write(Array(block[changed]), at: offset + UInt64(changed.lowerBound))
         refBlockCache[offset] = block
+        if deferred {
+            let bytes = pendingRefcounts.map { min($0.bytes.lowerBound, changed.lowerBound)..<max($0.bytes.upperBound, changed.upperBound) } ?? changed
+            pendingRefcounts = (offset, bytes)
+        } else {
+            try file.write(Array(block[changed]), at: offset + UInt64(changed.lowerBound))
+        }
+    }
+
+    /// Writes the deferred refcount changes (one block's, see `setRefcount`).
+    func writePendingRefcounts() throws {
+        guard let p = pendingRefcounts else { return }
+        pendingRefcounts = nil
+        guard let block = refBlockCache[p.block] else {
+            throw DiskImageError.invalid("refcount block at \(p.block) left the cache with changes not written")
+        }
+        try file.write(Array(block[p.bytes]), at: p.block + UInt64(p.bytes.lowerBound))
     }
 
     /// Drops one reference to each cluster touched by [offset, offset+length).
@@ -370,11 +416,57 @@ public final class Qcow2Image: VirtualDisk {
         }
     }
 
+    /// A cluster for new data or an L2 table, from the reservation (its
+    /// refcount already durable: the caller may link it without a barrier).
+    func allocateCluster() throws -> UInt64 {
+        if reservedNext == reserved.count { try reserveClusters() }
+        let c = reserved[reservedNext]
+        reservedNext += 1
+        return c * clusterSize
+    }
+
+    /// Counts the next `reserveBatch` free clusters, extends the file over
+    /// them (a link to one never points past the end) and makes that
+    /// durable with one barrier.
+    func reserveClusters() throws {
+        var list: [UInt64] = []
+        list.reserveCapacity(Int(reserveBatch))
+        while UInt64(list.count) < reserveBatch { list.append(try claimCluster(deferred: true) / clusterSize) }
+        try writePendingRefcounts()
+        // Claims ascend, past every metadata cluster they made.
+        let end = (list[list.count - 1] + 1) * clusterSize
+        if try file.size() < end { try file.write([0], at: end - 1) }
+        fileSize = max(fileSize, end)
+        try file.flush()
+        reserved = list
+        reservedNext = 0
+        reserveBatch = min(reserveBatch * 2, reserveLimit)
+    }
+
+    /// Whether host cluster `cluster` is counted in use (refcount > 0).
+    public func isAllocatedInFile(cluster: UInt64) throws -> Bool { try refcount(cluster) > 0 }
+
+    /// Gives the reserved clusters not used yet back (refcount 0) and
+    /// makes everything durable: call before the image is closed (a
+    /// process that dies instead leaves them leaked, which is consistent).
+    public func close() throws {
+        guard !isReadOnly else { return }
+        if reservedNext < reserved.count {
+            for c in reserved[reservedNext...] { try setRefcount(c, 0, deferred: true) }
+            try writePendingRefcounts()
+            reserved = []
+            reservedNext = 0
+            hasUnflushedWrites = true
+        }
+        try flush()
+    }
+
     /// Finds a free cluster, counts it (refcount 1) and returns its offset.
     /// Allocation is at the end of the file (freed clusters inside it are
     /// not reused), creating refcount blocks and growing the refcount table
-    /// as needed.
-    func allocateCluster() throws -> UInt64 {
+    /// as needed. The count is not durable yet (no barrier); with
+    /// `deferred` it may not even be written yet (`writePendingRefcounts`).
+    func claimCluster(deferred: Bool = false) throws -> UInt64 {
         while true {
             let c = nextFreeCluster
             guard c < Self.maxHostOffset >> clusterBits else {
@@ -382,10 +474,12 @@ public final class Qcow2Image: VirtualDisk {
             }
             let t = c / refcountEntries
             if t >= UInt64(refcountTable.count) {
+                try writePendingRefcounts()
                 try growRefcountTable(from: c)
                 continue
             }
             if refcountTable[Int(t)] == 0 {
+                try writePendingRefcounts()
                 // A new refcount block at c, counting itself.
                 var block = [UInt8](repeating: 0, count: Int(clusterSize))
                 _ = Self.setEntry(&block, c % refcountEntries, 1, order: header.refcountOrder)
@@ -401,11 +495,13 @@ public final class Qcow2Image: VirtualDisk {
                 nextFreeCluster = c + 1
                 continue
             }
+            // The deferred changes first: reading another block may evict theirs.
+            if let p = pendingRefcounts, p.block != refcountTable[Int(t)] { try writePendingRefcounts() }
             if try refcount(c) != 0 {
                 nextFreeCluster = c + 1
                 continue
             }
-            try setRefcount(c, 1)
+            try setRefcount(c, 1, deferred: deferred)
             nextFreeCluster = c + 1
             return c * clusterSize
         }
@@ -512,7 +608,7 @@ public final class Qcow2Image: VirtualDisk {
             guard t < UInt64(refcountTable.count) else {
                 throw DiskImageError.readOnly("image was not closed cleanly and its refcount table is too small to repair here (repair it with qemu-img check -r all)")
             }
-            let block = try allocateCluster()
+            let block = try claimCluster()
             try file.write([UInt8](repeating: 0, count: Int(clusterSize)), at: block)
             fileSize = max(fileSize, block + clusterSize)
             try file.flush()
@@ -571,6 +667,9 @@ public final class Qcow2Image: VirtualDisk {
     /// After a failed update the in-memory tables may be ahead of the file:
     /// reload them from it.
     func resync() {
+        // Reservations stay: their counts are in the file (a failed
+        // reservation never became `reserved`).
+        pendingRefcounts = nil
         l2Cache = [:]
         refBlockCache = [:]
         compressedCache = nil
@@ -600,10 +699,12 @@ public final class Qcow2Image: VirtualDisk {
     }
 
     /// Writes the recorded L2 entries, then (after a barrier) the L1 entries
-    /// of new L2 tables.
-    func commit(_ pending: [PendingL2], newL1: [Int]) throws {
+    /// of new L2 tables. The new clusters are reserved ones (refcounts
+    /// durable): no barrier before the L2 entries unless `barrier` (a new
+    /// cluster holds old data a crash must not lose).
+    func commit(_ pending: [PendingL2], newL1: [Int], barrier: Bool) throws {
         guard !pending.isEmpty || !newL1.isEmpty else { return }
-        try file.flush()
+        if barrier { try file.flush() }
         var entry = [UInt8](repeating: 0, count: 8)
         for update in pending {
             putBE64(&entry, 0, update.entry)
@@ -643,6 +744,7 @@ public final class Qcow2Image: VirtualDisk {
         var pending: [PendingL2] = []
         var newL1: [Int] = []
         var releases: [(UInt64, UInt64)] = []
+        var barrier = false
         var done = 0
         while done < count {
             let pos = offset + UInt64(done)
@@ -664,6 +766,8 @@ public final class Qcow2Image: VirtualDisk {
                 case .unallocated:
                     if let backing {
                         try cluster.withUnsafeMutableBytes { try backing.read(into: $0, at: guestCluster << clusterBits) }
+                        // Base data that must survive a crash with the link.
+                        if cluster.contains(where: { $0 != 0 }) { barrier = true }
                     }
                 case .compressed(let coffset, let sectors):
                     cluster = try decompress(offset: coffset, sectors: sectors)
@@ -671,11 +775,14 @@ public final class Qcow2Image: VirtualDisk {
                     break
                 }
             }
+            // Replacing a compressed cluster: its data must not be lost either.
+            if case .compressed = mapping { barrier = true }
             cluster.withUnsafeMutableBytes { (UnsafeMutableRawBufferPointer(rebasing: $0[Int(inCluster)..<Int(inCluster) + n])).copyMemory(from: data) }
             let table = try l2ForWrite(i, newL1: &newL1)
             let host: UInt64
             if case .data(let preallocated, true) = mapping {
                 host = preallocated    // a preallocated zero cluster: filled in place
+                barrier = true         // its old bytes must not show through the link
             } else {
                 host = try allocateCluster()
             }
@@ -690,7 +797,7 @@ public final class Qcow2Image: VirtualDisk {
             pending.append(PendingL2(table: table, index: j, entry: entry))
             done += n
         }
-        try commit(pending, newL1: newL1)
+        try commit(pending, newL1: newL1, barrier: barrier)
         if !releases.isEmpty {
             try file.flush()
             for (start, length) in releases { try release(offset: start, length: length) }

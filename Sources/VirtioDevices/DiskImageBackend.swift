@@ -45,6 +45,12 @@ public final class DiskImageBackend: AsyncBlockBackend {
         try map { try disk.extents(at: offset, length: length, forWrite: forWrite) }
     }
     public func flush() throws { try map { try disk.flush() } }
+    /// Before the process exits: a qcow2 image gives back the clusters it
+    /// reserved and did not use, and everything is made durable.
+    public func close() throws {
+        guard let image = disk as? Qcow2Image else { return try flush() }
+        try map { try image.close() }
+    }
     public func discard(offset: UInt64, length: UInt64) throws {
         try map { try disk.discard(offset: offset, length: length) }
     }

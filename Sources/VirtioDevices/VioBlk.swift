@@ -299,7 +299,9 @@ extension VioBlk {
                 }
                 backend = try DiskImageBackend(fds: [disk] + bases, formats: formats, readOnly: c.parameters.readOnly)
             }
-            return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
-                          queues: max(1, c.parameters.queueCount), synchronous: synchronous)
+            let blk = VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
+                             queues: max(1, c.parameters.queueCount), synchronous: synchronous)
+            VioBlk.closeAtExit(blk)
+            return blk
         })
 }
