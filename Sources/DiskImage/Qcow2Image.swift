@@ -720,9 +720,8 @@ public final class Qcow2Image: VirtualDisk {
     }
 
     func setCached(_ table: UInt64, _ index: Int, _ entry: UInt64) throws {
-        var l2 = try l2Table(at: table)
-        l2[index] = entry
-        l2Cache[table] = l2
+        if l2Cache[table] == nil { _ = try l2Table(at: table) }
+        l2Cache[table]?[index] = entry    // in place: no copy of the table
     }
 
     public func write(from buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
@@ -759,8 +758,9 @@ public final class Qcow2Image: VirtualDisk {
                 done += n
                 continue
             }
-            // A whole new cluster: what was there, with this write on top.
-            var cluster = [UInt8](repeating: 0, count: Int(cs))
+            // A whole new cluster: what was there, with this write on top
+            // (a write of the whole cluster goes straight from `data`).
+            var cluster = [UInt8](repeating: 0, count: n < Int(cs) ? Int(cs) : 0)
             if n < Int(cs) {
                 switch mapping {
                 case .unallocated:
@@ -777,7 +777,9 @@ public final class Qcow2Image: VirtualDisk {
             }
             // Replacing a compressed cluster: its data must not be lost either.
             if case .compressed = mapping { barrier = true }
-            cluster.withUnsafeMutableBytes { (UnsafeMutableRawBufferPointer(rebasing: $0[Int(inCluster)..<Int(inCluster) + n])).copyMemory(from: data) }
+            if n < Int(cs) {
+                cluster.withUnsafeMutableBytes { (UnsafeMutableRawBufferPointer(rebasing: $0[Int(inCluster)..<Int(inCluster) + n])).copyMemory(from: data) }
+            }
             let table = try l2ForWrite(i, newL1: &newL1)
             let host: UInt64
             if case .data(let preallocated, true) = mapping {
@@ -786,7 +788,7 @@ public final class Qcow2Image: VirtualDisk {
             } else {
                 host = try allocateCluster()
             }
-            try file.write(cluster, at: host)
+            if n < Int(cs) { try file.write(cluster, at: host) } else { try file.write(from: data, at: host) }
             fileSize = max(fileSize, host + cs)
             if case .compressed(let coffset, let sectors) = mapping {
                 releases.append((coffset & ~511, sectors * 512))

@@ -217,6 +217,14 @@ public final class VioBlk: VirtioDevice {
             logBudget.log("\(name): write of \(length) bytes at sector \(sector) is outside the \(backend.capacity)-byte image")
             return VirtioBlockStatus.ioError
         }
+        if backend is DiskImageBackend {
+            // qcow2: one write of the whole request, so a cluster it fills
+            // is allocated whole (nothing copied from the base).
+            var data = [UInt8]()
+            data.reserveCapacity(Int(min(length, UInt64(Int32.max))))
+            while let segment = readable.nextSegment() { data.append(contentsOf: UnsafeRawBufferPointer(segment)) }
+            return perform("write") { try data.withUnsafeBytes { try backend.write(from: $0, at: offset) } }
+        }
         while let segment = readable.nextSegment() {
             let source = UnsafeRawBufferPointer(segment)
             guard perform("write", { try backend.write(from: source, at: offset) }) == VirtioBlockStatus.ok else {

@@ -208,6 +208,18 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
                 // Through the backend: qcow2 allocation and compressed
                 // clusters, serialised here on the device's thread.
                 var at = offset + position
+                if !pending.isRead && iovecs.count > 1 {
+                    // One write of the whole range: a cluster the request
+                    // fills is allocated whole, with nothing copied from the
+                    // base (which would need a barrier before its link).
+                    var data = [UInt8]()
+                    data.reserveCapacity(Int(extent.length))
+                    for v in iovecs { data.append(contentsOf: UnsafeRawBufferPointer(start: v.iov_base, count: v.iov_len)) }
+                    if perform("write", { try data.withUnsafeBytes { try backend.write(from: $0, at: at) } }) != VirtioBlockStatus.ok {
+                        pending.status = VirtioBlockStatus.ioError
+                    }
+                    break
+                }
                 for v in iovecs {
                     let status = pending.isRead
                         ? perform("read") { try backend.read(into: UnsafeMutableRawBufferPointer(start: v.iov_base, count: v.iov_len), at: at) }
