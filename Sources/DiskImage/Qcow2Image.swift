@@ -59,8 +59,21 @@ public final class Qcow2Image: VirtualDisk {
     /// Reservations start at this many bytes and grow to `maxReserveBytes`.
     static let firstReserveBytes: UInt64 = 1 << 20
     static let maxReserveBytes: UInt64 = 32 << 20
+    /// Clusters `mapForWrite` allocated whose data is still being written
+    /// by the caller (host cluster -> what the guest cluster was): reads
+    /// see what was there until the write completes (`fillCompleted`).
+    var filling: [UInt64: Mapping] = [:]
+    /// The next batch, counted before the current one runs out; usable once
+    /// an asynchronous barrier made it durable (`nextDurable`).
+    var nextReserved: [UInt64] = []
+    var nextDurable = false
+    var barrierGeneration = 0
+    /// Starts an fdatasync of the file without waiting and calls the
+    /// closure when it has succeeded (vioblk: on its ring); nil: none, every
+    /// batch is made durable in place.
+    public var asyncBarrier: ((@escaping () -> Void) -> Void)?
     /// Unused reserved clusters (leaked if the process dies now).
-    public var reservedClusters: Int { reserved.count - reservedNext }
+    public var reservedClusters: Int { reserved.count - reservedNext + nextReserved.count }
 
     static let l1OffsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
     static let l1ReservedMask: UInt64 = 0x7f00_0000_0000_01ff
@@ -232,6 +245,25 @@ public final class Qcow2Image: VirtualDisk {
         return try decode(try l2Table(at: l2Offset)[j], l1Index: i, l2Index: j)
     }
 
+    /// `lookup`, except that a cluster whose first data is still being
+    /// written reads as what it was before.
+    func lookupForRead(_ guestCluster: UInt64) throws -> Mapping {
+        let mapping = try lookup(guestCluster)
+        if !filling.isEmpty, case .data(let host, false) = mapping, let old = filling[host >> clusterBits] { return old }
+        return mapping
+    }
+
+    /// The caller's write of [hostOffset, +length) (from `mapForWrite`) is
+    /// done, or failed: reads see the file there again.
+    public func fillCompleted(hostOffset: UInt64, length: UInt64) {
+        guard !filling.isEmpty, length > 0 else { return }
+        var c = hostOffset >> clusterBits
+        while c <= (hostOffset + length - 1) >> clusterBits { filling[c] = nil; c += 1 }
+    }
+
+    /// Every write of the caller is done (or dropped).
+    public func allFillsCompleted() { filling = [:] }
+
     func decompress(offset: UInt64, sectors: UInt64) throws -> [UInt8] {
         if let cached = compressedCache, cached.offset == offset { return cached.data }
         // As QEMU: the stored size counts 512-byte sectors from the sector
@@ -264,7 +296,7 @@ public final class Qcow2Image: VirtualDisk {
             let inCluster = pos & (cs - 1)
             let n = Int(min(cs - inCluster, UInt64(remaining), header.size - pos))
             let part = UnsafeMutableRawBufferPointer(start: base + done, count: n)
-            switch try lookup(pos >> clusterBits) {
+            switch try lookupForRead(pos >> clusterBits) {
             case .unallocated:
                 if let backing { try backing.read(into: part, at: pos) } else { part.initializeMemory(as: UInt8.self, repeating: 0) }
             case .zero, .data(_, true):
@@ -299,7 +331,8 @@ public final class Qcow2Image: VirtualDisk {
             }
             let inCluster = pos & (cs - 1)
             let n = min(cs - inCluster, length - done, header.size - pos)
-            let mapping = try lookup(pos >> clusterBits)
+            let mapping = forWrite ? try lookup(pos >> clusterBits) : try lookupForRead(pos >> clusterBits)
+            if forWrite, !filling.isEmpty, case .data(let host, false) = mapping { filling[host >> clusterBits] = nil }
             switch mapping {
             case .data(let host, false):
                 if let fd = file.descriptor {
@@ -419,16 +452,42 @@ public final class Qcow2Image: VirtualDisk {
     /// A cluster for new data or an L2 table, from the reservation (its
     /// refcount already durable: the caller may link it without a barrier).
     func allocateCluster() throws -> UInt64 {
-        if reservedNext == reserved.count { try reserveClusters() }
+        if reservedNext == reserved.count {
+            if !nextReserved.isEmpty {
+                // Counted ahead: durable already, or made so here.
+                if !nextDurable { try file.flush() }
+                reserved = nextReserved
+                reservedNext = 0
+                nextReserved = []
+                nextDurable = false
+                barrierGeneration += 1
+            } else {
+                let list = try countClusters()
+                try file.flush()
+                reserved = list
+                reservedNext = 0
+            }
+        }
         let c = reserved[reservedNext]
         reservedNext += 1
+        if let start = asyncBarrier, nextReserved.isEmpty, reservedNext * 2 >= reserved.count {
+            // Half used: count the next batch now, and make it durable in
+            // the background while this one lasts.
+            nextReserved = try countClusters()
+            nextDurable = false
+            let generation = barrierGeneration
+            start { [weak self] in
+                guard let self, self.barrierGeneration == generation else { return }
+                self.nextDurable = true
+            }
+        }
         return c * clusterSize
     }
 
-    /// Counts the next `reserveBatch` free clusters, extends the file over
-    /// them (a link to one never points past the end) and makes that
-    /// durable with one barrier.
-    func reserveClusters() throws {
+    /// Counts the next `reserveBatch` free clusters and extends the file
+    /// over them (a link to one never points past the end); the caller
+    /// makes that durable (a barrier) before linking any of them.
+    func countClusters() throws -> [UInt64] {
         var list: [UInt64] = []
         list.reserveCapacity(Int(reserveBatch))
         while UInt64(list.count) < reserveBatch { list.append(try claimCluster(deferred: true) / clusterSize) }
@@ -437,10 +496,8 @@ public final class Qcow2Image: VirtualDisk {
         let end = (list[list.count - 1] + 1) * clusterSize
         if try file.size() < end { try file.write([0], at: end - 1) }
         fileSize = max(fileSize, end)
-        try file.flush()
-        reserved = list
-        reservedNext = 0
         reserveBatch = min(reserveBatch * 2, reserveLimit)
+        return list
     }
 
     /// Whether host cluster `cluster` is counted in use (refcount > 0).
@@ -451,11 +508,13 @@ public final class Qcow2Image: VirtualDisk {
     /// process that dies instead leaves them leaked, which is consistent).
     public func close() throws {
         guard !isReadOnly else { return }
-        if reservedNext < reserved.count {
-            for c in reserved[reservedNext...] { try setRefcount(c, 0, deferred: true) }
+        if reservedNext < reserved.count || !nextReserved.isEmpty {
+            for c in reserved[reservedNext...] + nextReserved { try setRefcount(c, 0, deferred: true) }
             try writePendingRefcounts()
             reserved = []
             reservedNext = 0
+            nextReserved = []
+            barrierGeneration += 1
             hasUnflushedWrites = true
         }
         try flush()
@@ -670,6 +729,7 @@ public final class Qcow2Image: VirtualDisk {
         // Reservations stay: their counts are in the file (a failed
         // reservation never became `reserved`).
         pendingRefcounts = nil
+        filling = [:]
         l2Cache = [:]
         refBlockCache = [:]
         compressedCache = nil
@@ -754,6 +814,7 @@ public final class Qcow2Image: VirtualDisk {
             let (i, j) = split(guestCluster)
             let mapping = try lookup(guestCluster)
             if case .data(let host, false) = mapping {
+                if !filling.isEmpty { filling[host >> clusterBits] = nil }
                 try file.write(from: data, at: host + inCluster)
                 done += n
                 continue
@@ -806,6 +867,62 @@ public final class Qcow2Image: VirtualDisk {
         }
     }
 
+    /// Where a write of [offset, offset+length) goes, for a caller that
+    /// moves the data itself (asynchronous I/O), allocating what can be:
+    /// clusters already allocated and clusters the write fills whole (new
+    /// ones are allocated and linked here, before the data is written: the
+    /// link lands in the file before the write completes, and a crash
+    /// before the data is durable reads zeroes there, as for any write
+    /// not flushed) are file ranges; the rest (partial clusters that
+    /// need what was there, compressed ones) is `.synchronous`, for `write`.
+    public func mapForWrite(at offset: UInt64, length: UInt64) throws -> [DiskExtent] {
+        try checkWritable()
+        try checkRange(offset, length)
+        guard let fd = file.descriptor else { return [.synchronous(length: length)] }
+        hasUnflushedWrites = true
+        let cs = clusterSize
+        var list: [DiskExtent] = []
+        var pending: [PendingL2] = []
+        var newL1: [Int] = []
+        do {
+            var done: UInt64 = 0
+            while done < length {
+                let pos = offset + done
+                let inCluster = pos & (cs - 1)
+                let n = min(cs - inCluster, length - done)
+                let guestCluster = pos >> clusterBits
+                let mapping = try lookup(guestCluster)
+                switch mapping {
+                case .data(let host, false):
+                    // A write into a cluster still being filled: reads see
+                    // the file from now on (both writes are the guest's).
+                    if !filling.isEmpty { filling[host >> clusterBits] = nil }
+                    DiskExtent.append(.file(fd: fd, offset: host + inCluster, length: n), to: &list)
+                case .unallocated, .zero:
+                    guard n == cs else { fallthrough }
+                    let (i, j) = split(guestCluster)
+                    let table = try l2ForWrite(i, newL1: &newL1)
+                    let host = try allocateCluster()
+                    fileSize = max(fileSize, host + cs)
+                    let entry = host | Self.copiedFlag
+                    try setCached(table, j, entry)
+                    pending.append(PendingL2(table: table, index: j, entry: entry))
+                    filling[host >> clusterBits] = mapping
+                    DiskExtent.append(.file(fd: fd, offset: host, length: n), to: &list)
+                default:
+                    DiskExtent.append(.synchronous(length: n), to: &list)
+                }
+                done += n
+            }
+            try commit(pending, newL1: newL1, barrier: false)
+        } catch let error as DiskImageError {
+            if case .invalid = error { markCorrupt() }
+            resync()
+            throw error
+        }
+        return list
+    }
+
     public func flush() throws {
         guard !isReadOnly else { return }
         guard hasUnflushedWrites else { return }
@@ -835,7 +952,9 @@ public final class Qcow2Image: VirtualDisk {
             }
             let mapping = try decode(try l2Table(at: table)[j], l1Index: i, l2Index: j)
             switch mapping {
-            case .data(let host, _): releases.append((host, cs))
+            case .data(let host, _):
+                filling[host >> clusterBits] = nil
+                releases.append((host, cs))
             case .compressed(let coffset, let sectors): releases.append((coffset & ~511, sectors * 512))
             case .unallocated where newEntry == 0: continue
             case .zero where newEntry != 0: continue

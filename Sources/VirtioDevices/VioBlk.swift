@@ -6,6 +6,7 @@
 // device's one thread, between submissions, so qcow2 metadata updates never
 // race. Data moves between the image and guest memory directly (the
 // guest's buffers are the iovecs), with no bounce buffer.
+import DiskImage
 import Glibc
 import Virtio
 import VMDSystem
@@ -63,6 +64,9 @@ public final class VioBlk: VirtioDevice {
     /// for whatever came before us): a FLUSH with nothing new is answered
     /// at once.
     var unflushed = true
+    /// Asynchronous barriers of a qcow2 image's cluster reservations, by
+    /// operation tag: what to call when the fdatasync has succeeded.
+    var barriers: [UInt64: () -> Void] = [:]
     public var onInputWanted: (() -> Void)?
 
     public init(name: String, backend: BlockBackend, identifier: String, engine: BlockIOEngine? = nil, queues: Int = 1,
@@ -75,6 +79,17 @@ public final class VioBlk: VirtioDevice {
         self.backend = backend
         self.identifier = Array(identifier.utf8.prefix(VioBlk.idLength))
         self.engine = engine
+        if let engine, !synchronous, !backend.isReadOnly, let disk = backend as? DiskImageBackend,
+           let image = disk.disk as? Qcow2Image, let fd = disk.flushDescriptor {
+            // The next batch of reserved clusters is made durable on the
+            // ring while the current one lasts.
+            image.asyncBarrier = { [weak self] done in
+                guard let self else { return }
+                let tag = self.nextTag
+                self.nextTag &+= 1
+                if engine.syncData(fd: fd, tag: tag) { self.barriers[tag] = done }
+            }
+        }
     }
 
     public var deviceFeatures: UInt64 {

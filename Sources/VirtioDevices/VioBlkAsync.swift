@@ -193,14 +193,18 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
                    engine.writeIfNonBlocking(fd: fd, iovecs: iovecs, offset: hostOffset, length: n) {
                     // Into the page cache without blocking: done (io_uring
                     // would hand a buffered write to a worker thread).
+                    (backend as? DiskImageBackend)?.writeCompleted(hostOffset: hostOffset, length: n)
                 } else if iovecs.count <= BlockIOEngine.maxSegments,
                    engine.transfer(write: !pending.isRead, fd: fd, iovecs: iovecs, offset: hostOffset, tag: tag) {
                     nextTag &+= 1
                     operations[tag] = AsyncOperation(request: pending, kind: pending.isRead ? .read : .write, fd: fd,
                                                      offset: hostOffset, iovecs: iovecs, length: n)
                     pending.outstanding += 1
-                } else if !transferNow(write: !pending.isRead, fd: fd, iovecs: iovecs, offset: hostOffset) {
-                    pending.status = VirtioBlockStatus.ioError
+                } else {
+                    if !transferNow(write: !pending.isRead, fd: fd, iovecs: iovecs, offset: hostOffset) {
+                        pending.status = VirtioBlockStatus.ioError
+                    }
+                    if !pending.isRead { (backend as? DiskImageBackend)?.writeCompleted(hostOffset: hostOffset, length: n) }
                 }
             case .zero:
                 for v in iovecs { memset(v.iov_base, 0, v.iov_len) }
@@ -281,6 +285,10 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
             first = false
             if completions.isEmpty { break }
             for c in completions {
+                if let done = barriers.removeValue(forKey: c.tag) {
+                    if c.result >= 0 { done() }
+                    continue
+                }
                 guard let op = operations.removeValue(forKey: c.tag) else { continue }
                 let r = op.request
                 if c.result < 0 {
@@ -295,7 +303,11 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
                         r.status = VirtioBlockStatus.ioError
                     }
                 }
-                if op.kind == .write { unflushed = true }
+                if op.kind == .write {
+                    unflushed = true
+                    // A cluster being filled reads from the file from now on.
+                    (backend as? DiskImageBackend)?.writeCompleted(hostOffset: op.offset, length: op.length)
+                }
                 r.outstanding -= 1
                 if r.outstanding == 0 {
                     done[r.queue, default: []].append((r.head, finish(r)))
@@ -331,5 +343,7 @@ extension VioBlk: BackendInputDevice, InflightCompleting, DescriptorOwningDevice
         guard let engine else { return }
         while engine.inflight > 0 { _ = engine.reap(wait: true) }
         operations = [:]
+        barriers = [:]
+        (backend as? DiskImageBackend)?.allWritesCompleted()
     }
 }
