@@ -9,8 +9,11 @@
 // power loss the order of what reaches the disk matters:
 // - clusters are reserved ahead, in batches that grow to `reserveLimit`:
 //   counted in their refcount blocks (and the file extended over them),
-//   then one barrier (fdatasync) for the whole batch. Allocating a cluster
-//   of the batch then needs no barrier: data, then its L2 entry, done;
+//   then one barrier (fdatasync) for the whole batch (with `asyncBarrier`,
+//   the next batch's runs in the background while this one lasts).
+//   Allocating a cluster of the batch then needs no barrier: data and L2
+//   entry, done (`mapForWrite`: the link first, the caller writes the data
+//   before completing the request);
 // - a cluster whose old content a crash must not lose (copied from the
 //   base, a compressed cluster, a preallocated one) is made durable (a
 //   barrier) before its link: else the link could land without the data;
