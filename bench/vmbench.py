@@ -188,7 +188,7 @@ def prepare_image(path, megabytes):
     return q
 
 
-def run_ours(vmd, workdir, disk=None, netns=None, timeout=120, scale=100, elf=None, extra=()):
+def run_ours(vmd, workdir, disk=None, netns=None, timeout=120, scale=100, elf=None, extra=(), guest_args=None):
     """One fresh vmd daemon, one VM; returns a dict of timings and the console lines.
 
     The VM is configured `disable`d and started with `vmctl start` once the daemon
@@ -199,7 +199,11 @@ def run_ours(vmd, workdir, disk=None, netns=None, timeout=120, scale=100, elf=No
     sock = os.path.join(workdir, "vmd.sock")
     cmdline = ""
     body = ["    disable", f"    memory {MEMORY_MB}M", f'    boot "{elf or ELF}"'] + [f"    {x}" for x in extra]
-    if disk:
+    if disk and guest_args is not None:
+        # Another guest workload (bench/blk-cold.py): the disk only, no NIC.
+        cmdline = guest_args
+        body += [f'    disk "{disk}"']
+    elif disk:
         cmdline = f"bench bench_scale={scale} " + GUEST_NET
         body += [f'    disk "{disk}"', f'    interface "{OUR_TAP}"']
     body.append(f'    cmdline "{cmdline}"')

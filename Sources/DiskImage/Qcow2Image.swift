@@ -3,11 +3,25 @@
 // write, zero clusters (v3), compressed clusters (read; a write moves the
 // cluster to a fresh one), a backing disk for unallocated clusters.
 //
-// Crash consistency: a newly allocated cluster is counted in its refcount
-// block and written, then (after a barrier) linked into its L2 table; a new
-// L2 table is written before (after a barrier) its L1 entry. A crash at any
-// point leaves at worst leaked clusters, which `qemu-img check` accepts.
-// Freeing runs the other way: unlink, barrier, then the refcount drops.
+// Crash consistency. Every link (L2 or L1 entry) is written into the file
+// before the write it belongs to completes, so a killed and restarted
+// process (which rereads the metadata) finds every completed write. For a
+// power loss the order of what reaches the disk matters:
+// - clusters are reserved ahead, in batches that grow to `reserveLimit`:
+//   counted in their refcount blocks (and the file extended over them),
+//   then one barrier (fdatasync) for the whole batch (with `asyncBarrier`,
+//   the next batch's runs in the background while this one lasts).
+//   Allocating a cluster of the batch then needs no barrier: data and L2
+//   entry, done (`mapForWrite`: the link first, the caller writes the data
+//   before completing the request);
+// - a cluster whose old content a crash must not lose (copied from the
+//   base, a compressed cluster, a preallocated one) is made durable (a
+//   barrier) before its link: else the link could land without the data;
+// - a new L2 table is written, then (after a barrier) its L1 entry;
+// - freeing runs the other way: unlink, barrier, then the refcount drops.
+// A crash at any point leaves at worst leaked clusters (reservations not
+// used yet), which `qemu-img check` accepts; `close()` gives unused ones
+// back. A FLUSH (fdatasync) makes every completed write and its links durable.
 // The image metadata is hostile input: every offset is checked against the
 // file and the metadata areas, and bad metadata is an error, never a trap.
 
@@ -36,6 +50,33 @@ public final class Qcow2Image: VirtualDisk {
     var nextFreeCluster: UInt64 = 0
     var compressedCache: (offset: UInt64, data: [UInt8])?
     var hasUnflushedWrites = true
+    /// Clusters counted (refcount 1, durable) and not used yet, ascending;
+    /// `allocateCluster` takes them from `reservedNext` on.
+    var reserved: [UInt64] = []
+    var reservedNext = 0
+    /// Clusters the next reservation counts (doubles up to `reserveLimit`).
+    var reserveBatch: UInt64 = 1
+    var reserveLimit: UInt64
+    /// A refcount change not yet written: block offset, changed bytes.
+    var pendingRefcounts: (block: UInt64, bytes: Range<Int>)?
+    /// Reservations start at this many bytes and grow to `maxReserveBytes`.
+    static let firstReserveBytes: UInt64 = 1 << 20
+    static let maxReserveBytes: UInt64 = 32 << 20
+    /// Clusters `mapForWrite` allocated whose data is still being written
+    /// by the caller (host cluster -> what the guest cluster was): reads
+    /// see what was there until the write completes (`fillCompleted`).
+    var filling: [UInt64: Mapping] = [:]
+    /// The next batch, counted before the current one runs out; usable once
+    /// an asynchronous barrier made it durable (`nextDurable`).
+    var nextReserved: [UInt64] = []
+    var nextDurable = false
+    var barrierGeneration = 0
+    /// Starts an fdatasync of the file without waiting and calls the
+    /// closure when it has succeeded (vioblk: on its ring); nil: none, every
+    /// batch is made durable in place.
+    public var asyncBarrier: ((@escaping () -> Void) -> Void)?
+    /// Unused reserved clusters (leaked if the process dies now).
+    public var reservedClusters: Int { reserved.count - reservedNext + nextReserved.count }
 
     static let l1OffsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
     static let l1ReservedMask: UInt64 = 0x7f00_0000_0000_01ff
@@ -66,6 +107,8 @@ public final class Qcow2Image: VirtualDisk {
         l2Entries = header.l2Entries
         refcountEntries = clusterSize * 8 / header.refcountBits
         cacheLimit = max(16, Int((32 << 20) / clusterSize))
+        reserveBatch = max(1, Self.firstReserveBytes / clusterSize)
+        reserveLimit = max(reserveBatch, Self.maxReserveBytes / clusterSize)
         if header.backingFile != nil && backing == nil && requireBacking {
             throw DiskImageError.invalid("backing file \(header.backingFile!) was not opened")
         }
@@ -167,7 +210,8 @@ public final class Qcow2Image: VirtualDisk {
 
     func decode(_ entry: UInt64, l1Index: Int, l2Index: Int) throws -> Mapping {
         let cs = clusterSize
-        let where_ = "L2 entry \(l2Index) of L1 entry \(l1Index)"
+        // Only an error spells out where (this runs for every cluster looked up).
+        var where_: String { "L2 entry \(l2Index) of L1 entry \(l1Index)" }
         if entry & Self.compressedFlag != 0 {
             let x = 62 - (clusterBits - 8)
             let offset = entry & ((1 << x) - 1)
@@ -204,6 +248,25 @@ public final class Qcow2Image: VirtualDisk {
         return try decode(try l2Table(at: l2Offset)[j], l1Index: i, l2Index: j)
     }
 
+    /// `lookup`, except that a cluster whose first data is still being
+    /// written reads as what it was before.
+    func lookupForRead(_ guestCluster: UInt64) throws -> Mapping {
+        let mapping = try lookup(guestCluster)
+        if !filling.isEmpty, case .data(let host, false) = mapping, let old = filling[host >> clusterBits] { return old }
+        return mapping
+    }
+
+    /// The caller's write of [hostOffset, +length) (from `mapForWrite`) is
+    /// done, or failed: reads see the file there again.
+    public func fillCompleted(hostOffset: UInt64, length: UInt64) {
+        guard !filling.isEmpty, length > 0 else { return }
+        var c = hostOffset >> clusterBits
+        while c <= (hostOffset + length - 1) >> clusterBits { filling[c] = nil; c += 1 }
+    }
+
+    /// Every write of the caller is done (or dropped).
+    public func allFillsCompleted() { filling = [:] }
+
     func decompress(offset: UInt64, sectors: UInt64) throws -> [UInt8] {
         if let cached = compressedCache, cached.offset == offset { return cached.data }
         // As QEMU: the stored size counts 512-byte sectors from the sector
@@ -236,7 +299,7 @@ public final class Qcow2Image: VirtualDisk {
             let inCluster = pos & (cs - 1)
             let n = Int(min(cs - inCluster, UInt64(remaining), header.size - pos))
             let part = UnsafeMutableRawBufferPointer(start: base + done, count: n)
-            switch try lookup(pos >> clusterBits) {
+            switch try lookupForRead(pos >> clusterBits) {
             case .unallocated:
                 if let backing { try backing.read(into: part, at: pos) } else { part.initializeMemory(as: UInt8.self, repeating: 0) }
             case .zero, .data(_, true):
@@ -271,7 +334,8 @@ public final class Qcow2Image: VirtualDisk {
             }
             let inCluster = pos & (cs - 1)
             let n = min(cs - inCluster, length - done, header.size - pos)
-            let mapping = try lookup(pos >> clusterBits)
+            let mapping = forWrite ? try lookup(pos >> clusterBits) : try lookupForRead(pos >> clusterBits)
+            if forWrite, !filling.isEmpty, case .data(let host, false) = mapping { filling[host >> clusterBits] = nil }
             switch mapping {
             case .data(let host, false):
                 if let fd = file.descriptor {
@@ -347,16 +411,34 @@ public final class Qcow2Image: VirtualDisk {
         return Self.entry(try refBlock(at: refcountTable[Int(t)]), cluster % refcountEntries, order: header.refcountOrder)
     }
 
-    func setRefcount(_ cluster: UInt64, _ value: UInt64) throws {
+    /// Sets a refcount; with `deferred`, the change is written with the
+    /// next ones of the same block (`writePendingRefcounts`).
+    func setRefcount(_ cluster: UInt64, _ value: UInt64, deferred: Bool = false) throws {
         let t = cluster / refcountEntries
         guard t < UInt64(refcountTable.count), refcountTable[Int(t)] != 0 else {
             throw DiskImageError.invalid("cluster \(cluster) has no refcount block")
         }
         let offset = refcountTable[Int(t)]
+        if let p = pendingRefcounts, p.block != offset { try writePendingRefcounts() }
         var block = try refBlock(at: offset)
         let changed = Self.setEntry(&block, cluster % refcountEntries, value, order: header.refcountOrder)
-        try file.write(Array(block[changed]), at: offset + UInt64(changed.lowerBound))
         refBlockCache[offset] = block
+        if deferred {
+            let bytes = pendingRefcounts.map { min($0.bytes.lowerBound, changed.lowerBound)..<max($0.bytes.upperBound, changed.upperBound) } ?? changed
+            pendingRefcounts = (offset, bytes)
+        } else {
+            try file.write(Array(block[changed]), at: offset + UInt64(changed.lowerBound))
+        }
+    }
+
+    /// Writes the deferred refcount changes (one block's, see `setRefcount`).
+    func writePendingRefcounts() throws {
+        guard let p = pendingRefcounts else { return }
+        pendingRefcounts = nil
+        guard let block = refBlockCache[p.block] else {
+            throw DiskImageError.invalid("refcount block at \(p.block) left the cache with changes not written")
+        }
+        try file.write(Array(block[p.bytes]), at: p.block + UInt64(p.bytes.lowerBound))
     }
 
     /// Drops one reference to each cluster touched by [offset, offset+length).
@@ -370,11 +452,83 @@ public final class Qcow2Image: VirtualDisk {
         }
     }
 
+    /// A cluster for new data or an L2 table, from the reservation (its
+    /// refcount already durable: the caller may link it without a barrier).
+    func allocateCluster() throws -> UInt64 {
+        if reservedNext == reserved.count {
+            if !nextReserved.isEmpty {
+                // Counted ahead: durable already, or made so here.
+                if !nextDurable { try file.flush() }
+                reserved = nextReserved
+                reservedNext = 0
+                nextReserved = []
+                nextDurable = false
+                barrierGeneration += 1
+            } else {
+                let list = try countClusters()
+                try file.flush()
+                reserved = list
+                reservedNext = 0
+            }
+        }
+        let c = reserved[reservedNext]
+        reservedNext += 1
+        if let start = asyncBarrier, nextReserved.isEmpty, reservedNext * 2 >= reserved.count {
+            // Half used: count the next batch now, and make it durable in
+            // the background while this one lasts.
+            nextReserved = try countClusters()
+            nextDurable = false
+            let generation = barrierGeneration
+            start { [weak self] in
+                guard let self, self.barrierGeneration == generation else { return }
+                self.nextDurable = true
+            }
+        }
+        return c * clusterSize
+    }
+
+    /// Counts the next `reserveBatch` free clusters and extends the file
+    /// over them (a link to one never points past the end); the caller
+    /// makes that durable (a barrier) before linking any of them.
+    func countClusters() throws -> [UInt64] {
+        var list: [UInt64] = []
+        list.reserveCapacity(Int(reserveBatch))
+        while UInt64(list.count) < reserveBatch { list.append(try claimCluster(deferred: true) / clusterSize) }
+        try writePendingRefcounts()
+        // Claims ascend, past every metadata cluster they made.
+        let end = (list[list.count - 1] + 1) * clusterSize
+        if try file.size() < end { try file.write([0], at: end - 1) }
+        fileSize = max(fileSize, end)
+        reserveBatch = min(reserveBatch * 2, reserveLimit)
+        return list
+    }
+
+    /// Whether host cluster `cluster` is counted in use (refcount > 0).
+    public func isAllocatedInFile(cluster: UInt64) throws -> Bool { try refcount(cluster) > 0 }
+
+    /// Gives the reserved clusters not used yet back (refcount 0) and
+    /// makes everything durable: call before the image is closed (a
+    /// process that dies instead leaves them leaked, which is consistent).
+    public func close() throws {
+        guard !isReadOnly else { return }
+        if reservedNext < reserved.count || !nextReserved.isEmpty {
+            for c in reserved[reservedNext...] + nextReserved { try setRefcount(c, 0, deferred: true) }
+            try writePendingRefcounts()
+            reserved = []
+            reservedNext = 0
+            nextReserved = []
+            barrierGeneration += 1
+            hasUnflushedWrites = true
+        }
+        try flush()
+    }
+
     /// Finds a free cluster, counts it (refcount 1) and returns its offset.
     /// Allocation is at the end of the file (freed clusters inside it are
     /// not reused), creating refcount blocks and growing the refcount table
-    /// as needed.
-    func allocateCluster() throws -> UInt64 {
+    /// as needed. The count is not durable yet (no barrier); with
+    /// `deferred` it may not even be written yet (`writePendingRefcounts`).
+    func claimCluster(deferred: Bool = false) throws -> UInt64 {
         while true {
             let c = nextFreeCluster
             guard c < Self.maxHostOffset >> clusterBits else {
@@ -382,10 +536,12 @@ public final class Qcow2Image: VirtualDisk {
             }
             let t = c / refcountEntries
             if t >= UInt64(refcountTable.count) {
+                try writePendingRefcounts()
                 try growRefcountTable(from: c)
                 continue
             }
             if refcountTable[Int(t)] == 0 {
+                try writePendingRefcounts()
                 // A new refcount block at c, counting itself.
                 var block = [UInt8](repeating: 0, count: Int(clusterSize))
                 _ = Self.setEntry(&block, c % refcountEntries, 1, order: header.refcountOrder)
@@ -401,11 +557,13 @@ public final class Qcow2Image: VirtualDisk {
                 nextFreeCluster = c + 1
                 continue
             }
+            // The deferred changes first: reading another block may evict theirs.
+            if let p = pendingRefcounts, p.block != refcountTable[Int(t)] { try writePendingRefcounts() }
             if try refcount(c) != 0 {
                 nextFreeCluster = c + 1
                 continue
             }
-            try setRefcount(c, 1)
+            try setRefcount(c, 1, deferred: deferred)
             nextFreeCluster = c + 1
             return c * clusterSize
         }
@@ -512,7 +670,7 @@ public final class Qcow2Image: VirtualDisk {
             guard t < UInt64(refcountTable.count) else {
                 throw DiskImageError.readOnly("image was not closed cleanly and its refcount table is too small to repair here (repair it with qemu-img check -r all)")
             }
-            let block = try allocateCluster()
+            let block = try claimCluster()
             try file.write([UInt8](repeating: 0, count: Int(clusterSize)), at: block)
             fileSize = max(fileSize, block + clusterSize)
             try file.flush()
@@ -571,6 +729,10 @@ public final class Qcow2Image: VirtualDisk {
     /// After a failed update the in-memory tables may be ahead of the file:
     /// reload them from it.
     func resync() {
+        // Reservations stay: their counts are in the file (a failed
+        // reservation never became `reserved`).
+        pendingRefcounts = nil
+        filling = [:]
         l2Cache = [:]
         refBlockCache = [:]
         compressedCache = nil
@@ -600,10 +762,12 @@ public final class Qcow2Image: VirtualDisk {
     }
 
     /// Writes the recorded L2 entries, then (after a barrier) the L1 entries
-    /// of new L2 tables.
-    func commit(_ pending: [PendingL2], newL1: [Int]) throws {
+    /// of new L2 tables. The new clusters are reserved ones (refcounts
+    /// durable): no barrier before the L2 entries unless `barrier` (a new
+    /// cluster holds old data a crash must not lose).
+    func commit(_ pending: [PendingL2], newL1: [Int], barrier: Bool) throws {
         guard !pending.isEmpty || !newL1.isEmpty else { return }
-        try file.flush()
+        if barrier { try file.flush() }
         var entry = [UInt8](repeating: 0, count: 8)
         for update in pending {
             putBE64(&entry, 0, update.entry)
@@ -619,9 +783,8 @@ public final class Qcow2Image: VirtualDisk {
     }
 
     func setCached(_ table: UInt64, _ index: Int, _ entry: UInt64) throws {
-        var l2 = try l2Table(at: table)
-        l2[index] = entry
-        l2Cache[table] = l2
+        if l2Cache[table] == nil { _ = try l2Table(at: table) }
+        l2Cache[table]?[index] = entry    // in place: no copy of the table
     }
 
     public func write(from buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
@@ -643,6 +806,7 @@ public final class Qcow2Image: VirtualDisk {
         var pending: [PendingL2] = []
         var newL1: [Int] = []
         var releases: [(UInt64, UInt64)] = []
+        var barrier = false
         var done = 0
         while done < count {
             let pos = offset + UInt64(done)
@@ -653,17 +817,21 @@ public final class Qcow2Image: VirtualDisk {
             let (i, j) = split(guestCluster)
             let mapping = try lookup(guestCluster)
             if case .data(let host, false) = mapping {
+                if !filling.isEmpty { filling[host >> clusterBits] = nil }
                 try file.write(from: data, at: host + inCluster)
                 done += n
                 continue
             }
-            // A whole new cluster: what was there, with this write on top.
-            var cluster = [UInt8](repeating: 0, count: Int(cs))
+            // A whole new cluster: what was there, with this write on top
+            // (a write of the whole cluster goes straight from `data`).
+            var cluster = [UInt8](repeating: 0, count: n < Int(cs) ? Int(cs) : 0)
             if n < Int(cs) {
                 switch mapping {
                 case .unallocated:
                     if let backing {
                         try cluster.withUnsafeMutableBytes { try backing.read(into: $0, at: guestCluster << clusterBits) }
+                        // Base data that must survive a crash with the link.
+                        if cluster.contains(where: { $0 != 0 }) { barrier = true }
                     }
                 case .compressed(let coffset, let sectors):
                     cluster = try decompress(offset: coffset, sectors: sectors)
@@ -671,15 +839,20 @@ public final class Qcow2Image: VirtualDisk {
                     break
                 }
             }
-            cluster.withUnsafeMutableBytes { (UnsafeMutableRawBufferPointer(rebasing: $0[Int(inCluster)..<Int(inCluster) + n])).copyMemory(from: data) }
+            // Replacing a compressed cluster: its data must not be lost either.
+            if case .compressed = mapping { barrier = true }
+            if n < Int(cs) {
+                cluster.withUnsafeMutableBytes { (UnsafeMutableRawBufferPointer(rebasing: $0[Int(inCluster)..<Int(inCluster) + n])).copyMemory(from: data) }
+            }
             let table = try l2ForWrite(i, newL1: &newL1)
             let host: UInt64
             if case .data(let preallocated, true) = mapping {
                 host = preallocated    // a preallocated zero cluster: filled in place
+                barrier = true         // its old bytes must not show through the link
             } else {
                 host = try allocateCluster()
             }
-            try file.write(cluster, at: host)
+            if n < Int(cs) { try file.write(cluster, at: host) } else { try file.write(from: data, at: host) }
             fileSize = max(fileSize, host + cs)
             if case .compressed(let coffset, let sectors) = mapping {
                 releases.append((coffset & ~511, sectors * 512))
@@ -690,11 +863,67 @@ public final class Qcow2Image: VirtualDisk {
             pending.append(PendingL2(table: table, index: j, entry: entry))
             done += n
         }
-        try commit(pending, newL1: newL1)
+        try commit(pending, newL1: newL1, barrier: barrier)
         if !releases.isEmpty {
             try file.flush()
             for (start, length) in releases { try release(offset: start, length: length) }
         }
+    }
+
+    /// Where a write of [offset, offset+length) goes, for a caller that
+    /// moves the data itself (asynchronous I/O), allocating what can be:
+    /// clusters already allocated and clusters the write fills whole (new
+    /// ones are allocated and linked here, before the data is written: the
+    /// link lands in the file before the write completes, and a crash
+    /// before the data is durable reads zeroes there, as for any write
+    /// not flushed) are file ranges; the rest (partial clusters that
+    /// need what was there, compressed ones) is `.synchronous`, for `write`.
+    public func mapForWrite(at offset: UInt64, length: UInt64) throws -> [DiskExtent] {
+        try checkWritable()
+        try checkRange(offset, length)
+        guard let fd = file.descriptor else { return [.synchronous(length: length)] }
+        hasUnflushedWrites = true
+        let cs = clusterSize
+        var list: [DiskExtent] = []
+        var pending: [PendingL2] = []
+        var newL1: [Int] = []
+        do {
+            var done: UInt64 = 0
+            while done < length {
+                let pos = offset + done
+                let inCluster = pos & (cs - 1)
+                let n = min(cs - inCluster, length - done)
+                let guestCluster = pos >> clusterBits
+                let mapping = try lookup(guestCluster)
+                switch mapping {
+                case .data(let host, false):
+                    // A write into a cluster still being filled: reads see
+                    // the file from now on (both writes are the guest's).
+                    if !filling.isEmpty { filling[host >> clusterBits] = nil }
+                    DiskExtent.append(.file(fd: fd, offset: host + inCluster, length: n), to: &list)
+                case .unallocated, .zero:
+                    guard n == cs else { fallthrough }
+                    let (i, j) = split(guestCluster)
+                    let table = try l2ForWrite(i, newL1: &newL1)
+                    let host = try allocateCluster()
+                    fileSize = max(fileSize, host + cs)
+                    let entry = host | Self.copiedFlag
+                    try setCached(table, j, entry)
+                    pending.append(PendingL2(table: table, index: j, entry: entry))
+                    filling[host >> clusterBits] = mapping
+                    DiskExtent.append(.file(fd: fd, offset: host, length: n), to: &list)
+                default:
+                    DiskExtent.append(.synchronous(length: n), to: &list)
+                }
+                done += n
+            }
+            try commit(pending, newL1: newL1, barrier: false)
+        } catch let error as DiskImageError {
+            if case .invalid = error { markCorrupt() }
+            resync()
+            throw error
+        }
+        return list
     }
 
     public func flush() throws {
@@ -726,7 +955,9 @@ public final class Qcow2Image: VirtualDisk {
             }
             let mapping = try decode(try l2Table(at: table)[j], l1Index: i, l2Index: j)
             switch mapping {
-            case .data(let host, _): releases.append((host, cs))
+            case .data(let host, _):
+                filling[host >> clusterBits] = nil
+                releases.append((host, cs))
             case .compressed(let coffset, let sectors): releases.append((coffset & ~511, sectors * 512))
             case .unallocated where newEntry == 0: continue
             case .zero where newEntry != 0: continue

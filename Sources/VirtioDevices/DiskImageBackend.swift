@@ -41,10 +41,27 @@ public final class DiskImageBackend: AsyncBlockBackend {
     public func write(from buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         try map { try disk.write(from: buffer, at: offset) }
     }
+    /// For a write to qcow2, clusters the write fills whole are allocated
+    /// and linked here (Qcow2Image.mapForWrite), so their data goes on the
+    /// ring like any other file range.
     public func extents(at offset: UInt64, length: UInt64, forWrite: Bool) throws -> [DiskExtent] {
-        try map { try disk.extents(at: offset, length: length, forWrite: forWrite) }
+        if forWrite, let image = disk as? Qcow2Image { return try map { try image.mapForWrite(at: offset, length: length) } }
+        return try map { try disk.extents(at: offset, length: length, forWrite: forWrite) }
     }
     public func flush() throws { try map { try disk.flush() } }
+    /// A write of a range `extents` handed out is done (or failed).
+    public func writeCompleted(hostOffset: UInt64, length: UInt64) {
+        (disk as? Qcow2Image)?.fillCompleted(hostOffset: hostOffset, length: length)
+    }
+    /// Every write is done or dropped.
+    public func allWritesCompleted() { (disk as? Qcow2Image)?.allFillsCompleted() }
+
+    /// Before the process exits: a qcow2 image gives back the clusters it
+    /// reserved and did not use, and everything is made durable.
+    public func close() throws {
+        guard let image = disk as? Qcow2Image else { return try flush() }
+        try map { try image.close() }
+    }
     public func discard(offset: UInt64, length: UInt64) throws {
         try map { try disk.discard(offset: offset, length: length) }
     }

@@ -6,6 +6,7 @@
 // device's one thread, between submissions, so qcow2 metadata updates never
 // race. Data moves between the image and guest memory directly (the
 // guest's buffers are the iovecs), with no bounce buffer.
+import DiskImage
 import Glibc
 import Virtio
 import VMDSystem
@@ -63,6 +64,9 @@ public final class VioBlk: VirtioDevice {
     /// for whatever came before us): a FLUSH with nothing new is answered
     /// at once.
     var unflushed = true
+    /// Asynchronous barriers of a qcow2 image's cluster reservations, by
+    /// operation tag: what to call when the fdatasync has succeeded.
+    var barriers: [UInt64: () -> Void] = [:]
     public var onInputWanted: (() -> Void)?
 
     public init(name: String, backend: BlockBackend, identifier: String, engine: BlockIOEngine? = nil, queues: Int = 1,
@@ -75,6 +79,17 @@ public final class VioBlk: VirtioDevice {
         self.backend = backend
         self.identifier = Array(identifier.utf8.prefix(VioBlk.idLength))
         self.engine = engine
+        if let engine, !synchronous, !backend.isReadOnly, let disk = backend as? DiskImageBackend,
+           let image = disk.disk as? Qcow2Image, let fd = disk.flushDescriptor {
+            // The next batch of reserved clusters is made durable on the
+            // ring while the current one lasts.
+            image.asyncBarrier = { [weak self] done in
+                guard let self else { return }
+                let tag = self.nextTag
+                self.nextTag &+= 1
+                if engine.syncData(fd: fd, tag: tag) { self.barriers[tag] = done }
+            }
+        }
     }
 
     public var deviceFeatures: UInt64 {
@@ -217,6 +232,14 @@ public final class VioBlk: VirtioDevice {
             logBudget.log("\(name): write of \(length) bytes at sector \(sector) is outside the \(backend.capacity)-byte image")
             return VirtioBlockStatus.ioError
         }
+        if backend is DiskImageBackend {
+            // qcow2: one write of the whole request, so a cluster it fills
+            // is allocated whole (nothing copied from the base).
+            var data = [UInt8]()
+            data.reserveCapacity(Int(min(length, UInt64(Int32.max))))
+            while let segment = readable.nextSegment() { data.append(contentsOf: UnsafeRawBufferPointer(segment)) }
+            return perform("write") { try data.withUnsafeBytes { try backend.write(from: $0, at: offset) } }
+        }
         while let segment = readable.nextSegment() {
             let source = UnsafeRawBufferPointer(segment)
             guard perform("write", { try backend.write(from: source, at: offset) }) == VirtioBlockStatus.ok else {
@@ -299,7 +322,9 @@ extension VioBlk {
                 }
                 backend = try DiskImageBackend(fds: [disk] + bases, formats: formats, readOnly: c.parameters.readOnly)
             }
-            return VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
-                          queues: max(1, c.parameters.queueCount), synchronous: synchronous)
+            let blk = VioBlk(name: c.name, backend: backend, identifier: c.parameters.identifier, engine: engine,
+                             queues: max(1, c.parameters.queueCount), synchronous: synchronous)
+            VioBlk.closeAtExit(blk)
+            return blk
         })
 }

@@ -146,7 +146,7 @@ extension VMCtl {
                     }
                     offset += UInt64(n)
                 }
-                try target.flush()
+                if let image = target as? Qcow2Image { try image.close() } else { try target.flush() }
             } catch {
                 throw CreateError(message: "failed to write to destination: \(error)")
             }

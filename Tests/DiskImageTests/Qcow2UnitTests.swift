@@ -66,7 +66,7 @@ final class Qcow2UnitTests: XCTestCase {
                 let a = pattern(1, 3000), b = pattern(2, 70_000)
                 try write(image, a, 1000)
                 try write(image, b, 5 << 20)
-                try image.flush()
+                try image.close()
                 let again = try Qcow2Image(file: file, readOnly: true)
                 XCTAssertEqual(try read(again, 1000, a.count), a, "order \(order) bits \(bits)")
                 XCTAssertEqual(try read(again, 5 << 20, b.count), b)
@@ -83,6 +83,7 @@ final class Qcow2UnitTests: XCTestCase {
         let image = try Qcow2Image(file: file, readOnly: false)
         let data = pattern(7, 64 * 1024)
         for k in 0..<96 { try write(image, data, UInt64(k) * 64 * 1024 + 17) }
+        try image.close()
         let again = try Qcow2Image(file: file, readOnly: true)
         XCTAssertGreaterThan(again.header.refcountTableClusters, 1)
         for k in [0, 50, 95] { XCTAssertEqual(try read(again, UInt64(k) * 64 * 1024 + 17, data.count), data) }
@@ -99,6 +100,7 @@ final class Qcow2UnitTests: XCTestCase {
             XCTAssertEqual(try read(image, 0, 256 * 1024), [UInt8](repeating: 0, count: 256 * 1024))
             XCTAssertEqual(try read(image, 300 * 1024, 300 * 1024), [UInt8](repeating: 0, count: 300 * 1024))
             XCTAssertEqual(try read(image, 256 * 1024, 1024), Array(pattern(3, 1 << 20)[(256 * 1024)..<(257 * 1024)]))
+            try image.close()
             try checkRefcounts(file)
         }
     }
@@ -115,6 +117,7 @@ final class Qcow2UnitTests: XCTestCase {
         expected[4097] = 1; expected[4098] = 2; expected[4099] = 3
         XCTAssertEqual(try read(disk, 0, 100_000), expected)
         XCTAssertEqual(base.bytes, pattern(9, 100_000), "the base is never written")
+        try (disk as? Qcow2Image)?.close()
         try checkRefcounts(top)
     }
 

@@ -57,10 +57,17 @@ final class QemuInteropTests: XCTestCase {
             try self.openFile($0, O_RDONLY)
         }
         opened += chain.compactMap { $0.file as? FDImageFile }
-        return try BackingChain.open(chain.map { ($0.file, $0.format) }, readOnly: !writable)
+        let disk = try BackingChain.open(chain.map { ($0.file, $0.format) }, readOnly: !writable)
+        if writable, let image = disk as? Qcow2Image { writableImages.append(image) }
+        return disk
     }
 
+    var writableImages: [Qcow2Image] = []
+
+    /// Closes the images written (unused reserved clusters given back), then the files.
     func closeAll() {
+        for image in writableImages { XCTAssertNoThrow(try image.close()) }
+        writableImages = []
         for file in opened { close(file.fd) }
         opened = []
     }

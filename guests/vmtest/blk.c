@@ -416,6 +416,30 @@ static void sort_u64(u64 *v, u32 n)
         }
 }
 
+/* blkread: only the random-read rows of blk_bench (bench/blk-cold.py: a big
+ * image with the host's page cache dropped, so reads wait for the disk). */
+void blk_read_bench(void)
+{
+    char why[320];
+    u64 iops;
+    if (!blk_ready) {
+        printf("vmtest bench: blk skip no usable device\n");
+        return;
+    }
+    struct vq *q = &blk.vqs[0];
+    vq_no_interrupts(q, true);
+    if (randread(1, bench_ops(4000, opt.bench_scale), &iops, why, sizeof(why)))
+        printf("vmtest bench: blk_randread_qd1 iops=%lu\n", iops);
+    else
+        printf("vmtest bench: blk_randread_qd1 FAIL %s\n", why);
+    int depth = q->size / 3 < QD_MAX ? q->size / 3 : QD_MAX;
+    if (randread(depth, bench_ops(16000, opt.bench_scale), &iops, why, sizeof(why)))
+        printf("vmtest bench: blk_randread_qd%d iops=%lu\n", depth, iops);
+    else
+        printf("vmtest bench: blk_randread_qd%d FAIL %s\n", depth, why);
+    vq_no_interrupts(q, false);
+}
+
 /* One blk_randread_qd1 run (kick_stress=N repeats it). */
 void blk_qd1_bench(void)
 {

@@ -164,6 +164,8 @@ static void parse_options(const char *s)
             opt.novmmci = true;
         } else if (word_is(w, len, "regloop")) {
             opt.regloop = true;
+        } else if (word_is(w, len, "blkread")) {
+            opt.blkread = true;
         } else if (word_is(w, len, "blkfill")) {
             opt.blkfill = true;
         } else if (len > 12 && memcmp(w, "bench_scale=", 12) == 0) {
@@ -281,6 +283,8 @@ void vmtest_main(void)
     }
     if (opt.kick_stress)
         printf("vmtest stress: rounds=%u\n", opt.kick_stress);
+    if (opt.blkread)
+        blk_read_bench();
     if (opt.bench)
         irq_bench(blk, net);
     /* The restart modes (blk_verify, devloop, regloop, blkfill) run while a

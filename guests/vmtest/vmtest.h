@@ -99,6 +99,7 @@ struct options {
     bool slaac;                 /* slaac: IPv6 router solicitation + SLAAC + ping6 (slaac.c) */
     bool bench_rx;              /* bench_rx: after net_tx_1500, net_rx_1500 (the host floods UDP) */
     bool novmmci;               /* novmmci: leave the vmmci device alone (a guest without its driver) */
+    bool blkread;               /* blkread: blk_randread_qd1 and _qd32 only (bench/blk-cold.py) */
     u32 blk_index;              /* blk_index=N: check the N-th virtio-blk device (0 = the first) */
     u32 devloop;                /* devloop=N: rng reads and gateway pings for N seconds (devloop.c) */
     u32 scsi_verify;            /* scsi_verify=N: read and check the CD-ROM for N seconds (scsi.c) */
@@ -269,6 +270,7 @@ u64 read_pvh(char *cmdline, size_t size);
 void blk_check(struct pci_dev *p);
 void blk_bench(void);
 void blk_qd1_bench(void);
+void blk_read_bench(void);
 bool blk_transfer(bool write, u64 sector, u8 *buf, u32 count, char *why, size_t whysz);
 u64 blk_capacity(void);                /* sectors; 0 when the check did not set the device up */
 void blk_verify_run(u32 seconds);      /* verify.c */

@@ -49,7 +49,7 @@ do {
         ops += 1
         if ops == 1 { print("ready"); fflush(stdout) }
     }
-    try disk.flush()
+    if let image = disk as? Qcow2Image { try image.close() } else { try disk.flush() }
 } catch {
     fputs("qcow2-stress: \(path): \(error)\n", stderr)
     exit(1)
