@@ -75,6 +75,13 @@ public enum LocalAddress {
         return true
     }
 
+    /// vmd's parse_prefix4 check: no bit set past the prefix length.
+    public static func hostBitsClear(prefix4: IPPrefix) -> Bool {
+        guard let address = parseIPv4(prefix4.address), (0...32).contains(prefix4.length) else { return false }
+        let mask: UInt32 = prefix4.length == 0 ? 0 : ~UInt32(0) << UInt32(32 - prefix4.length)
+        return address & ~mask == 0
+    }
+
     public static func parseIPv4(_ text: String) -> UInt32? {
         var a = in_addr()
         guard inet_pton(AF_INET, text, &a) == 1 else { return nil }

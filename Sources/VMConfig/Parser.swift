@@ -392,8 +392,17 @@ final class FileParser {
         switch next.kind {
         case .keyword(.prefix):
             let text = try string("an IPv4 prefix after 'local prefix'")
-            guard let prefix = Validate.prefix(text, inet6: false, maxLength: 32) else {
-                error(token, "invalid local prefix: \(text) (expected address/length, like 100.64.0.0/10)")
+            // As vmd's parse_prefix4: the length is 1 to 16 (vmd keeps the low
+            // 16 bits for the VM id and interface index), /16 when omitted, and
+            // bits set past it are "bad mask".
+            guard let prefix = Validate.prefix(text.contains("/") ? text : text + "/16", inet6: false, maxLength: 16),
+                  prefix.length >= 1 else {
+                error(token, "invalid local prefix: \(text) (expected address/length with a length of 1 to 16, "
+                    + "like 100.64.0.0/10)")
+                return "local prefix"
+            }
+            guard LocalAddress.hostBitsClear(prefix4: prefix) else {
+                error(token, "invalid local prefix: \(text): bad mask (bits set past /\(prefix.length))")
                 return "local prefix"
             }
             context.config.localPrefix = prefix

@@ -314,6 +314,12 @@ final class ParserTests: XCTestCase {
         XCTAssertEqual(Validate.formatSize(1000), "1000")
     }
 
+    func testLocalPrefixAsVmdParsesIt() throws {
+        // vmd's parse_prefix4: no length is /16.
+        let config = try config("local prefix 10.7.0.0")
+        XCTAssertEqual(config.localPrefix, IPPrefix(address: "10.7.0.0", length: 16))
+    }
+
     func testPrintedFormParsesBack() throws {
         let text = """
             local prefix 10.0.0.0/8
