@@ -145,17 +145,31 @@ int vmdnl_link_set(const char *name, int up, int64_t group, int master,
 	return talk(h, NULL, NULL);
 }
 
+/* The start of an RTM_NEW* request about link `name` for an IPv4 or IPv6
+ * address: its index in *index, or a negative errno. */
+static struct nlmsghdr *new_address_request(char *buf, const char *name, int family, uint16_t type,
+					    int *index)
+{
+	*index = vmdnl_ifindex(name);
+	if (*index < 0)
+		return NULL;
+	if (family != AF_INET && family != AF_INET6) {
+		*index = -EAFNOSUPPORT;
+		return NULL;
+	}
+	struct nlmsghdr *h = mnl_nlmsg_put_header(buf);
+	h->nlmsg_type = type;
+	h->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+	return h;
+}
+
 int vmdnl_addr_add(const char *name, int family, const uint8_t *addr, int prefixlen)
 {
 	char buf[MNL_SOCKET_BUFFER_SIZE];
-	int index = vmdnl_ifindex(name);
-	if (index < 0)
+	int index;
+	struct nlmsghdr *h = new_address_request(buf, name, family, RTM_NEWADDR, &index);
+	if (h == NULL)
 		return index;
-	if (family != AF_INET && family != AF_INET6)
-		return -EAFNOSUPPORT;
-	struct nlmsghdr *h = mnl_nlmsg_put_header(buf);
-	h->nlmsg_type = RTM_NEWADDR;
-	h->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
 	struct ifaddrmsg *ifa = mnl_nlmsg_put_extra_header(h, sizeof(*ifa));
 	ifa->ifa_family = (unsigned char)family;
 	ifa->ifa_prefixlen = (unsigned char)prefixlen;
@@ -174,14 +188,10 @@ int vmdnl_addr_add(const char *name, int family, const uint8_t *addr, int prefix
 int vmdnl_route_add(const char *name, int family, const uint8_t *dst, int prefixlen, uint32_t table)
 {
 	char buf[MNL_SOCKET_BUFFER_SIZE];
-	int index = vmdnl_ifindex(name);
-	if (index < 0)
+	int index;
+	struct nlmsghdr *h = new_address_request(buf, name, family, RTM_NEWROUTE, &index);
+	if (h == NULL)
 		return index;
-	if (family != AF_INET && family != AF_INET6)
-		return -EAFNOSUPPORT;
-	struct nlmsghdr *h = mnl_nlmsg_put_header(buf);
-	h->nlmsg_type = RTM_NEWROUTE;
-	h->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
 	struct rtmsg *rt = mnl_nlmsg_put_extra_header(h, sizeof(*rt));
 	rt->rtm_family = (unsigned char)family;
 	rt->rtm_dst_len = (unsigned char)prefixlen;

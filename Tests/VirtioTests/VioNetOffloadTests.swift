@@ -24,13 +24,7 @@ final class VioNetOffloadTests: XCTestCase {
 
     override func setUp() {
         virtioLogHook = { _ in }
-        XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &fds), 0)
-        XCTAssertNoThrow(try FD.setNonBlocking(fds[0]))
-        XCTAssertNoThrow(try FD.setNonBlocking(fds[1]))
-        // Room for 64 KiB frames in the socket.
-        var size: Int32 = 1 << 20
-        setsockopt(fds[1], SOL_SOCKET, SO_SNDBUF, &size, 4)
-        setsockopt(fds[0], SOL_SOCKET, SO_RCVBUF, &size, 4)
+        fds = makeFramePipe()
     }
 
     override func tearDown() { close(fds[0]); close(fds[1]) }
