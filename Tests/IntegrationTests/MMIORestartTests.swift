@@ -63,23 +63,7 @@ final class MMIORestartTests: XCTestCase {
         XCTAssertTrue(log.contains("failed=0"), log)
         XCTAssertFalse(log.contains("FAIL"), log)
         XCTAssertFalse(log.contains("needs reset"), log)
-        // The image holds what the guest last wrote, sector by sector.
-        let line = try XCTUnwrap(log.split(separator: "\n").first { $0.contains("vmtest: verify ok") })
-        func field(_ name: String) -> UInt64? {
-            line.split(separator: " ").first { $0.hasPrefix(name + "=") }.flatMap { UInt64($0.dropFirst(name.count + 1)) }
-        }
-        let passes = try XCTUnwrap(field("passes")), stop = try XCTUnwrap(field("stop_sector"))
-        XCTAssertGreaterThanOrEqual(passes, 1, String(line))
-        let image = try Data(contentsOf: URL(fileURLWithPath: disk))
-        XCTAssertEqual(UInt64(image.count), sectors * 512)
-        var wrong = 0
-        for s in 0..<sectors {
-            let pass = s < stop ? passes : passes - 1
-            guard pass > 0 else { continue }
-            let at = Int(s) * 512
-            if Array(image[at..<(at + 512)]) != DeviceRestartTests.pattern(pass: UInt32(pass), sector: s) { wrong += 1 }
-        }
-        XCTAssertEqual(wrong, 0, "sectors that do not hold what the guest wrote (passes \(passes), stop \(stop))")
+        let line = try DeviceRestartTests.checkVerifiedImage(log: log, disk: disk, sectors: sectors)
         print("MMIORestartTests: \(kills) kills, \(line)")
         XCTAssertEqual(d.stop(), 0)
     }
