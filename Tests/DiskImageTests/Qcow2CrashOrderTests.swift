@@ -236,16 +236,8 @@ final class Qcow2CrashOrderTests: XCTestCase {
         for (i, sample) in samples.prefix(12).enumerated() {
             let path = dir + "/crash\(i).qcow2"
             try Data(sample).write(to: URL(fileURLWithPath: path))
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-img")
-            p.arguments = ["check", "-U", path]
-            let pipe = Pipe()
-            p.standardOutput = pipe
-            p.standardError = pipe
-            try p.run()
-            let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            XCTAssertTrue(p.terminationStatus == 0 || p.terminationStatus == 3, "qemu-img check crash image \(i): \(out)")
+            let (status, out) = try runTool("qemu-img", ["check", "-U", path])
+            XCTAssertTrue(status == 0 || status == 3, "qemu-img check crash image \(i): \(out)")
             XCTAssertFalse(out.contains("ERROR"), out)
         }
         print("qemu-img check: \(min(12, samples.count)) sampled crash images, no errors")

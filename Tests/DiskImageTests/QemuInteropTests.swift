@@ -23,21 +23,11 @@ final class QemuInteropTests: XCTestCase {
 
     @discardableResult
     func run(_ tool: String, _ args: [String], expect: Int32? = 0) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool.hasPrefix("/") ? tool : "/usr/bin/" + tool)
-        process.arguments = args
-        process.currentDirectoryURL = URL(fileURLWithPath: dir)
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let output = String(decoding: data, as: UTF8.self)
+        let (status, output) = try runTool(tool, args, in: dir)
         if let expect {
-            XCTAssertEqual(process.terminationStatus, expect, "\(tool) \(args.joined(separator: " ")): \(output)")
+            XCTAssertEqual(status, expect, "\(tool) \(args.joined(separator: " ")): \(output)")
         }
-        return (process.terminationStatus, output)
+        return (status, output)
     }
 
     func path(_ name: String) -> String { dir + "/" + name }
