@@ -87,6 +87,19 @@ static void set_enabled(struct pci_dev *p, bool on)
 }
 
 /* Queues one 512-byte read of sector 0 and kicks. */
+/* The local APIC software-enabled (SPIV bit 8), so it accepts fixed
+ * interrupts, and the MSI-X vectors' stubs in the IDT; returns the APIC id
+ * that a table entry's message address names. */
+static u32 lapic_for_msix(void)
+{
+    u32 spiv = mmio_read32(LAPIC + 0xF0);
+    if (!(spiv & 0x100))
+        mmio_write32(LAPIC + 0xF0, spiv | 0x1FF);
+    for (int v = 0; v < MSIX_STUBS; v++)
+        idt_set_gate(MSIX_VECTOR_BASE + v, msix_stubs[v]);
+    return mmio_read32(LAPIC + 0x20) >> 24;
+}
+
 static bool read_sector0(void)
 {
     hdr->type = 0;
@@ -164,13 +177,7 @@ static bool run(struct pci_dev *p, char *detail, size_t dsz, char *why, size_t w
     }
     status = (u8 *)hdr + 32;
 
-    /* The local APIC must accept fixed interrupts: software-enabled (SPIV bit 8). */
-    u32 spiv = mmio_read32(LAPIC + 0xF0);
-    if (!(spiv & 0x100))
-        mmio_write32(LAPIC + 0xF0, spiv | 0x1FF);
-    u32 apic_id = mmio_read32(LAPIC + 0x20) >> 24;
-    for (int v = 0; v < MSIX_STUBS; v++)
-        idt_set_gate(MSIX_VECTOR_BASE + v, msix_stubs[v]);
+    u32 apic_id = lapic_for_msix();
     for (int i = 0; i < 2; i++) {
         set_masked(i, true);
         entry_write(i, 0, (u32)LAPIC | apic_id << 12);
@@ -272,12 +279,7 @@ bool msix_arm(struct pci_dev *p, int n)
     u64 t = bir_address(p, pci_read32(p, (u8)(c + 4)), 16u * (u32)n);
     if (!t)
         return false;
-    u32 spiv = mmio_read32(LAPIC + 0xF0);
-    if (!(spiv & 0x100))
-        mmio_write32(LAPIC + 0xF0, spiv | 0x1FF);
-    u32 apic_id = mmio_read32(LAPIC + 0x20) >> 24;
-    for (int v = 0; v < MSIX_STUBS; v++)
-        idt_set_gate(MSIX_VECTOR_BASE + v, msix_stubs[v]);
+    u32 apic_id = lapic_for_msix();
     for (int i = 0; i < n; i++) {
         u64 e = t + 16u * (u32)i;
         mmio_write32(e + 12, 1);
