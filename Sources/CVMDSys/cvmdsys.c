@@ -391,6 +391,10 @@ void *cvmd_event_base_new(void) { return event_base_new(); }
 void cvmd_event_base_free(void *base) { event_base_free(base); }
 int cvmd_event_base_dispatch(void *base) { return event_base_dispatch(base); }
 int cvmd_event_base_loopbreak(void *base) { return event_base_loopbreak(base); }
+int cvmd_event_base_loop_once(void *base, int block)
+{
+	return event_base_loop(base, block ? EVLOOP_ONCE : EVLOOP_NONBLOCK);
+}
 void *cvmd_event_new(void *base, int fd, short what, cvmd_event_cb cb, void *arg)
 {
 	return event_new(base, fd, what, cb, arg);

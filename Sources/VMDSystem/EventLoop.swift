@@ -23,7 +23,24 @@ public final class EventLoop {
     }
 
     public func exit() {
+        exitRequested = true
         _ = cvmd_event_base_loopbreak(base)
+    }
+
+    /// Set by `exit()`: a caller driving the loop with `runOnce` stops.
+    public private(set) var exitRequested = false
+    /// How many callbacks have run: a caller polling between passes sees
+    /// whether a pass did anything.
+    public private(set) var callbacksRun: UInt64 = 0
+
+    /// One pass: waits for events (`block`) or only takes those already
+    /// pending, and runs their callbacks. False when the loop should stop
+    /// (`exit()` was called, no events are left, or the wait failed).
+    @discardableResult
+    public func runOnce(block: Bool) -> Bool {
+        guard !exitRequested else { return false }
+        let r = cvmd_event_base_loop_once(base, block ? 1 : 0)
+        return r == 0 && !exitRequested
     }
 
     /// Calls `body` whenever `fd` is readable, until the handle is removed.
@@ -68,6 +85,7 @@ public final class EventLoop {
         let arg = Unmanaged.passUnretained(h).toOpaque()
         h.event = cvmd_event_new(base, fd, what, { _, _, arg in
             let h = Unmanaged<EventHandle>.fromOpaque(arg!).takeUnretainedValue()
+            h.loop?.callbacksRun &+= 1
             h.fire()
         }, arg)
         _ = cvmd_event_add(h.event, timeout ?? -1)
@@ -82,7 +100,7 @@ public final class EventLoop {
 
 public final class EventHandle {
     fileprivate var event: UnsafeMutableRawPointer?
-    private weak var loop: EventLoop?
+    fileprivate weak var loop: EventLoop?
     private let body: () -> Void
     private let oneShot: Bool
 

@@ -20,6 +20,8 @@ public enum SandboxPolicies {
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "restart_syscall",
         // time, identity, exit
         "clock_gettime", "clock_nanosleep", "nanosleep", "gettimeofday",
+        // a device process's polling: was it preempted while it spun (AdaptivePoll.swift)
+        "getrusage",
         "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid",
         "exit", "exit_group", "tgkill", "getrandom", "set_tid_address",
     ]

@@ -43,5 +43,9 @@ public final class InflightRegion {
         queues = (0..<Int(d.queueCount)).map { InflightQueue(base: start + $0 * perQueue, descriptorCount: d.queueSize) }
     }
 
-    deinit { munmap(mapping, mappingLength) }
+    deinit {
+        // Queues may still hold these logs: they must not write to the unmapped region.
+        for q in queues { q.detach() }
+        munmap(mapping, mappingLength)
+    }
 }

@@ -44,6 +44,14 @@ public final class InflightQueue: VirtqueueInflightLog {
     public let descriptorCount: UInt16
     /// The "global counter": orders resubmission like the original order.
     private var counter: UInt64 = 1
+    /// False once the owner unmapped the region (`detach()`): a queue may
+    /// still hold this log (strongly: a weak reference would put every
+    /// retain and release of it on the slow side-table path), and what it
+    /// records then goes nowhere.
+    public private(set) var isAttached = true
+
+    /// The region is about to be unmapped: record nothing more.
+    public func detach() { isAttached = false }
 
     /// The queue's region at `base` (at least
     /// `InflightLayout.queueRegionSize(queueSize: descriptorCount)` bytes,
@@ -81,6 +89,7 @@ public final class InflightQueue: VirtqueueInflightLog {
 
     /// A fresh region: nothing in flight.
     public func initialize() {
+        guard isAttached else { return }
         memset(base, 0, InflightLayout.queueRegionSize(queueSize: descriptorCount))
         storedDescriptorCount = descriptorCount
         version = InflightLayout.version
@@ -89,20 +98,20 @@ public final class InflightQueue: VirtqueueInflightLog {
     // MARK: VirtqueueInflightLog
 
     public func taken(head: UInt16) {
-        guard head < descriptorCount else { return }
+        guard isAttached, head < descriptorCount else { return }
         setCounter(head, counter)
         counter &+= 1
         setInflight(head, true)
     }
 
     public func returning(head: UInt16) {
-        guard head < descriptorCount else { return }
+        guard isAttached, head < descriptorCount else { return }
         setNext(head, lastBatchHead)
         lastBatchHead = head
     }
 
     public func returned(head: UInt16, usedIndex index: UInt16) {
-        guard head < descriptorCount else { return }
+        guard isAttached, head < descriptorCount else { return }
         setInflight(head, false)
         usedIndex = index
     }

@@ -259,8 +259,8 @@ public final class DeviceStateRegion {
         return Array(UnsafeRawBufferPointer(start: base + at + 4, count: length))
     }
 
-    /// Queue `i`'s inflight tracker (one object per queue, kept here: a
-    /// queue holds its log weakly).
+    /// Queue `i`'s inflight tracker (one object per queue, kept here; the
+    /// region is mapped for the life of the process).
     public func inflight(_ i: Int) -> InflightQueue {
         if let log = logs[i] { return log }
         var at = Self.headerSize

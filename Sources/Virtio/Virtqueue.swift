@@ -215,8 +215,10 @@ public final class Virtqueue {
     public private(set) var usedIndex: UInt16 = 0
     private var lastSignalledUsed: UInt16 = 0
 
-    /// Told of every request taken and returned (vhost-user inflight tracking).
-    public weak var inflightLog: VirtqueueInflightLog?
+    /// Told of every request taken and returned (vhost-user inflight
+    /// tracking). Held strongly: the owner of a log's mapping detaches the
+    /// log before it unmaps it (InflightQueue.detach()).
+    public var inflightLog: VirtqueueInflightLog?
     /// Heads a previous instance of the device had taken and not returned:
     /// served, in order, before anything new on the available ring.
     public private(set) var resubmissions: [UInt16] = []

@@ -104,6 +104,9 @@ void *cvmd_event_base_new(void);
 void cvmd_event_base_free(void *base);
 int cvmd_event_base_dispatch(void *base);
 int cvmd_event_base_loopbreak(void *base);
+/* One pass of the loop (event_base_loop with EVLOOP_ONCE, or EVLOOP_NONBLOCK
+ * when !block): 1 when no events are left, -1 on error, else 0. */
+int cvmd_event_base_loop_once(void *base, int block);
 void *cvmd_event_new(void *base, int fd, short what, cvmd_event_cb cb, void *arg);
 int cvmd_event_add(void *ev, double timeout);
 void cvmd_event_free(void *ev);
