@@ -78,10 +78,11 @@ final class DeviceProcess {
     /// seen by a poll.
     lazy var polledQueues: [Int] = setup.descriptors.queueNotifies.map(\.queue).filter { $0 >= 0 }
     lazy var polledAvail = [UInt16?](repeating: nil, count: (polledQueues.max() ?? -1) + 1)
+    lazy var polledTransport: TransportCore? = stateKeeper?.transport ?? registers as? TransportCore
 
     /// The event loop, and between its passes a poll of the queues for as
     /// long as `pollWindow` says (it adapts to how long the waits are, and
-    /// closes when this process is descheduled while it spins, i.e. on a
+    /// closes when this process is preempted while it spins, i.e. on a
     /// loaded host). A request the guest makes while we spin is served
     /// without the wake-up a sleeping process needs after a kick.
     func serve() {
@@ -90,6 +91,10 @@ final class DeviceProcess {
             let window = paused ? 0 : pollWindow.window(now: start)
             if window > 0, poll(for: window, from: start) {
                 pollWindow.waitEnded(after: Clock.nanos() - start)
+                // The descriptors too, every round: a guest that keeps its
+                // queues busy must not starve the sync channel, the
+                // backend's input, timers or SIGTERM.
+                guard loop.runOnce(block: false) else { return }
                 continue
             }
             guard loop.runOnce(block: true) else { return }
@@ -123,7 +128,7 @@ final class DeviceProcess {
     /// last look, as a kick would (register writes first). Queues where the
     /// driver parks buffers (vionet receive) count only when it adds some.
     func pollQueues() -> Bool {
-        guard !paused, let t = stateKeeper?.transport ?? registers as? TransportCore, t.isDriverReady else { return false }
+        guard !paused, let t = polledTransport, t.isDriverReady else { return false }
         var found = false
         for index in polledQueues where index < t.queues.count {
             let q = t.queues[index]
