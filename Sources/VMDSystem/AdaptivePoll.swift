@@ -15,18 +15,20 @@ import Glibc
 /// guest: no CPU is burnt on it). It is closed for a while when the process
 /// was preempted while it spun (an involuntary context switch: another task
 /// of this host wanted that CPU): 1 ms for a preemption now and then, and
-/// twice as long each time another comes within 100 ms of reopening, up to 1 s,
-/// so on a loaded host, where polling takes the CPU from others, it is all
-/// but off. (Time stolen by a hypervisor under this host is not counted:
+/// twice as long each time another comes within 10 ms of reopening, up to
+/// 50 ms, so on a loaded host, where polling takes the CPU from others, it
+/// polls at most ~0.2% of the time. (The back-off stays short because a
+/// lone preemption is common on a quiet host too: a kernel worker, the
+/// device's own io_uring workers.) (Time stolen by a hypervisor under this host is not counted:
 /// not polling would not give it back.)
 /// Pure state: the caller measures; `AdaptivePollTests` drives it.
 public struct AdaptivePollWindow: Equatable {
     public static let growStart = 4_000
 
     public static let firstBackoff = 1_000_000
-    public static let longestBackoff = 1_000_000_000
+    public static let longestBackoff = 50_000_000
     /// A preemption this soon after the window reopened lengthens the back-off.
-    public static let repeatWithin = 100_000_000
+    public static let repeatWithin = 10_000_000
 
     public let maxNanos: Int
     public private(set) var nanos = 0
@@ -60,7 +62,7 @@ public struct AdaptivePollWindow: Equatable {
     /// this thread while it polled.
     public mutating func polled(preempted: Bool, now: Int) {
         guard preempted else { return }
-        // Again within 100 ms of the window reopening: the host is still busy.
+        // Again within 10 ms of the window reopening: the host is still busy.
         if lastPreemption != nil, now &- closedUntil < Self.repeatWithin {
             backoff = min(Self.longestBackoff, backoff * 2)
         } else {
