@@ -91,36 +91,52 @@ final class DeviceProcess {
             let window = paused ? 0 : pollWindow.window(now: start)
             if window > 0, poll(for: window, from: start) {
                 pollWindow.waitEnded(after: Clock.nanos() - start)
-                // The descriptors too, every round: a guest that keeps its
-                // queues busy must not starve the sync channel, the
-                // backend's input, timers or SIGTERM.
-                guard loop.runOnce(block: false) else { return }
+                // The descriptors too, at least every 2 us: a guest that
+                // keeps its queues busy must not starve the sync channel,
+                // the backend's input, timers or SIGTERM.
+                if Clock.nanos() &- lastLoopPass >= Self.loopPassInterval {
+                    lastLoopPass = Clock.nanos()
+                    guard loop.runOnce(block: false) else { return }
+                }
                 continue
             }
             guard loop.runOnce(block: true) else { return }
-            pollWindow.waitEnded(after: Clock.nanos() - start)
+            lastLoopPass = Clock.nanos()
+            pollWindow.waitEnded(after: lastLoopPass - start)
         }
     }
+
+    static let loopPassInterval = 2_000
+    /// A poll that has spun this long without finding work starts asking
+    /// whether it is preempted (a system call: the short polls of a busy
+    /// queue do not make it).
+    static let preemptionWatchAfter = 10_000
+    var lastLoopPass = 0
 
     /// Spins for up to `nanos`: each round reads the queues' available
     /// indexes (memory), and every 2 us a non-blocking pass of the loop
     /// serves the descriptors (sync channel, backend, timers), so nothing
     /// waits longer for the polling. True when it found work.
     func poll(for nanos: Int, from start: Int) -> Bool {
-        let switchesBefore = ThreadUsage.involuntarySwitches()
         let end = start &+ nanos
-        var now = start, lastPass = start, found = false
+        var now = start, found = false
+        var switchesBefore: Int?
         while now < end && !found {
             found = pollQueues()
-            if !found && now &- lastPass >= 2_000 {
+            if !found && now &- lastLoopPass >= Self.loopPassInterval {
                 let before = loop.callbacksRun
+                lastLoopPass = now
                 guard loop.runOnce(block: false) else { break }
                 found = loop.callbacksRun != before
-                lastPass = now
             }
             now = Clock.nanos()
+            if switchesBefore == nil && now &- start >= Self.preemptionWatchAfter {
+                switchesBefore = ThreadUsage.involuntarySwitches()
+            }
         }
-        pollWindow.polled(preempted: ThreadUsage.involuntarySwitches() != switchesBefore, now: now)
+        if let switchesBefore {
+            pollWindow.polled(preempted: ThreadUsage.involuntarySwitches() != switchesBefore, now: now)
+        }
         return found
     }
 

@@ -601,6 +601,8 @@ public final class VioNet: BackendInputDevice {
             }
             transmittedBytes = 0
         }
+        // Fixed while the driver is ready: looked up once per call, not per frame.
+        let features = negotiated
         while true {
             if transmitted.count >= VioNet.publishBatch || transmittedBytes >= VioNet.publishBytes {
                 try queue.pushUsed(transmitted)
@@ -636,7 +638,6 @@ public final class VioNet: BackendInputDevice {
             // The guest's header goes to the tap only when offloads were
             // negotiated, and only asking for what was; otherwise nothing of
             // it is taken.
-            let features = negotiated
             if backend.offloadCapable && features & VirtioNetFeature.hostOffloads != 0 {
                 let header = UnsafeRawBufferPointer(rebasing: frameBuffer[0..<VioNet.headerSize])
                 guard VioNet.validTransmitHeader(header, frameLength: frameLength - VioNet.headerSize,

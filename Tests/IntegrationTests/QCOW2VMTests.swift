@@ -181,18 +181,25 @@ final class QCOW2VMTests: XCTestCase {
         try d.waitReady()
 
         // qemu-io (interactive, waiting on its input) holds o1 for writing.
-        let holder = Process()
-        holder.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-io")
-        holder.arguments = ["-f", "qcow2", dir + "/o1.qcow2"]
-        let input = Pipe()
-        holder.standardInput = input
-        holder.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-        try holder.run()
-        // qemu-io can take seconds to start on a loaded machine.
+        // The probe (qemu-img info) takes a shared lock for a moment: a
+        // qemu-io opening the image just then fails to get its write lock
+        // and exits, so one that left is started again.
+        var holder = Process()
+        var input = Pipe()
         var held = false
-        for _ in 0..<600 where !held && holder.isRunning {
-            held = try runCommand("/usr/bin/qemu-img", ["info", dir + "/o1.qcow2"]).status != 0
-            if !held { usleep(50_000) }
+        for _ in 0..<5 where !held {
+            holder = Process()
+            holder.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-io")
+            holder.arguments = ["-f", "qcow2", dir + "/o1.qcow2"]
+            input = Pipe()
+            holder.standardInput = input
+            holder.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+            try holder.run()
+            // qemu-io can take seconds to start on a loaded machine.
+            for _ in 0..<600 where !held && holder.isRunning {
+                held = try runCommand("/usr/bin/qemu-img", ["info", dir + "/o1.qcow2"]).status != 0
+                if !held { usleep(50_000) }
+            }
         }
         XCTAssertTrue(held, "qemu-io never locked o1")
         var r = try d.vmctl(["start", "o1"], timeout: 30)
