@@ -155,13 +155,16 @@ extension VMProcess {
     private func respawn(_ slot: DeviceSlot, spawner: SpawnerClient) -> ExitStatus? {
         let proxy = slot.proxy
         proxy.setRestarting(true)
-        // Everything the dead instance never read: writes go to the new one
-        // after its set-up; reads are asked again by their vCPUs.
-        let writes = drain(slot.syncTheirs).filter {
-            MessageType(rawValue: $0.type) == .devopMsg && ViodevMsg(bytes: $0.data)?.kind == .ioWrite
-        }
         let asyncPending = drain(slot.asyncTheirs)
         return proxy.lock.locked { () -> ExitStatus? in
+            // Everything the dead instance never read: writes go to the new
+            // one after its set-up; reads are asked again by their vCPUs.
+            // Taken under the lock: a vCPU that held it while the device died
+            // may have sent its access after a look without the lock, and
+            // the new instance must find its set-up first.
+            let writes = drain(slot.syncTheirs).filter {
+                MessageType(rawValue: $0.type) == .devopMsg && ViodevMsg(bytes: $0.data)?.kind == .ioWrite
+            }
             // Replies the dead instance left unread here are dropped with
             // the old buffer; vCPUs now wait for the lock.
             proxy.sync = ImsgBuffer(fd: proxy.sync.fd)
