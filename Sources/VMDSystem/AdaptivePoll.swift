@@ -17,10 +17,10 @@ import Glibc
 /// of this host wanted that CPU): 1 ms for a preemption now and then, and
 /// twice as long each time another comes within 10 ms of reopening, up to
 /// 50 ms, so on a loaded host, where polling takes the CPU from others, it
-/// polls at most ~0.2% of the time. (The back-off stays short because a
-/// lone preemption is common on a quiet host too: a kernel worker, the
-/// device's own io_uring workers.) (Time stolen by a hypervisor under this host is not counted:
-/// not polling would not give it back.)
+/// polls at most ~0.2% of the time. The back-off stays short because a
+/// lone preemption is common on a quiet host too (a kernel worker, the
+/// device's own io_uring workers). Time stolen by a hypervisor under this
+/// host is not counted: not polling would not give it back.
 /// Pure state: the caller measures; `AdaptivePollTests` drives it.
 public struct AdaptivePollWindow: Equatable {
     public static let growStart = 4_000
@@ -34,7 +34,6 @@ public struct AdaptivePollWindow: Equatable {
     public private(set) var nanos = 0
     public private(set) var closedUntil = 0
     public private(set) var backoff = AdaptivePollWindow.firstBackoff
-    public private(set) var lastPreemption: Int?
     /// Windows closed because this process was preempted while polling.
     public private(set) var contended = 0
 
@@ -63,25 +62,14 @@ public struct AdaptivePollWindow: Equatable {
     public mutating func polled(preempted: Bool, now: Int) {
         guard preempted else { return }
         // Again within 10 ms of the window reopening: the host is still busy.
-        if lastPreemption != nil, now &- closedUntil < Self.repeatWithin {
+        if contended > 0, now &- closedUntil < Self.repeatWithin {
             backoff = min(Self.longestBackoff, backoff * 2)
         } else {
             backoff = Self.firstBackoff
         }
-        lastPreemption = now
         closedUntil = now &+ backoff
         contended &+= 1
     }
-}
-
-extension Clock {
-    /// Monotonic nanoseconds (vDSO: no system call).
-    public static func nanos() -> Int {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return ts.tv_sec &* 1_000_000_000 &+ ts.tv_nsec
-    }
-
 }
 
 public enum ThreadUsage {

@@ -90,12 +90,13 @@ final class DeviceProcess {
             let start = Clock.nanos()
             let window = paused ? 0 : pollWindow.window(now: start)
             if window > 0, poll(for: window, from: start) {
-                pollWindow.waitEnded(after: Clock.nanos() - start)
+                let now = Clock.nanos()
+                pollWindow.waitEnded(after: now &- start)
                 // The descriptors too, at least every 2 us: a guest that
                 // keeps its queues busy must not starve the sync channel,
                 // the backend's input, timers or SIGTERM.
-                if Clock.nanos() &- lastLoopPass >= Self.loopPassInterval {
-                    lastLoopPass = Clock.nanos()
+                if now &- lastLoopPass >= Self.loopPassInterval {
+                    lastLoopPass = now
                     guard loop.runOnce(block: false) else { return }
                 }
                 continue
@@ -140,6 +141,16 @@ final class DeviceProcess {
         return found
     }
 
+    /// Serves `queue` as its kick asks. Register writes the vCPU sent
+    /// before the kick (or before the request a poll found) are already in
+    /// the sync socket: they are served first, in order. With the interrupt
+    /// page, the VM process counts the writes it sent: most find none
+    /// waiting and skip the read.
+    func serveQueue(_ queue: Int) {
+        if interrupts?.writesPending ?? true { syncReadable() }
+        registers.notify(queue: queue)
+    }
+
     /// Serves every kickable queue whose available index moved since the
     /// last look, as a kick would (register writes first). Queues where the
     /// driver parks buffers (vionet receive) count only when it adds some.
@@ -151,8 +162,7 @@ final class DeviceProcess {
             guard q.isEnabled, let pending = try? q.pendingCount() else { continue }
             let avail = q.lastAvailIndex &+ pending
             guard polledAvail[index] != avail else { continue }
-            if interrupts?.writesPending ?? true { syncReadable() }
-            registers.notify(queue: index)
+            serveQueue(index)
             polledAvail[index] = q.lastAvailIndex &+ ((try? q.pendingCount()) ?? 0)
             found = true
         }
@@ -224,15 +234,12 @@ final class DeviceProcess {
         async.allowedTypes = MessagePolicy.rawTypes(.vmToDeviceAsync)
         try? FD.setNonBlocking(Self.setupDescriptor)
         loop.onReadable(Self.setupDescriptor) { [unowned self] in self.syncReadable() }
-        // Kicks straight from KVM. Register writes the vCPU sent before the
-        // kick are already in the sync socket: serve them first, in order.
+        // Kicks straight from KVM (serveQueue keeps register writes sent
+        // before the kick ahead of it).
         for (queue, fd) in setup.descriptors.queueNotifies {
             loop.onReadable(fd) { [unowned self] in
                 guard EventFD.drain(fd) else { return }
-                // With the interrupt page, the VM process counts the writes
-                // it sent: most kicks find none waiting and skip the read.
-                if self.interrupts?.writesPending ?? true { self.syncReadable() }
-                self.registers.notify(queue: queue)
+                self.serveQueue(queue)
             }
         }
         watchForMissedKicks(queues: setup.descriptors.queueNotifies.map(\.0))
