@@ -15,7 +15,7 @@ final class BIOSBootIntegrationTests: XCTestCase {
         try requireRoot()
         try requireKVM()
         try requireVmtest()
-        guard FileManager.default.isExecutableFile(atPath: Repo.vmctl) else { throw XCTSkip("vmctl is not built") }
+        try requireVmctl()
         guard FileManager.default.fileExists(atPath: Self.seabios) else { throw XCTSkip("\(Self.seabios) missing (Debian seabios)") }
     }
 

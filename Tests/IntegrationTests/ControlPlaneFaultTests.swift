@@ -7,9 +7,7 @@ import VMDControl
 final class ControlPlaneFaultTests: XCTestCase {
     override func setUpWithError() throws {
         try requireRoot()
-        guard FileManager.default.isExecutableFile(atPath: Repo.vmctl) else {
-            throw XCTSkip("vmctl is not built at \(Repo.vmctl)")
-        }
+        try requireVmctl()
     }
 
     func inode(_ path: String) -> UInt64? {

@@ -106,9 +106,7 @@ final class ControlSocketAttackTests: XCTestCase {
 
     override func setUpWithError() throws {
         try requireRoot()
-        guard FileManager.default.isExecutableFile(atPath: Repo.vmctl) else {
-            throw XCTSkip("vmctl is not built at \(Repo.vmctl)")
-        }
+        try requireVmctl()
         user = "vmdatk\(getpid() % 10000)"
         XCTAssertEqual(try runCommand("/usr/sbin/useradd", ["--system", "-U", "-M", "-s", "/usr/sbin/nologin", user]).status, 0)
         guard let pw = getpwnam(user) else { throw XCTSkip("cannot create test user \(user)") }

@@ -42,6 +42,12 @@ func requireVmtest() throws {
     }
 }
 
+func requireVmctl() throws {
+    guard FileManager.default.isExecutableFile(atPath: Repo.vmctl) else {
+        throw XCTSkip("vmctl is not built at \(Repo.vmctl)")
+    }
+}
+
 /// Runs a command to completion; returns status and combined output.
 @discardableResult
 func runCommand(_ path: String, _ args: [String], env: [String: String] = [:], input: String? = nil,

@@ -10,9 +10,7 @@ final class PowerButtonStopTests: XCTestCase {
         try requireRoot()
         try requireKVM()
         try requireVmtest()
-        guard FileManager.default.isExecutableFile(atPath: Repo.vmctl) else {
-            throw XCTSkip("vmctl is not built at \(Repo.vmctl)")
-        }
+        try requireVmctl()
     }
 
     func config(_ name: String, cmdline: String) -> String {

@@ -12,9 +12,7 @@ final class SpawnerReapTests: XCTestCase {
         try requireRoot()
         try requireKVM()
         try requireVmtest()
-        guard FileManager.default.isExecutableFile(atPath: Repo.vmctl) else {
-            throw XCTSkip("vmctl is not built at \(Repo.vmctl)")
-        }
+        try requireVmctl()
     }
 
     /// Whether `pid` has a /proc entry at all (a zombie has one).

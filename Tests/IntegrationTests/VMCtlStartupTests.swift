@@ -9,9 +9,7 @@ final class VMCtlStartupTests: XCTestCase {
     /// Start-up: no dynamic loader, no shared Swift runtime, no Foundation
     /// (libFoundation.so alone pulled in ICU's 40 MB).
     func testVmctlIsStaticWithoutFoundation() throws {
-        guard FileManager.default.isExecutableFile(atPath: Repo.vmctl) else {
-            throw XCTSkip("vmctl is not built at \(Repo.vmctl)")
-        }
+        try requireVmctl()
         let ldd = try runCommand("/usr/bin/ldd", [Repo.vmctl])
         XCTAssertFalse(ldd.out.lowercased().contains("foundation"), ldd.out)
         XCTAssertFalse(ldd.out.contains("libswift"), ldd.out)

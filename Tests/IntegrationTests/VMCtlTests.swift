@@ -9,9 +9,7 @@ final class VMCtlIntegrationTests: XCTestCase {
         try requireRoot()
         try requireKVM()
         try requireVmtest()
-        guard FileManager.default.isExecutableFile(atPath: Repo.vmctl) else {
-            throw XCTSkip("vmctl is not built at \(Repo.vmctl)")
-        }
+        try requireVmctl()
     }
 
     func vmConfig(_ name: String, cmdline: String = "stay", memory: String = "64M", extra: String = "") -> String {
