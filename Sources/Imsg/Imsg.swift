@@ -11,6 +11,20 @@ public enum ImsgWire {
     public static let maxMessageSize = 16384
     public static let maxPayload = maxMessageSize - headerSize
     public static let hasFDFlag: UInt16 = 1
+
+    /// Appends an imsg_hdr (type, len, flags, peerid, pid; host byte
+    /// order) to `out`: the one place the header's layout is written.
+    /// `flags`' descriptor bit is set from `hasFD`, never taken from the caller.
+    static func appendHeader(type: UInt32, length: UInt16, flags: UInt16, peerID: UInt32, pid: UInt32,
+                             hasFD: Bool, to out: inout [UInt8]) {
+        var f = flags & ~hasFDFlag
+        if hasFD { f |= hasFDFlag }
+        withUnsafeBytes(of: type) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: length) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: f) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: peerID) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: pid) { out.append(contentsOf: $0) }
+    }
 }
 
 public struct Imsg: Equatable {
@@ -38,13 +52,8 @@ public struct Imsg: Equatable {
         guard len <= ImsgWire.maxMessageSize else { throw ImsgError.tooLarge(len) }
         var out = [UInt8]()
         out.reserveCapacity(len)
-        var f = flags & ~ImsgWire.hasFDFlag
-        if fd != nil { f |= ImsgWire.hasFDFlag }
-        withUnsafeBytes(of: type) { out.append(contentsOf: $0) }
-        withUnsafeBytes(of: UInt16(len)) { out.append(contentsOf: $0) }
-        withUnsafeBytes(of: f) { out.append(contentsOf: $0) }
-        withUnsafeBytes(of: peerID) { out.append(contentsOf: $0) }
-        withUnsafeBytes(of: pid) { out.append(contentsOf: $0) }
+        ImsgWire.appendHeader(type: type, length: UInt16(len), flags: flags, peerID: peerID, pid: pid,
+                              hasFD: fd != nil, to: &out)
         out.append(contentsOf: data)
         return out
     }
@@ -130,14 +139,9 @@ public final class ImsgBuffer {
     private func enqueue(type: UInt32, flags: UInt16, peerID: UInt32, pid: UInt32,
                          payload: UnsafeRawBufferPointer, fd: Int32?) {
         let len = ImsgWire.headerSize + payload.count
-        var f = flags & ~ImsgWire.hasFDFlag
-        if fd != nil { f |= ImsgWire.hasFDFlag }
         func write(_ out: inout [UInt8]) {
-            withUnsafeBytes(of: type) { out.append(contentsOf: $0) }
-            withUnsafeBytes(of: UInt16(len)) { out.append(contentsOf: $0) }
-            withUnsafeBytes(of: f) { out.append(contentsOf: $0) }
-            withUnsafeBytes(of: peerID) { out.append(contentsOf: $0) }
-            withUnsafeBytes(of: pid) { out.append(contentsOf: $0) }
+            ImsgWire.appendHeader(type: type, length: UInt16(len), flags: flags, peerID: peerID, pid: pid,
+                                  hasFD: fd != nil, to: &out)
             out.append(contentsOf: payload)
         }
         if fd == nil, queueHead < queue.count, queue[queue.count - 1].bytes.count + len <= Self.maxBytesPerWrite {
