@@ -85,7 +85,7 @@ public final class EventLoop {
         let arg = Unmanaged.passUnretained(h).toOpaque()
         h.event = cvmd_event_new(base, fd, what, { _, _, arg in
             let h = Unmanaged<EventHandle>.fromOpaque(arg!).takeUnretainedValue()
-            h.loop?.callbacksRun &+= 1
+            h.loop.callbacksRun &+= 1
             h.fire()
         }, arg)
         _ = cvmd_event_add(h.event, timeout ?? -1)
@@ -100,7 +100,11 @@ public final class EventLoop {
 
 public final class EventHandle {
     fileprivate var event: UnsafeMutableRawPointer?
-    fileprivate weak var loop: EventLoop?
+    /// Unowned, not weak: a handle fires only from its loop's dispatch, and
+    /// a weakly referenced object pays Swift's slow side-table reference
+    /// counting on every retain, which a polling device process does on
+    /// its loop hundreds of thousands of times a second.
+    fileprivate unowned let loop: EventLoop
     private let body: () -> Void
     private let oneShot: Bool
 
@@ -116,7 +120,7 @@ public final class EventHandle {
         body()
         if oneShot {
             keep.free()
-            loop?.retire(keep)
+            loop.retire(keep)
         }
     }
 

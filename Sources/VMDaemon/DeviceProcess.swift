@@ -78,7 +78,12 @@ final class DeviceProcess {
     /// seen by a poll.
     lazy var polledQueues: [Int] = setup.descriptors.queueNotifies.map(\.queue).filter { $0 >= 0 }
     lazy var polledAvail = [UInt16?](repeating: nil, count: (polledQueues.max() ?? -1) + 1)
-    lazy var polledTransport: TransportCore? = stateKeeper?.transport ?? registers as? TransportCore
+    /// Read on every round of the spin, so not retained there: a
+    /// TransportCore's retains take Swift's slow side-table path (its
+    /// device holds it weakly), and `keptTransport` owns it for the whole
+    /// life of the process.
+    unowned(unsafe) var polledTransport: TransportCore?
+    var keptTransport: TransportCore?
 
     /// The event loop, and between its passes a poll of the queues for as
     /// long as `pollWindow` says (it adapts to how long the waits are, and
@@ -86,6 +91,8 @@ final class DeviceProcess {
     /// loaded host). A request the guest makes while we spin is served
     /// without the wake-up a sleeping process needs after a kick.
     func serve() {
+        keptTransport = stateKeeper?.transport ?? registers as? TransportCore
+        polledTransport = keptTransport
         while true {
             let start = Clock.nanos()
             let window = paused ? 0 : pollWindow.window(now: start)
@@ -115,20 +122,28 @@ final class DeviceProcess {
     var lastLoopPass = 0
 
     /// Spins for up to `nanos`: each round reads the queues' available
-    /// indexes (memory), and every 2 us a non-blocking pass of the loop
-    /// serves the descriptors (sync channel, backend, timers), so nothing
-    /// waits longer for the polling. True when it found work.
+    /// indexes (memory), and every 2 us (at once while backend input keeps
+    /// coming) a non-blocking pass of the loop serves the descriptors (sync
+    /// channel, backend, timers), so nothing waits longer for the polling.
+    /// Once it has spun 10 us without work, each pass first yields the CPU
+    /// to any other task that wants it. True when it found work.
     func poll(for nanos: Int, from start: Int) -> Bool {
+        let loop = self.loop
         let end = start &+ nanos
         var now = start, found = false
         var switchesBefore: Int?
         while now < end && !found {
             found = pollQueues()
-            if !found && now &- lastLoopPass >= Self.loopPassInterval {
+            if !found && (inputFlowing || now &- lastLoopPass >= Self.loopPassInterval) {
                 let before = loop.callbacksRun
                 lastLoopPass = now
+                // Spun 10 us for nothing: any other task that wants this
+                // CPU runs now (the traffic source a receive queue waits
+                // for may be one); with none, this returns at once.
+                if switchesBefore != nil { sched_yield() }
                 guard loop.runOnce(block: false) else { break }
                 found = loop.callbacksRun != before
+                inputFlowing = found
             }
             now = Clock.nanos()
             if switchesBefore == nil && now &- start >= Self.preemptionWatchAfter {
@@ -140,6 +155,10 @@ final class DeviceProcess {
         }
         return found
     }
+    /// The last pass of the loop ran callbacks (a tap with frames, an
+    /// io_uring with completions): the next pass comes at once instead of
+    /// after `loopPassInterval` of spinning, since more is likely waiting.
+    var inputFlowing = false
 
     /// Serves `queue` as its kick asks. Register writes the vCPU sent
     /// before the kick (or before the request a poll found) are already in
@@ -152,14 +171,15 @@ final class DeviceProcess {
     }
 
     /// Serves every kickable queue whose available index moved since the
-    /// last look, as a kick would (register writes first). Queues where the
-    /// driver parks buffers (vionet receive) count only when it adds some.
+    /// last look, as a kick would (register writes first). A queue where
+    /// the driver parks buffers (vionet receive) counts only while the
+    /// device wants them (`VirtioDevice.wantsBuffers`).
     func pollQueues() -> Bool {
         guard !paused, let t = polledTransport, t.isDriverReady else { return false }
         var found = false
         for index in polledQueues where index < t.queues.count {
             let q = t.queues[index]
-            guard q.isEnabled, let pending = try? q.pendingCount() else { continue }
+            guard q.isEnabled, device.wantsBuffers(queue: index), let pending = try? q.pendingCount() else { continue }
             let avail = q.lastAvailIndex &+ pending
             guard polledAvail[index] != avail else { continue }
             serveQueue(index)

@@ -65,11 +65,19 @@ public protocol VirtioDevice: AnyObject {
     func process(queue: Virtqueue, index: Int) throws
     /// The driver reset the device: drop all state the driver set up.
     func reset()
+    /// Whether buffers the driver adds to queue `index` are work right now.
+    /// A device process that polls serves a queue when its available index
+    /// moves; a queue where the driver parks buffers for input that has not
+    /// come yet (vionet's receive queue) says no unless input is waiting
+    /// for them, so the poll does not chase every buffer the guest gives
+    /// back one at a time.
+    func wantsBuffers(queue index: Int) -> Bool
 }
 
 extension VirtioDevice {
     public func writeConfig(offset: Int, size: Int, value: UInt32) {}
     public func driverReady(features: UInt64) {}
+    public func wantsBuffers(queue index: Int) -> Bool { true }
 }
 
 /// Read `size` (1, 2 or 4) bytes at `offset` of a little-endian byte image;

@@ -360,6 +360,13 @@ public final class VioNet: BackendInputDevice {
         }
     }
 
+    /// Receive buffers are work only when frames wait for them (the last
+    /// look found the ring empty); otherwise the tap's readiness drives
+    /// receive, and frames go into the buffers already there.
+    public func wantsBuffers(queue index: Int) -> Bool {
+        index != VioNet.receiveQueue || receiveStalled
+    }
+
     /// The tap is readable: move waiting frames into the guest's receive
     /// buffers. Returns whether to keep watching the tap (false: the guest
     /// has no buffers, or the device is not running).

@@ -115,6 +115,26 @@ final class VioNetBatchTests: XCTestCase {
         XCTAssertFalse(driver.needsReset)
     }
 
+    /// A polling device process serves the receive queue on new buffers
+    /// only while frames wait for them; transmit buffers are always work.
+    func testReceiveBuffersAreWorkOnlyWhileFramesWaitForThem() {
+        start()
+        XCTAssertTrue(net.wantsBuffers(queue: VioNet.transmitQueue))
+        let buffers = post(2)
+        XCTAssertTrue(net.backendReadable(), "buffers and an empty tap: keep watching")
+        XCTAssertFalse(net.wantsBuffers(queue: VioNet.receiveQueue),
+                       "buffers left over: more of them are no work until frames come")
+        hostSend(0..<3)
+        XCTAssertFalse(net.backendReadable(), "3 frames for 2 buffers: the tap waits")
+        XCTAssertEqual(delivered(driver.takeUsed(0), buffers), [0, 1])
+        XCTAssertTrue(net.wantsBuffers(queue: VioNet.receiveQueue), "a frame waits for the next buffer")
+        let more = post(2)
+        driver.notify(0)
+        XCTAssertEqual(delivered(driver.takeUsed(0), more), [2])
+        XCTAssertFalse(net.wantsBuffers(queue: VioNet.receiveQueue), "the waiting frame is in: no work again")
+        XCTAssertTrue(net.wantsBuffers(queue: VioNet.transmitQueue))
+    }
+
     func testChainTakenWhenTheTapIsEmptyWaitsForTheNextFrame() {
         start()
         let buffers = post(1)
