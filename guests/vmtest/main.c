@@ -155,7 +155,9 @@ static void parse_options(const char *s)
         } else if (word_is(w, len, "slaac")) {
             opt.slaac = true;
         } else if (word_is(w, len, "bench_rx")) {
-            opt.bench_rx = true;
+            opt.bench_rx = 1;
+        } else if (len == 10 && memcmp(w, "bench_rx=", 9) == 0 && w[9] >= '1' && w[9] <= '9') {
+            opt.bench_rx = (u32)(w[9] - '0');
         } else if (len == 11 && memcmp(w, "blk_index=", 10) == 0 && w[10] >= '0' && w[10] <= '9') {
             opt.blk_index = (u32)(w[10] - '0');
         } else if (word_is(w, len, "reboot=acpi")) {

@@ -163,6 +163,9 @@ struct vq *vq_alloc(struct vdev *d, u16 index, u32 offered, u16 max_size, char *
     q->last_used = 0;
     q->avail_idx = 0;
     q->notify_offset = 0;
+    q->event_idx = (d->features & VIRTIO_F_EVENT_IDX) != 0;
+    q->interrupts_off = false;
+    q->kicked_idx = 0;
     return q;
 }
 
@@ -238,7 +241,7 @@ int vq_add(struct vq *q, const struct vseg *segs, int n)
     return head;
 }
 
-void vq_kick(struct vq *q)
+static void vq_notify(struct vq *q)
 {
     full_barrier();
     if (q->dev->mmio) {
@@ -246,6 +249,31 @@ void vq_kick(struct vq *q)
         return;
     }
     vr_write16(&q->dev->notify, q->notify_offset, q->index);
+}
+
+/* With EVENT_IDX, as Linux's virtqueue_kick_prepare: notify only when the
+ * entries added since the last kick cross the device's avail_event (which
+ * follows the avail index we publish: full_barrier orders the two). */
+void vq_kick(struct vq *q)
+{
+    if (q->event_idx) {
+        full_barrier();
+        u16 event = *(volatile u16 *)(q->used + 4 + 8u * q->size);
+        u16 new = q->avail_idx, old = q->kicked_idx;
+        q->kicked_idx = new;
+        if ((u16)(new - event - 1) >= (u16)(new - old))
+            return;
+    }
+    vq_notify(q);
+}
+
+/* Interrupts off: used_event half the index space ahead of what we have
+ * taken, which a device at most a ring's size ahead of us never crosses
+ * (virtio 1.x 2.7.10); on: the next used entry interrupts. */
+static void vq_set_used_event(struct vq *q)
+{
+    volatile u16 *used_event = &q->avail[2 + q->size];
+    *used_event = q->interrupts_off ? (u16)(q->last_used + 0x8000) : q->last_used;
 }
 
 /* Takes one used element, returns its chain to the free list; -1 if none (or a bad id). */
@@ -260,6 +288,8 @@ int vq_get_used(struct vq *q, u32 *len)
     if (len)
         *len = *(volatile u32 *)(elem + 4);
     q->last_used++;
+    if (q->event_idx)
+        vq_set_used_event(q);
     if (id >= q->size)
         return -1;                      /* a device bug; the chain is lost, not reused */
     u16 idx = (u16)id;
@@ -277,6 +307,9 @@ int vq_get_used(struct vq *q, u32 *len)
 void vq_no_interrupts(struct vq *q, bool off)
 {
     q->avail[0] = off ? VRING_AVAIL_F_NO_INTERRUPT : 0;
+    q->interrupts_off = off;
+    if (q->event_idx)
+        vq_set_used_event(q);
 }
 
 /* ---- interrupts: which devices sit on which PIC line ---- */
@@ -327,7 +360,7 @@ void irq_service(void)
 const char *vq_kick_again_verdict(struct vq *q)
 {
     volatile u16 *used_idx = (volatile u16 *)(q->used + 2);
-    vq_kick(q);
+    vq_notify(q);                       /* whatever avail_event says: this is the "kick again" */
     u64 t = rdtsc();
     while (*used_idx == q->last_used && rdtsc() - t < us_to_tsc(1000000))
         cpu_relax();
