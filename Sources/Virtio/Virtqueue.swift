@@ -381,9 +381,12 @@ public final class Virtqueue {
     /// must not be seen by the driver in part.
     public func pushUsed(_ entries: [(head: UInt16, length: UInt32)]) throws {
         guard isEnabled else { throw VirtqueueError.queueNotReady }
+        // Loaded once for the batch, not per entry (each load of a stored
+        // class reference is a retain and a release).
+        let memory = self.memory, log = inflightLog
         for (i, e) in entries.enumerated() {
             guard e.head < size else { throw VirtqueueError.usedHeadOutOfRange(e.head) }
-            inflightLog?.returning(head: e.head)
+            log?.returning(head: e.head)
             let element = usedRing &+ 4 &+ 8 &* UInt64((usedIndex &+ UInt16(truncatingIfNeeded: i)) % size)
             guard memory.store32(UInt32(e.head), at: element), memory.store32(e.length, at: element &+ 4) else {
                 throw VirtqueueError.ringOutsideMemory(ring: "used", address: usedRing, length: 8)
@@ -394,7 +397,9 @@ public final class Virtqueue {
         guard memory.store16(usedIndex, at: usedRing &+ 2) else {
             throw VirtqueueError.ringOutsideMemory(ring: "used", address: usedRing, length: 4)
         }
-        for e in entries { inflightLog?.returned(head: e.head, usedIndex: usedIndex) }
+        if let log {
+            for e in entries { log.returned(head: e.head, usedIndex: usedIndex) }
+        }
     }
 
     /// Whether the driver wants an interrupt for what was added to the used

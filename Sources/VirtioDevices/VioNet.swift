@@ -399,6 +399,9 @@ public final class VioNet: BackendInputDevice {
     }
 
     private func receiveLoop(queue: Virtqueue, mergeable: Bool, keepHeader: Bool) throws {
+        // Loaded once per call, not per frame (each load of a stored class
+        // reference is a retain and a release).
+        let memory = queue.memory, backend = self.backend
         var budget = VioNet.receiveBudget
         while budget > 0 {
             if pendingLength > 0 {
@@ -423,7 +426,7 @@ public final class VioNet: BackendInputDevice {
             for element in chain where count < VioNet.maxReceiveVectors - 1 && capacity < wanted {
                 let take = min(Int(element.length), wanted - capacity)
                 // Checked when the chain was walked; looked up again here.
-                guard take > 0, let b = queue.memory.buffer(at: element.address, length: take) else { continue }
+                guard take > 0, let b = memory.buffer(at: element.address, length: take) else { continue }
                 receiveVectors[count] = iovec(iov_base: b.baseAddress, iov_len: b.count)
                 count += 1
                 capacity += b.count
@@ -451,7 +454,7 @@ public final class VioNet: BackendInputDevice {
             }
             chainHead = nil
             if length <= capacity {
-                finishHeader(chain, numBuffers: 1, keepHeader: keepHeader, memory: queue.memory)
+                finishHeader(chain, numBuffers: 1, keepHeader: keepHeader, memory: memory)
                 completed.append((head, UInt32(length)))
             } else if !mergeable || length - capacity > receiveBuffer.count {
                 // Too big for the guest's buffer (or cut): dropped, the buffer given back empty.
