@@ -6,12 +6,13 @@
 #   options   --boot-runs N (7)  --bench-runs N (3)  --bench-scale PCT (1000)  --image-mb N (64)
 #             --no-qemu  --no-tcg (skip QEMU's TCG boot reference)  --qemu-aio threads|io_uring
 #             --no-qemu-pio (skip QEMU's second device run, with the notify window in an I/O BAR as ours)
-#             --no-limits (skip the host limits: fio on the image, eventfd round trip)
+#             --no-limits (skip the host limits: fio on the image, eventfd round trip, tap reader)
 #             --no-qemu-vhost (skip the reference run of QEMU with vhost=on; needs /dev/vhost-net)
 #
-# Needs root (vmd, /dev/kvm, a network namespace with a tap); installs nothing (the host-limit
-# probe bench/eventfd-rtt.c is compiled with cc into a temporary directory; fio is optional).
-# All guest traffic stays inside two private network namespaces (one per VMM), deleted on exit.
+# Needs root (vmd, /dev/kvm, a network namespace with a tap); installs nothing (bench/eventfd-rtt.c,
+# udpflood.c and tapread.c are compiled with cc into a temporary directory; fio is optional).
+# All traffic stays inside private network namespaces (one per VMM, one for the tap reader),
+# deleted on exit.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 root="$(cd "$here/.." && pwd -P)"
@@ -34,5 +35,5 @@ command -v ip >/dev/null || fail "ip (iproute2) not installed"
 
 # vmbench.py deletes its two namespaces itself; the trap also covers a kill of vmbench.py.
 ns="vmbench-$$"
-trap 'ip netns del "$ns-v" 2>/dev/null || true; ip netns del "$ns-q" 2>/dev/null || true' EXIT
+trap 'for n in v q l; do ip netns del "$ns-$n" 2>/dev/null || true; done' EXIT
 python3 "$here/vmbench.py" --netns "$ns" "$bin" "$@"

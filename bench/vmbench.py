@@ -62,6 +62,8 @@ LIMIT_KEYS = [
     ("fio psync QD1 p99", "psync1_p99_us", "us", ("blk_qd1_irq", "p99_us")),
     ("fio io_uring QD1 4k randread", "uring1_iops", "IOPS", ("blk_qd1_irq", "iops")),
     ("fio io_uring QD32 4k randread", "uring32_iops", "IOPS", ("blk_qd32_irq", "iops")),
+    ("tap readv loop, sender on the other CPU", "tapread_fps", "frames/s", ("net_rx_1500_r3", "fps")),
+    ("tap readv loop CPU per frame", "tapread_ns_per_frame", "ns", None),
     ("eventfd round trip median (2 processes)", "eventfd_median_us", "us", None),
     ("eventfd round trip p99", "eventfd_p99_us", "us", None),
 ]
@@ -80,6 +82,7 @@ LIMIT_KEYS = [
 #   round 3: those threads on CPU 0, beside the vCPU.
 # Affinities are restored when round 3 ends.
 FLOOD_EXE = None   # set by main(): udpflood compiled into the work directory
+LIMIT_NETNS = None  # set by main(): the tap reader's namespace (host limits)
 RX_ROUNDS = 3
 
 
@@ -509,6 +512,7 @@ def host_limits(workdir, image, image_mb):
                 out[name + "_p99_us"] = pct["99.000000"] / 1e3
         except (OSError, ValueError, KeyError, IndexError, subprocess.TimeoutExpired) as e:
             log(f"host limits: fio {name}: {e}")
+    tap_limit(workdir, out)
     exe = os.path.join(workdir, "eventfd-rtt")
     try:
         if not os.path.exists(exe):
@@ -520,6 +524,43 @@ def host_limits(workdir, image, image_mb):
     except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
         log(f"host limits: eventfd round trip: {e}")
     return out
+
+
+def tap_limit(workdir, out):
+    """net_rx_1500's work without a guest: bench/tapread.c reads the frames
+    udpflood sends, on CPU 0 with the sender on CPU 1 (as round 3 places the
+    sender), in a namespace of its own."""
+    if not FLOOD_EXE or (os.cpu_count() or 1) < 2:
+        return
+    exe = os.path.join(workdir, "tapread")
+    ns = LIMIT_NETNS
+    try:
+        if not os.path.exists(exe):
+            subprocess.run(["cc", "-O2", "-o", exe, os.path.join(HERE, "tapread.c")], check=True,
+                           capture_output=True, timeout=60)
+        ip("netns", "add", ns)
+        reader = subprocess.Popen(["ip", "netns", "exec", ns, exe, "vmbl0", "1"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True,
+                                  preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+        if reader.stdout.readline().strip() != "tapread ready":
+            raise RunFailed("tapread did not start")
+        ip("-n", ns, "addr", "add", HOST_ADDR, "dev", "vmbl0")
+        ip("-n", ns, "link", "set", "vmbl0", "up")
+        ip("-n", ns, "neigh", "add", "10.0.2.15", "lladdr", "52:54:00:12:34:56", "dev", "vmbl0")
+        flood = subprocess.Popen(["ip", "netns", "exec", ns, FLOOD_EXE, "10.0.2.15", "3", "1472"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 preexec_fn=lambda: os.sched_setaffinity(0, {1}))
+        try:
+            kv = parse_kv(reader.communicate(timeout=20)[0])
+        finally:
+            flood.kill()
+            flood.wait()
+        out["tapread_fps"] = float(kv["fps"])
+        out["tapread_ns_per_frame"] = float(kv["cpu_ns_per_frame"])
+    except (OSError, ValueError, KeyError, RunFailed, subprocess.SubprocessError) as e:
+        log(f"host limits: tap readv loop: {e}")
+    finally:
+        ip("netns", "del", ns, check=False)
 
 
 def med(values):
@@ -612,7 +653,9 @@ def main():
     # One namespace per VMM: both taps carry 10.0.2.2/24, and with both in one
     # namespace the replies to one guest could leave through the other's tap.
     ns_ours, ns_qemu = args.netns + "-v", args.netns + "-q"
-    for ns in (ns_ours, ns_qemu):
+    global LIMIT_NETNS
+    LIMIT_NETNS = args.netns + "-l"
+    for ns in (ns_ours, ns_qemu, LIMIT_NETNS):
         if ip("netns", "pids", ns, check=False) == 0:
             sys.exit(f"vmbench: network namespace {ns} exists already")
     image = os.path.join(workdir, "disk.img")
@@ -784,7 +827,8 @@ def print_device_table(R, args):
                          f"{bound[0]} {bound[1]}" if bound else "",
                          f"{o / lim:.2f}x" if o and lim else ""])
         table("Host limits of this machine for the same work, measured between the VM runs "
-              "(fio on the same image file, page-cached; an eventfd wake-up round trip between two processes)",
+              "(fio on the same image file, page-cached; an eventfd wake-up round trip between two processes; "
+              "a process reading udpflood's frames from a tap, as vionet does, with no guest)",
               ["host limit", "unit", "host", "ours compared", "ours/host"], rows)
 
 
