@@ -86,12 +86,26 @@ LIMIT_NETNS = None  # set by main(): the tap reader's namespace (host limits)
 RX_ROUNDS = 3
 
 
+def compiled(workdir, name):
+    """bench/NAME.c compiled with cc into the work directory (once); its path."""
+    exe = os.path.join(workdir, name)
+    if not os.path.exists(exe):
+        subprocess.run(["cc", "-O2", "-o", exe, os.path.join(HERE, name + ".c")], check=True,
+                       capture_output=True, timeout=60)
+    return exe
+
+
 def build_flood(workdir):
     global FLOOD_EXE
-    exe = os.path.join(workdir, "udpflood")
-    subprocess.run(["cc", "-O2", "-o", exe, os.path.join(HERE, "udpflood.c")], check=True,
-                   capture_output=True, timeout=60)
-    FLOOD_EXE = exe
+    FLOOD_EXE = compiled(workdir, "udpflood")
+
+
+def start_flood(netns, seconds, cpus=None):
+    """udpflood at the guest's address from inside `netns`, on `cpus` if given."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, FLOOD_EXE, "10.0.2.15", str(seconds), "1472"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
 
 def threads_of(pid):
@@ -150,10 +164,7 @@ class RxRounds:
             self.unpin()
         if not self.netns or not FLOOD_EXE:
             return
-        self.flood = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, FLOOD_EXE, "10.0.2.15", "5", "1472"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=(lambda: os.sched_setaffinity(0, sender_cpus)) if sender_cpus else None)
+        self.flood = start_flood(self.netns, 5, sender_cpus)
 
     def stop_flood(self):
         if self.flood:
@@ -513,11 +524,8 @@ def host_limits(workdir, image, image_mb):
         except (OSError, ValueError, KeyError, IndexError, subprocess.TimeoutExpired) as e:
             log(f"host limits: fio {name}: {e}")
     tap_limit(workdir, out)
-    exe = os.path.join(workdir, "eventfd-rtt")
     try:
-        if not os.path.exists(exe):
-            subprocess.run(["cc", "-O2", "-o", exe, os.path.join(HERE, "eventfd-rtt.c")], check=True,
-                           capture_output=True, timeout=60)
+        exe = compiled(workdir, "eventfd-rtt")
         kv = parse_kv(subprocess.run([exe, "20000"], capture_output=True, text=True, timeout=60).stdout)
         out["eventfd_median_us"] = float(kv["median_us"])
         out["eventfd_p99_us"] = float(kv["p99_us"])
@@ -532,12 +540,10 @@ def tap_limit(workdir, out):
     sender), in a namespace of its own."""
     if not FLOOD_EXE or (os.cpu_count() or 1) < 2:
         return
-    exe = os.path.join(workdir, "tapread")
     ns = LIMIT_NETNS
+    reader = None
     try:
-        if not os.path.exists(exe):
-            subprocess.run(["cc", "-O2", "-o", exe, os.path.join(HERE, "tapread.c")], check=True,
-                           capture_output=True, timeout=60)
+        exe = compiled(workdir, "tapread")
         ip("netns", "add", ns)
         reader = subprocess.Popen(["ip", "netns", "exec", ns, exe, "vmbl0", "1"], stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True,
@@ -547,9 +553,7 @@ def tap_limit(workdir, out):
         ip("-n", ns, "addr", "add", HOST_ADDR, "dev", "vmbl0")
         ip("-n", ns, "link", "set", "vmbl0", "up")
         ip("-n", ns, "neigh", "add", "10.0.2.15", "lladdr", "52:54:00:12:34:56", "dev", "vmbl0")
-        flood = subprocess.Popen(["ip", "netns", "exec", ns, FLOOD_EXE, "10.0.2.15", "3", "1472"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 preexec_fn=lambda: os.sched_setaffinity(0, {1}))
+        flood = start_flood(ns, 3, {1})
         try:
             kv = parse_kv(reader.communicate(timeout=20)[0])
         finally:
@@ -560,6 +564,9 @@ def tap_limit(workdir, out):
     except (OSError, ValueError, KeyError, RunFailed, subprocess.SubprocessError) as e:
         log(f"host limits: tap readv loop: {e}")
     finally:
+        if reader and reader.poll() is None:
+            reader.kill()
+            reader.wait()
         ip("netns", "del", ns, check=False)
 
 
