@@ -241,9 +241,9 @@ int vq_add(struct vq *q, const struct vseg *segs, int n)
     return head;
 }
 
+/* The notify write itself; callers order it after the avail index (full_barrier). */
 static void vq_notify(struct vq *q)
 {
-    full_barrier();
     if (q->dev->mmio) {
         mmio_kick(q);
         return;
@@ -256,8 +256,8 @@ static void vq_notify(struct vq *q)
  * follows the avail index we publish: full_barrier orders the two). */
 void vq_kick(struct vq *q)
 {
+    full_barrier();
     if (q->event_idx) {
-        full_barrier();
         u16 event = *(volatile u16 *)(q->used + 4 + 8u * q->size);
         u16 new = q->avail_idx, old = q->kicked_idx;
         q->kicked_idx = new;
@@ -360,6 +360,7 @@ void irq_service(void)
 const char *vq_kick_again_verdict(struct vq *q)
 {
     volatile u16 *used_idx = (volatile u16 *)(q->used + 2);
+    full_barrier();
     vq_notify(q);                       /* whatever avail_event says: this is the "kick again" */
     u64 t = rdtsc();
     while (*used_idx == q->last_used && rdtsc() - t < us_to_tsc(1000000))
